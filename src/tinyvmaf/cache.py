@@ -1,0 +1,353 @@
+"""The teacher cache: what real libvmaf says about every frame of a corpus, one JSON per clip.
+
+Layout under ``root/<corpus name>/``:
+
+- ``clips/<asset>.json``: one entry per distorted clip (features, per-model scores, key, provenance);
+- ``frames.npz``: every entry in columnar form, rewritten whenever an entry changes, so that
+  training loads ~15,000 frames in milliseconds;
+- ``summary.json``: per source, clips, frames and teacher score statistics;
+- ``inputs.json``: memo of input-file digests (by size and mtime) and of the libvmaf probe,
+  so that a warm build neither rehashes unchanged files nor runs libvmaf.
+
+An entry's key hashes the content of both input files, their raw format, the teacher model set,
+the backend and libvmaf's version: a change of any of them recomputes exactly the clips it touches.
+Entries are written atomically, so an interrupted build resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from tinyvmaf.corpus import ClipPair, Corpus, Video, sources_of
+from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.files import atomic_path, sha256_file
+from tinyvmaf.teacher import FEATURE_NAMES, Libvmaf
+
+SCHEMA = 1
+
+
+@dataclass
+class Failure:
+    asset: str
+    error: str
+
+
+@dataclass
+class BuildReport:
+    corpus: str
+    built: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+
+
+@dataclass
+class FrameTable:
+    """Every cached frame of a corpus as arrays; row i is one distorted frame."""
+
+    corpus: str
+    libvmaf_version: str
+    backend: str
+    features: np.ndarray  # [n, 6] float64, FEATURE_NAMES order
+    scores: dict[str, np.ndarray]  # teacher model -> [n]
+    clip: np.ndarray  # [n] index into clips
+    clips: list[str]  # asset names
+    clip_source: list[str]  # the source of each clip
+    sources: list[str]
+
+    @property
+    def source_of_frame(self) -> np.ndarray:
+        """[n] index into ``sources``."""
+        index = {s: i for i, s in enumerate(self.sources)}
+        return np.array([index[s] for s in self.clip_source], dtype=np.int64)[self.clip]
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+class TeacherCache:
+    def __init__(self, root: str | Path, libvmaf: Libvmaf, models: list[str], n_jobs: int | None = None) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.libvmaf = libvmaf
+        self.models = list(models)
+        if not self.models:
+            raise TinyVmafError("cache.teachers: at least one teacher model is needed")
+        self.n_jobs = n_jobs or os.cpu_count() or 1
+
+    def folder(self, corpus: Corpus) -> Path:
+        return self.root / corpus.name
+
+    def entry_path(self, corpus: Corpus, asset: str) -> Path:
+        return self.folder(corpus) / "clips" / f"{asset}.json"
+
+    # -- build ------------------------------------------------------------------------------
+    def build(self, corpus: Corpus, pairs: list[ClipPair] | None = None) -> BuildReport:
+        """Compute every missing or stale entry; a warm cache runs no libvmaf at all."""
+        pairs = corpus.pairs() if pairs is None else pairs
+        folder = self.folder(corpus)
+        inputs = _InputMemo(folder / "inputs.json")
+        version = inputs.probe(self.libvmaf, self.models)
+        report = BuildReport(corpus.name)
+        todo: list[tuple[ClipPair, str]] = []
+        for pair in pairs:
+            try:
+                key = self._key(pair, inputs, version)
+            except (TinyVmafError, OSError) as exc:
+                report.failures.append(Failure(pair.asset, _one_line(exc)))
+                continue
+            if _stored_key(self.entry_path(corpus, pair.asset)) == key:
+                report.reused.append(pair.asset)
+            else:
+                todo.append((pair, key))
+        inputs.save()
+        if todo:
+            self._compute(corpus, todo, version, report)
+        ok = {p.asset for p in pairs} - {f.asset for f in report.failures}
+        self._consolidate(corpus, [p for p in pairs if p.asset in ok])
+        return report
+
+    def _key(self, pair: ClipPair, inputs: "_InputMemo", version: str) -> str:
+        described = {
+            "schema": SCHEMA,
+            "reference": _describe(pair.reference, inputs),
+            "distorted": _describe(pair.distorted, inputs),
+            "models": sorted(self.models),
+            "backend": self.libvmaf.backend,
+            "libvmaf_version": version,
+        }
+        return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+
+    def _compute(self, corpus: Corpus, todo: list[tuple[ClipPair, str]], version: str, report: BuildReport) -> None:
+        columns = (TextColumn("libvmaf {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, transient=True) as progress, ThreadPoolExecutor(self.n_jobs) as pool:
+            task = progress.add_task(corpus.name, total=len(todo))
+            futures = {pool.submit(self._compute_one, corpus, p, k, version): p for p, k in todo}
+            for future in as_completed(futures):
+                pair = futures[future]
+                try:
+                    future.result()
+                    report.built.append(pair.asset)
+                except Exception as exc:  # one bad clip must not stop the others
+                    report.failures.append(Failure(pair.asset, _one_line(exc)))
+                progress.advance(task)
+
+    def _compute_one(self, corpus: Corpus, pair: ClipPair, key: str, version: str) -> None:
+        result = self.libvmaf.score(pair, self.models)
+        entry = {
+            "schema": SCHEMA,
+            "key": key,
+            "source": pair.source,
+            "asset": pair.asset,
+            "reference": str(pair.reference.path),
+            "distorted": str(pair.distorted.path),
+            "dmos": pair.dmos,
+            "backend": self.libvmaf.backend,
+            "libvmaf_version": version,
+            "n_frames": len(result.features),
+            "features": {"names": list(FEATURE_NAMES), "per_frame": result.features.tolist()},
+            "scores": {m: s.tolist() for m, s in result.scores.items()},
+        }
+        with atomic_path(self.entry_path(corpus, pair.asset)) as tmp:
+            tmp.write_text(json.dumps(entry))
+
+    # -- load -------------------------------------------------------------------------------
+    def _consolidate(self, corpus: Corpus, pairs: list[ClipPair]) -> None:
+        """Rewrite ``frames.npz`` if the set of entries behind it changed."""
+        folder = self.folder(corpus)
+        keys = [_stored_key(self.entry_path(corpus, p.asset)) for p in pairs]
+        manifest = hashlib.sha256(json.dumps([[p.asset, k] for p, k in zip(pairs, keys)]).encode()).hexdigest()
+        npz = folder / "frames.npz"
+        if npz.exists() and _npz_manifest(npz) == manifest:
+            return
+        entries = [json.loads(self.entry_path(corpus, p.asset).read_text()) for p in pairs]
+        if not entries:
+            return
+        arrays = {
+            "manifest": np.array(manifest),
+            "corpus": np.array(corpus.name),
+            "libvmaf_version": np.array(entries[0]["libvmaf_version"]),
+            "backend": np.array(entries[0]["backend"]),
+            "features": np.concatenate([np.asarray(e["features"]["per_frame"], dtype=np.float64) for e in entries]),
+            "clip": np.concatenate([np.full(e["n_frames"], i, dtype=np.int64) for i, e in enumerate(entries)]),
+            "clips": np.array([e["asset"] for e in entries]),
+            "clip_source": np.array([e["source"] for e in entries]),
+            "sources": np.array(sources_of(pairs)),
+            "models": np.array(self.models),
+        }
+        for m in self.models:
+            arrays[f"score:{m}"] = np.concatenate([np.asarray(e["scores"][m], dtype=np.float64) for e in entries])
+        with atomic_path(npz) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+        self._write_summary(corpus, self.load(corpus))
+
+    def load(self, corpus: Corpus) -> FrameTable:
+        """The consolidated frames of ``corpus``; raises if the cache was never built."""
+        npz = self.folder(corpus) / "frames.npz"
+        if not npz.exists():
+            raise TinyVmafError(f"{npz}: the teacher cache of corpus {corpus.name!r} is missing or empty; build it first")
+        with np.load(npz) as z:
+            models = [str(m) for m in z["models"]]
+            return FrameTable(
+                corpus=str(z["corpus"]),
+                libvmaf_version=str(z["libvmaf_version"]),
+                backend=str(z["backend"]),
+                features=z["features"],
+                scores={m: z[f"score:{m}"] for m in models},
+                clip=z["clip"],
+                clips=[str(c) for c in z["clips"]],
+                clip_source=[str(s) for s in z["clip_source"]],
+                sources=[str(s) for s in z["sources"]],
+            )
+
+    # -- summary ----------------------------------------------------------------------------
+    def summary(self, table: FrameTable) -> dict:
+        per_source = {}
+        source_of_frame = table.source_of_frame
+        for i, source in enumerate(table.sources):
+            rows = source_of_frame == i
+            per_source[source] = {
+                "clips": sum(1 for s in table.clip_source if s == source),
+                "frames": int(rows.sum()),
+                "teachers": {m: _stats(s[rows]) for m, s in table.scores.items()},
+            }
+        return {
+            "corpus": table.corpus,
+            "backend": table.backend,
+            "libvmaf_version": table.libvmaf_version,
+            "sources": per_source,
+            "total": {
+                "sources": len(table.sources),
+                "clips": len(table.clips),
+                "frames": len(table),
+                "teachers": {m: _stats(s) for m, s in table.scores.items()},
+            },
+        }
+
+    def _write_summary(self, corpus: Corpus, table: FrameTable) -> None:
+        with atomic_path(self.folder(corpus) / "summary.json") as tmp:
+            tmp.write_text(json.dumps(self.summary(table), indent=2))
+
+
+def _stats(values: np.ndarray) -> dict[str, float]:
+    return {"mean": float(values.mean()), "min": float(values.min()), "max": float(values.max())}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) if isinstance(exc, TinyVmafError) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())
+
+
+def _stored_key(path: Path) -> str | None:
+    """The key an entry was written with, or None if there is no readable entry."""
+    try:
+        with open(path) as f:
+            head = f.read(256)  # "schema" and "key" lead every entry: no need to parse the frames
+    except OSError:
+        return None
+    marker = '"key": "'
+    start = head.find(marker)
+    return head[start + len(marker) : start + len(marker) + 64] if start >= 0 else None
+
+
+def _npz_manifest(npz: Path) -> str | None:
+    try:
+        with np.load(npz) as z:
+            return str(z["manifest"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _describe(video: Video, inputs: "_InputMemo") -> dict:
+    return {"sha256": inputs.digest(video.path), "raw": asdict(video.raw) if video.raw else None}
+
+
+class _InputMemo:
+    """Digests of input files, remembered by (size, mtime), and libvmaf probe results."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            self.data = {}
+        self.data.setdefault("files", {})
+        self.data.setdefault("probes", {})
+
+    def digest(self, path: Path) -> str:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            raise TinyVmafError(f"{path}: no such file") from None
+        if not path.is_file():
+            raise TinyVmafError(f"{path}: not a file")
+        stamp = [stat.st_size, stat.st_mtime_ns]
+        known = self.data["files"].get(str(path))
+        if known and known[:2] == stamp:
+            return known[2]
+        digest = sha256_file(path)
+        self.data["files"][str(path)] = [*stamp, digest]
+        return digest
+
+    def probe(self, libvmaf: Libvmaf, models: list[str]) -> str:
+        """libvmaf's version, after checking the models load; remembered per binary and model set."""
+        binary = Path(libvmaf.binary)
+        stamp = binary.stat().st_mtime_ns if binary.exists() else None
+        probe_key = json.dumps([libvmaf.backend, str(binary), stamp, sorted(models)])
+        if probe_key not in self.data["probes"]:
+            libvmaf.check_models(models)
+            self.data["probes"][probe_key] = libvmaf.version()
+        return self.data["probes"][probe_key]
+
+    def save(self) -> None:
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(json.dumps(self.data))
+
+
+
+def build_cache(cfg: DictConfig) -> int:
+    """``build_cache.py``: build the cache of the configured corpus, print and save its summary.
+
+    Exit status 1 if any clip failed; the failures are listed last, the other clips are kept.
+    """
+    corpus = instantiate(cfg.corpus)
+    cache: TeacherCache = instantiate(cfg.cache)
+    report = cache.build(corpus)
+    console = Console()
+    summary_path = cache.folder(corpus) / "summary.json"
+    if summary_path.exists():
+        console.print(summary_table(json.loads(summary_path.read_text())))
+        console.print(f"summary: {summary_path}")
+    console.print(f"{len(report.built)} clip(s) computed, {len(report.reused)} reused from the cache")
+    for failure in report.failures:
+        console.print(f"[red]failed[/red] {failure.asset}: {failure.error}", soft_wrap=True)
+    if report.failures:
+        console.print(f"[red]{len(report.failures)} clip(s) failed[/red]")
+        return 1
+    return 0
+
+
+def summary_table(summary: dict) -> Table:
+    models = list(summary["total"]["teachers"])[:1]  # the primary teacher; summary.json has them all
+    table = Table(title=f"teacher cache: {summary['corpus']} (libvmaf {summary['libvmaf_version']}, {summary['backend']})")
+    table.add_column("source")
+    table.add_column("clips", justify="right")
+    table.add_column("frames", justify="right")
+    for m in models:
+        table.add_column(f"{m} mean [min, max]", justify="right")
+    rows = [*summary["sources"].items(), ("total", summary["total"])]
+    for name, row in rows:
+        stats = [f"{row['teachers'][m]['mean']:.2f} [{row['teachers'][m]['min']:.2f}, {row['teachers'][m]['max']:.2f}]" for m in models]
+        table.add_row(name, str(row["clips"]), str(row["frames"]), *stats, end_section=name == rows[-2][0])
+    return table

