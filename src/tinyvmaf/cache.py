@@ -57,6 +57,7 @@ class FrameTable:
     """Every cached frame of a corpus as arrays; row i is one distorted frame."""
 
     corpus: str
+    manifest: str  # hash of the entries behind the table: identifies the exact data
     libvmaf_version: str
     backend: str
     features: np.ndarray  # [n, 6] float64, FEATURE_NAMES order
@@ -201,6 +202,7 @@ class TeacherCache:
             models = [str(m) for m in z["models"]]
             return FrameTable(
                 corpus=str(z["corpus"]),
+                manifest=str(z["manifest"]),
                 libvmaf_version=str(z["libvmaf_version"]),
                 backend=str(z["backend"]),
                 features=z["features"],

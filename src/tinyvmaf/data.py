@@ -1,0 +1,107 @@
+"""The LOSO LightningDataModule over the teacher cache.
+
+Trains on every source but the held-out one and evaluates on that one. The standardization of
+features and target is fitted on the training sources alone and handed to the model, so the
+held-out source never influences training, not even through its statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+import numpy as np
+import torch
+
+from tinyvmaf.cache import FrameTable, TeacherCache
+from tinyvmaf.corpus import Corpus
+from tinyvmaf.errors import TinyVmafError
+
+_BUILT: set[tuple[str, str]] = set()  # (cache root, corpus) built by this process: sweeps check once
+
+
+@dataclass(frozen=True)
+class Standardization:
+    """Mean and standard deviation of the six features and of the teacher score (float64)."""
+
+    feature_mean: np.ndarray
+    feature_std: np.ndarray
+    target_mean: float
+    target_std: float
+
+    @classmethod
+    def fit(cls, features: np.ndarray, target: np.ndarray) -> "Standardization":
+        std = features.std(axis=0)
+        return cls(features.mean(axis=0), np.where(std > 0, std, 1.0), float(target.mean()), float(target.std() or 1.0))
+
+
+class TensorBatches:
+    """Mini-batches sliced from whole tensors: no per-sample Python, no worker processes."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0) -> None:
+        self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-len(self.x) // self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.x), generator=self.generator) if self.shuffle else torch.arange(len(self.x))
+        for start in range(0, len(self.x), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            yield self.x[idx], self.y[idx]
+
+
+class LosoDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        corpus: Corpus,
+        cache: TeacherCache,
+        teacher: str,
+        heldout: str,
+        batch_size: int = 256,
+        seed: int = 0,
+        build_cache: bool = True,
+    ) -> None:
+        super().__init__()
+        self.corpus, self.cache, self.teacher, self.heldout = corpus, cache, teacher, heldout
+        self.batch_size, self.seed, self.build_cache = batch_size, seed, build_cache
+        self.table: FrameTable | None = None
+
+    def prepare_data(self) -> None:
+        """Build the teacher cache if it is missing or stale (a warm cache runs no libvmaf)."""
+        key = (str(self.cache.root), self.corpus.name)
+        if not self.build_cache or key in _BUILT:
+            return
+        report = self.cache.build(self.corpus)
+        for failure in report.failures:
+            print(f"warning: {failure.asset} left out of the cache: {failure.error}")
+        _BUILT.add(key)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.table is not None:
+            return
+        table = self.cache.load(self.corpus)
+        if self.teacher not in table.scores:
+            raise TinyVmafError(f"teacher={self.teacher}: not in the cache (it holds {', '.join(table.scores)}); add it to cache.models")
+        if self.heldout not in table.sources:
+            raise TinyVmafError(f"fold={self.heldout}: no such source in corpus {table.corpus!r}; valid: {', '.join(table.sources)}")
+        held = table.source_of_frame == table.sources.index(self.heldout)
+        if not held.any():
+            raise TinyVmafError(f"fold={self.heldout}: the held-out source has no frames in the cache")
+        target = table.scores[self.teacher]
+        self.table = table
+        self.heldout_mask = held
+        self.standardization = Standardization.fit(table.features[~held], target[~held])
+        self.train_x, self.train_y = _tensors(table.features[~held], target[~held])
+        self.test_x, self.test_y = _tensors(table.features[held], target[held])
+
+    def train_dataloader(self) -> TensorBatches:
+        return TensorBatches(self.train_x, self.train_y, self.batch_size, shuffle=True, seed=self.seed)
+
+    def val_dataloader(self) -> TensorBatches:
+        return TensorBatches(self.test_x, self.test_y, len(self.test_x), shuffle=False)
+
+
+def _tensors(features: np.ndarray, target: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.as_tensor(features, dtype=torch.float32), torch.as_tensor(target, dtype=torch.float32)

@@ -1,0 +1,51 @@
+"""Held-out metrics on the VMAF scale: PLCC, SROCC and RMSE from torchmetrics, in float64.
+
+float64 because ``PearsonCorrCoef`` in float32 can return NaN on data with an outlier.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torchmetrics import MeanSquaredError, MetricCollection, PearsonCorrCoef, SpearmanCorrCoef
+
+from tinyvmaf.model import TinyVmafModule
+
+METRIC_NAMES = ("plcc", "srocc", "rmse")
+
+
+def heldout_metrics() -> MetricCollection:
+    return MetricCollection(
+        {"plcc": PearsonCorrCoef(), "srocc": SpearmanCorrCoef(), "rmse": MeanSquaredError(squared=False)}
+    ).double()
+
+
+def score_metrics(predicted: torch.Tensor, teacher: torch.Tensor) -> dict[str, float]:
+    """PLCC, SROCC, RMSE of clipped predictions against the teacher's scores."""
+    metrics = heldout_metrics()
+    values = metrics(predicted.detach().double().cpu(), teacher.detach().double().cpu())
+    return {name: float(values[name]) for name in METRIC_NAMES}
+
+
+class HeldoutHistory(L.Callback):
+    """Per-epoch ``train_loss`` and held-out metrics, kept in memory for one batched MLflow write."""
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, float]] = []
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: TinyVmafModule) -> None:
+        predicted = torch.cat(pl_module.epoch_predictions)
+        pl_module.epoch_predictions.clear()
+        row = {f"heldout_{k}": v for k, v in score_metrics(predicted, trainer.datamodule.test_y).items()}
+        row["epoch"] = trainer.current_epoch
+        self.history.append(row)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: TinyVmafModule) -> None:
+        if self.history and self.history[-1]["epoch"] == trainer.current_epoch and pl_module.train_batches:
+            self.history[-1]["train_loss"] = float(pl_module.train_loss_sum) / pl_module.train_batches
+        pl_module.train_loss_sum.zero_()
+        pl_module.train_batches = 0
+
+    @property
+    def final(self) -> dict[str, float]:
+        return {k: v for k, v in self.history[-1].items() if k != "epoch"}

@@ -1,0 +1,120 @@
+"""Tiny VMAF models: an MLP (or linear map) on standardized libvmaf features, and its LightningModule.
+
+The standardization sits inside the model as buffers (not parameters), so a model takes raw
+libvmaf features and returns VMAF-scale scores; ``n_params`` counts the trainable weights only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch import nn
+
+from tinyvmaf.data import Standardization
+from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.teacher import FEATURE_NAMES
+
+N_FEATURES = len(FEATURE_NAMES)
+
+
+def mlp(hidden: list[int], activation: str = "ReLU") -> nn.Sequential:
+    """6 -> hidden... -> 1; ``hidden=[]`` is the 7-parameter linear control."""
+    layers: list[nn.Module] = []
+    width = N_FEATURES
+    for size in hidden:
+        layers += [nn.Linear(width, size), getattr(nn, activation)()]
+        width = size
+    layers.append(nn.Linear(width, 1))
+    return nn.Sequential(*layers)
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+class VmafNet(nn.Module):
+    """Raw features -> standardize -> net -> de-standardize. ``forward`` is unclipped (for the loss)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("feature_mean", torch.zeros(N_FEATURES))
+        self.register_buffer("feature_std", torch.ones(N_FEATURES))
+        self.register_buffer("target_mean", torch.zeros(()))
+        self.register_buffer("target_std", torch.ones(()))
+
+    def set_standardization(self, s: Standardization) -> None:
+        self.feature_mean.copy_(torch.as_tensor(s.feature_mean))
+        self.feature_std.copy_(torch.as_tensor(s.feature_std))
+        self.target_mean.fill_(s.target_mean)
+        self.target_std.fill_(s.target_std)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        z = (features - self.feature_mean) / self.feature_std
+        return self.net(z).squeeze(-1) * self.target_std + self.target_mean
+
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        """Scores as shipped: clipped to the VMAF range [0, 100]."""
+        return self.forward(features).clamp(0.0, 100.0)
+
+
+class ClippedVmaf(nn.Module):
+    """The shipped graph: raw features in, clipped VMAF out."""
+
+    def __init__(self, model: VmafNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.model.predict(features)
+
+
+class TinyVmafModule(L.LightningModule):
+    """MSE on the teacher score; held-out PLCC/SROCC/RMSE each epoch through ``metrics``."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = VmafNet(net)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.loss = nn.MSELoss()
+        self.epoch_predictions: list[torch.Tensor] = []
+        self.train_loss_sum = torch.zeros(())
+        self.train_batches = 0
+
+    @property
+    def n_params(self) -> int:
+        return count_params(self.model)
+
+    def setup(self, stage: str) -> None:
+        self.model.set_standardization(self.trainer.datamodule.standardization)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        # The loss is taken on the standardized target so that lr means the same for every teacher.
+        m = self.model
+        loss = self.loss((m(x) - m.target_mean) / m.target_std, (y - m.target_mean) / m.target_std)
+        if not torch.isfinite(loss):
+            raise TinyVmafError(f"the training loss became {loss.item()} at epoch {self.current_epoch}; lower model.optimizer.lr")
+        # Summed here, averaged per epoch by the metrics callback: self.log costs ~2 ms a step.
+        self.train_loss_sum += loss.detach()
+        self.train_batches += 1
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, _ = batch
+        self.epoch_predictions.append(self.model.predict(x))
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        total = self.trainer.estimated_stepping_batches
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer, total_steps=int(total)), "interval": "step"}}

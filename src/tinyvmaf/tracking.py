@@ -1,0 +1,83 @@
+"""MLflow: one experiment, one run per fold, everything written in a few batched calls.
+
+The default store is an SQLite database inside ``mlruns/`` (MLflow 3 refuses a bare file
+store); ``tracking.uri`` points a team at a shared server instead. The database and the
+experiment are created under a file lock, since several processes creating a fresh SQLite
+store at once corrupt it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from filelock import FileLock
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+from tinyvmaf.errors import TinyVmafError
+
+
+def default_uri(mlruns_dir: str | Path) -> str:
+    return f"sqlite:///{Path(mlruns_dir).resolve() / 'mlflow.db'}"
+
+
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(db) + ".lock"):
+            yield
+    else:
+        yield
+
+
+def experiment(uri: str, name: str, artifact_root: str | Path | None = None) -> tuple[MlflowClient, str]:
+    """Client and experiment id, creating store and experiment once, under a lock."""
+    with _store_lock(uri):
+        client = MlflowClient(tracking_uri=uri)
+        try:
+            found = client.get_experiment_by_name(name)
+        except Exception as exc:
+            raise TinyVmafError(f"tracking.uri={uri}: cannot open the MLflow store ({type(exc).__name__}: {exc})") from None
+        if found is not None:
+            return client, found.experiment_id
+        location = Path(artifact_root).resolve().as_uri() if artifact_root else None
+        return client, client.create_experiment(name, artifact_location=location)
+
+
+class TrackedRun:
+    """One MLflow run; params, metrics and tags go out in batches to keep per-run overhead small."""
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+
+    def log_params(self, params: dict[str, object]) -> None:
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+
+    def log_metrics(self, rows: list[dict[str, float]], step_key: str = "epoch") -> None:
+        """Each row is one step; every other key of the row is a metric."""
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, int(row[step_key])) for row in rows for k, v in row.items() if k != step_key]
+        for start in range(0, len(metrics), 1000):  # MLflow's per-batch limit
+            self.client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
+
+    def log_artifact(self, path: Path) -> None:
+        self.client.log_artifact(self.run_id, str(path))
+
+
+@contextmanager
+def tracked_run(client: MlflowClient, experiment_id: str, run_name: str, tags: dict[str, str]) -> Iterator[TrackedRun]:
+    """A run that ends FINISHED, or FAILED (with the error as a tag) if the block raises."""
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    tracked = TrackedRun(client, run.info.run_id)
+    try:
+        yield tracked
+    except BaseException as exc:
+        client.log_batch(run.info.run_id, tags=[RunTag("error", " ".join(str(exc).split())[:4000])])
+        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FINISHED))

@@ -1,0 +1,92 @@
+"""One LOSO fold: train on every source but one, score the held-out one, log it all to MLflow."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from tinyvmaf.cache import TeacherCache
+from tinyvmaf.data import LosoDataModule
+from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.metrics import HeldoutHistory
+from tinyvmaf.model import TinyVmafModule
+from tinyvmaf.tracking import experiment, tracked_run
+
+# Lightning's banners (GPU available, tips) and torchmetrics' memory note repeat on every fold.
+logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=".*SpearmanCorrcoef` will save all targets.*")
+warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+
+
+def sweep_id(cfg: DictConfig) -> str:
+    """What ties the runs of one multirun together: the sweep folder's name, unless given."""
+    if cfg.get("sweep_id"):
+        return str(cfg.sweep_id)
+    if not HydraConfig.initialized():
+        return "interactive"
+    hc = HydraConfig.get()
+    return Path(hc.sweep.dir if hc.mode == RunMode.MULTIRUN else hc.run.dir).name
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train one fold as configured; returns the final held-out metrics."""
+    torch.set_num_threads(cfg.torch_threads)
+    client, experiment_id = experiment(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.get("artifact_root"))
+    arch, heldout = cfg.arch.name, cfg.fold.heldout
+    tags = {"sweep_id": sweep_id(cfg), "arch": arch, "fold": heldout, "teacher": cfg.teacher.model}
+    with tracked_run(client, experiment_id, f"{arch}-{heldout}", tags) as run:
+        corpus = instantiate(cfg.corpus)
+        if cfg.fold.get("corpus") not in (None, corpus.name):
+            raise TinyVmafError(
+                f"fold={heldout} belongs to corpus {cfg.fold.corpus!r}, not {corpus.name!r}: "
+                f"run python make_folds.py with the same corpus options first"
+            )
+        cache: TeacherCache = instantiate(cfg.cache)
+        datamodule: LosoDataModule = instantiate(
+            cfg.data, corpus=corpus, cache=cache, teacher=cfg.teacher.model, heldout=heldout, seed=cfg.seed
+        )
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        L.seed_everything(cfg.seed, verbose=False)
+        module: TinyVmafModule = instantiate(cfg.model)
+        history = HeldoutHistory()
+        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[history])
+        table = datamodule.table
+        run.log_params(
+            {
+                "arch": arch,
+                "fold": heldout,
+                "teacher": cfg.teacher.model,
+                "n_params": module.n_params,
+                "epochs": cfg.trainer.max_epochs,
+                "lr": cfg.model.optimizer.lr,
+                "batch_size": cfg.data.batch_size,
+                "seed": cfg.seed,
+                "corpus": f"{table.corpus}:{table.manifest[:12]}",
+                "libvmaf_version": table.libvmaf_version,
+                "n_train_frames": len(datamodule.train_x),
+                "n_heldout_frames": len(datamodule.test_x),
+            }
+        )
+        trainer.fit(module, datamodule=datamodule)
+        run.log_metrics(history.history)
+        with tempfile.TemporaryDirectory(prefix="tinyvmaf-run-") as tmp:
+            (Path(tmp) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+            torch.save(
+                {"state_dict": module.model.state_dict(), "arch": OmegaConf.to_container(cfg.arch, resolve=True)},
+                Path(tmp) / "model.pt",
+            )
+            run.log_artifact(Path(tmp) / "config.yaml")
+            run.log_artifact(Path(tmp) / "model.pt")
+    final = history.final
+    print(f"{arch} fold={heldout}: " + " ".join(f"{k}={v:.4f}" for k, v in final.items()))
+    return final
