@@ -150,7 +150,7 @@ def test_tiny_multirun_end_to_end_with_one_bad_fold(tiny_corpus, tmp_path):
         history = client.get_metric_history(r.info.run_id, "heldout_rmse")
         assert [h.step for h in history] == [0, 1, 2] and history[-1].value == m["heldout_rmse"]
         artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
-        assert artifacts == {"config.yaml", "model.pt"}
+        assert artifacts == {"config.yaml", "model.pt", "heldout.npz"}
     failed = [r for r in runs if r.info.status == "FAILED"]
     assert {r.data.tags["fold"] for r in failed} == {"Ghost"}
 

@@ -1,6 +1,7 @@
 """The LOSO LightningDataModule over the teacher cache.
 
-Trains on every source but the held-out one and evaluates on that one. The standardization of
+Trains on every source but the held-out one and evaluates on that one (``heldout=None``:
+trains on every source, as the shipped models are). The standardization of
 features and target is fitted on the training sources alone and handed to the model, so the
 held-out source never influences training, not even through its statistics.
 """
@@ -58,7 +59,7 @@ class LosoDataModule(L.LightningDataModule):
         corpus: Corpus,
         cache: TeacherCache,
         teacher: str,
-        heldout: str,
+        heldout: str | None,
         batch_size: int = 256,
         seed: int = 0,
         build_cache: bool = True,
@@ -84,10 +85,10 @@ class LosoDataModule(L.LightningDataModule):
         table = self.cache.load(self.corpus)
         if self.teacher not in table.scores:
             raise TinyVmafError(f"teacher={self.teacher}: not in the cache (it holds {', '.join(table.scores)}); add it to cache.models")
-        if self.heldout not in table.sources:
+        if self.heldout is not None and self.heldout not in table.sources:
             raise TinyVmafError(f"fold={self.heldout}: no such source in corpus {table.corpus!r}; valid: {', '.join(table.sources)}")
-        held = table.source_of_frame == table.sources.index(self.heldout)
-        if not held.any():
+        held = table.source_of_frame == (table.sources.index(self.heldout) if self.heldout else -1)
+        if self.heldout and not held.any():
             raise TinyVmafError(f"fold={self.heldout}: the held-out source has no frames in the cache")
         target = table.scores[self.teacher]
         self.table = table
@@ -99,7 +100,10 @@ class LosoDataModule(L.LightningDataModule):
     def train_dataloader(self) -> TensorBatches:
         return TensorBatches(self.train_x, self.train_y, self.batch_size, shuffle=True, seed=self.seed)
 
-    def val_dataloader(self) -> TensorBatches:
+    def val_dataloader(self) -> TensorBatches | list:
+        """The held-out source in one batch; nothing when training on every source (export)."""
+        if not len(self.test_x):
+            return []
         return TensorBatches(self.test_x, self.test_y, len(self.test_x), shuffle=False)
 
 

@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -75,6 +76,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 "libvmaf_version": table.libvmaf_version,
                 "n_train_frames": len(datamodule.train_x),
                 "n_heldout_frames": len(datamodule.test_x),
+                "heldout_teacher_mean": float(datamodule.test_y.double().mean()),
+                "heldout_teacher_std": float(datamodule.test_y.double().std(correction=0)),
             }
         )
         trainer.fit(module, datamodule=datamodule)
@@ -85,8 +88,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 {"state_dict": module.model.state_dict(), "arch": OmegaConf.to_container(cfg.arch, resolve=True)},
                 Path(tmp) / "model.pt",
             )
-            run.log_artifact(Path(tmp) / "config.yaml")
-            run.log_artifact(Path(tmp) / "model.pt")
+            with torch.no_grad():
+                predicted = module.model.predict(datamodule.test_x)
+            np.savez(Path(tmp) / "heldout.npz", teacher=datamodule.test_y.numpy(), predicted=predicted.numpy())
+            for name in ("config.yaml", "model.pt", "heldout.npz"):
+                run.log_artifact(Path(tmp) / name)
     final = history.final
     print(f"{arch} fold={heldout}: " + " ".join(f"{k}={v:.4f}" for k, v in final.items()))
     return final

@@ -1,0 +1,16 @@
+"""Write the shipping ONNX models (self-contained, checked with onnx.checker and onnxruntime)."""
+
+import hydra
+from omegaconf import DictConfig
+
+from tinyvmaf.errors import run_command
+from tinyvmaf.export import export_models
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="export")
+def main(cfg: DictConfig) -> None:
+    run_command(export_models, cfg)
+
+
+if __name__ == "__main__":
+    main()

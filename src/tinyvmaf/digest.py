@@ -1,0 +1,160 @@
+"""The digest of one sweep, built from MLflow: tables, JSON and figures, like Research Digest 0023.
+
+``evaluate.py`` calls ``write_digest``: it finds the sweep (the latest by default), aggregates
+the finished fold runs per arch (mean and sample standard deviation across folds), reports
+failed runs, draws the figures with matplotlib, writes ``reports/<sweep_id>/`` and logs the
+same files as artifacts of a summary run in the experiment.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from mlflow.entities import Run  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from tinyvmaf.errors import TinyVmafError  # noqa: E402
+from tinyvmaf.metrics import METRIC_NAMES  # noqa: E402
+from tinyvmaf.tracking import experiment, tracked_run  # noqa: E402
+
+DIGEST_TAG = "tinyvmaf.digest"
+ARCH_ORDER = ("mlp_small", "mlp_medium", "linear")
+
+
+def fold_runs(client: MlflowClient, experiment_id: str, sweep_id: str | None) -> tuple[str, list[Run]]:
+    """The fold runs of ``sweep_id``, or of the latest sweep when it is None."""
+    found = client.search_runs([experiment_id], max_results=50000, order_by=["attributes.start_time DESC"])
+    runs = [r for r in found if DIGEST_TAG not in r.data.tags]
+    if not runs:
+        raise TinyVmafError("the MLflow experiment holds no fold runs; run train.py first")
+    if sweep_id is None:
+        sweep_id = runs[0].data.tags.get("sweep_id")
+    mine = [r for r in runs if r.data.tags.get("sweep_id") == sweep_id]
+    if not mine:
+        known = list(dict.fromkeys(r.data.tags.get("sweep_id") for r in runs))[:10]
+        raise TinyVmafError(f"sweep_id={sweep_id}: no such sweep; recent sweeps: {', '.join(map(str, known))}")
+    return str(sweep_id), mine
+
+
+def aggregate(runs: list[Run]) -> tuple[dict, list[dict]]:
+    """Per-arch digest rows from finished runs, and the list of failed runs."""
+    by_arch: dict[str, list[Run]] = defaultdict(list)
+    failed = []
+    for r in runs:
+        if r.info.status == "FINISHED" and all(f"heldout_{m}" in r.data.metrics for m in METRIC_NAMES):
+            by_arch[r.data.params["arch"]].append(r)
+        else:
+            failed.append({"arch": r.data.tags.get("arch"), "fold": r.data.tags.get("fold"), "status": r.info.status, "error": r.data.tags.get("error", "")})
+    digest = {}
+    for arch in sorted(by_arch, key=lambda a: (ARCH_ORDER.index(a) if a in ARCH_ORDER else 99, a)):
+        folds = sorted(by_arch[arch], key=lambda r: r.data.params["fold"])
+        row: dict = {"params": int(folds[0].data.params["n_params"])}
+        for m in METRIC_NAMES:
+            values = np.array([r.data.metrics[f"heldout_{m}"] for r in folds])
+            row[f"{m}_mean"] = float(values.mean())
+            row[f"{m}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        row["folds"] = [
+            {
+                "fold": r.data.params["fold"],
+                "n": int(r.data.params["n_heldout_frames"]),
+                **{m: r.data.metrics[f"heldout_{m}"] for m in METRIC_NAMES},
+                "teacher_mean": float(r.data.params.get("heldout_teacher_mean", "nan")),
+                "teacher_std": float(r.data.params.get("heldout_teacher_std", "nan")),
+                "run_id": r.info.run_id,
+            }
+            for r in folds
+        ]
+        digest[arch] = row
+    return digest, failed
+
+
+def markdown(sweep_id: str, digest: dict, failed: list[dict], runs: list[Run]) -> str:
+    p0 = runs[0].data.params
+    lines = [
+        f"# tinyvmaf digest: sweep {sweep_id}",
+        "",
+        f"Teacher `{p0.get('teacher')}` (libvmaf {p0.get('libvmaf_version')}), corpus `{p0.get('corpus')}`, "
+        f"{p0.get('epochs')} epochs, lr {p0.get('lr')}, batch {p0.get('batch_size')}, seed {p0.get('seed')}. "
+        "Leave-one-source-out: each fold trains on every other source and is scored on the held-out one.",
+        "",
+        "## Aggregate (mean ± sample std across folds)",
+        "",
+        "| arch | params | PLCC | SROCC | RMSE |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for arch, row in digest.items():
+        cells = [f"{row[f'{m}_mean']:.4f} ± {row[f'{m}_std']:.4f}" if m != "rmse" else f"{row['rmse_mean']:.3f} ± {row['rmse_std']:.3f}" for m in METRIC_NAMES]
+        lines.append(f"| {arch} | {row['params']:,} | " + " | ".join(cells) + " |")
+    if failed:
+        lines += ["", f"**{len(failed)} run(s) failed and are left out of the tables above:**", ""]
+        lines += [f"- {f['arch']} fold {f['fold']}: {f['status']} {f['error']}" for f in failed]
+    for arch, row in digest.items():
+        lines += ["", f"## {arch}", "", "| fold | n | teacher mean | teacher std | PLCC | SROCC | RMSE |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for f in row["folds"]:
+            lines.append(
+                f"| {f['fold']} | {f['n']:,} | {f['teacher_mean']:.2f} | {f['teacher_std']:.2f} | {f['plcc']:.4f} | {f['srocc']:.4f} | {f['rmse']:.3f} |"
+            )
+    lines += ["", "## Figures", "", "![predicted vs teacher](scatter.png)", "", "![per-fold RMSE](rmse_per_fold.png)", ""]
+    return "\n".join(lines)
+
+
+def scatter_figure(client: MlflowClient, digest: dict, path: Path) -> None:
+    fig, axes = plt.subplots(1, len(digest), figsize=(5 * len(digest), 5), squeeze=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        for ax, (arch, row) in zip(axes[0], digest.items()):
+            for i, f in enumerate(row["folds"]):
+                data = np.load(client.download_artifacts(f["run_id"], "heldout.npz", tmp))
+                ax.scatter(data["teacher"], data["predicted"], s=3, alpha=0.5, color=plt.cm.tab10(i % 10), label=f["fold"])
+            ax.plot([0, 100], [0, 100], color="black", lw=0.8)
+            ax.set(title=f"{arch}: held-out predictions", xlabel="teacher VMAF", ylabel="predicted VMAF", xlim=(0, 100), ylim=(0, 100))
+        axes[0][-1].legend(markerscale=4, fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def rmse_figure(digest: dict, path: Path) -> None:
+    folds = sorted({f["fold"] for row in digest.values() for f in row["folds"]})
+    fig, ax = plt.subplots(figsize=(max(8, len(folds) * 1.1), 4.5))
+    width = 0.8 / max(1, len(digest))
+    for i, (arch, row) in enumerate(digest.items()):
+        rmse = {f["fold"]: f["rmse"] for f in row["folds"]}
+        ax.bar(np.arange(len(folds)) + i * width, [rmse.get(f, np.nan) for f in folds], width, label=arch)
+    ax.set_xticks(np.arange(len(folds)) + width * (len(digest) - 1) / 2, folds, rotation=30, ha="right")
+    ax.set(ylabel="held-out RMSE (VMAF points)", title="Per-fold RMSE")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_digest(cfg: DictConfig) -> int:
+    """``evaluate.py``: the digest of one sweep, on disk and in MLflow."""
+    client, experiment_id = experiment(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.get("artifact_root"))
+    sweep, runs = fold_runs(client, experiment_id, cfg.get("sweep_id"))
+    digest, failed = aggregate(runs)
+    if not digest:
+        raise TinyVmafError(f"sweep_id={sweep}: none of its {len(runs)} runs finished")
+    out = Path(cfg.reports_dir) / sweep
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "digest.json").write_text(json.dumps({"sweep_id": sweep, "archs": digest, "failed_runs": failed}, indent=2))
+    (out / "digest.md").write_text(markdown(sweep, digest, failed, runs))
+    scatter_figure(client, digest, out / "scatter.png")
+    rmse_figure(digest, out / "rmse_per_fold.png")
+    with tracked_run(client, experiment_id, f"digest-{sweep}", {"sweep_id": sweep, DIGEST_TAG: "1"}) as run:
+        for name in ("digest.md", "digest.json", "scatter.png", "rmse_per_fold.png"):
+            run.log_artifact(out / name)
+    print((out / "digest.md").read_text().split("\n## ")[1])
+    for f in failed:
+        print(f"warning: {f['arch']} fold {f['fold']} {f['status']}, left out of the digest: {f['error']}")
+    print(f"digest: {out}/digest.md")
+    return 0

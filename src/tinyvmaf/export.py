@@ -1,0 +1,142 @@
+"""Shipping models: one self-contained ONNX file each, checked every time it is written.
+
+Contract: input ``features`` float32 [N, 6] (raw libvmaf values, order in ``feature_names``),
+output ``vmaf`` float32 [N] in [0, 100]; dynamic batch; standardization and clip in the graph;
+no external data; metadata: feature_names, teacher, arch, n_params, corpus, libvmaf_version
+and the LOSO metrics of the recipe.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from tinyvmaf.cache import FrameTable, TeacherCache
+from tinyvmaf.data import LosoDataModule
+from tinyvmaf.digest import aggregate, fold_runs
+from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.model import ClippedVmaf, TinyVmafModule, VmafNet, count_params, mlp
+from tinyvmaf.teacher import FEATURE_NAMES
+from tinyvmaf.tracking import experiment
+
+# The exporter logs every optimisation pass at INFO, and Hydra shows INFO.
+for _name in ("onnx_ir", "onnxscript", "torch.onnx"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+PARITY_TOLERANCE = 1e-3  # VMAF points, ONNX Runtime vs torch, over the whole corpus
+
+
+def to_onnx(model: VmafNet, path: Path, metadata: dict[str, str]) -> None:
+    """Write the clipped model as one ONNX file (no external data) with ``metadata_props``."""
+    model = model.eval()
+    example = torch.zeros(4, len(FEATURE_NAMES))
+    with tempfile.TemporaryDirectory() as tmp:
+        program = torch.onnx.export(
+            ClippedVmaf(model).eval(),
+            (example,),
+            input_names=["features"],
+            output_names=["vmaf"],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+        program.save(str(Path(tmp) / "model.onnx"), external_data=False)
+        proto = onnx.load(str(Path(tmp) / "model.onnx"))
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=str(value))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(proto, str(path), save_as_external_data=False)
+
+
+def check_onnx(path: Path, model: VmafNet, features: np.ndarray) -> float:
+    """onnx.checker, then ONNX Runtime against torch on ``features``; returns the max abs difference."""
+    onnx.checker.check_model(str(path), full_check=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = features.astype(np.float32)
+    got = session.run(["vmaf"], {"features": x})[0]
+    with torch.no_grad():
+        want = model.eval().predict(torch.from_numpy(x)).numpy()
+    diff = float(np.abs(got - want).max())
+    if got.shape != (len(x),) or diff > PARITY_TOLERANCE:
+        raise TinyVmafError(f"{path}: ONNX Runtime disagrees with torch (max |diff| {diff:.2e} > {PARITY_TOLERANCE}, shape {got.shape})")
+    return diff
+
+
+def train_on_all_sources(cfg: DictConfig, arch: DictConfig, corpus, cache: TeacherCache) -> tuple[VmafNet, FrameTable]:
+    datamodule = LosoDataModule(corpus, cache, cfg.teacher.model, heldout=None, batch_size=cfg.data.batch_size, seed=cfg.seed)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    L.seed_everything(cfg.seed, verbose=False)
+    module: TinyVmafModule = instantiate(cfg.model, net=instantiate(arch.net))
+    trainer: L.Trainer = instantiate(cfg.trainer, limit_val_batches=0)
+    trainer.fit(module, datamodule=datamodule)
+    return module.model, datamodule.table
+
+
+def loso_metadata(cfg: DictConfig, arch: str) -> dict[str, str]:
+    """The LOSO metrics of this recipe from a sweep in MLflow (the latest by default)."""
+    try:
+        client, experiment_id = experiment(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.get("artifact_root"))
+        sweep, runs = fold_runs(client, experiment_id, cfg.get("loso_sweep_id"))
+    except TinyVmafError as exc:
+        print(f"warning: no LOSO metrics in the metadata: {exc}")
+        return {}
+    digest, _ = aggregate([r for r in runs if r.data.params.get("teacher") == cfg.teacher.model])
+    if arch not in digest:
+        print(f"warning: sweep {sweep} has no finished {arch} runs: no LOSO metrics in the metadata")
+        return {}
+    row = digest[arch]
+    keys = [f"{m}_{s}" for m in ("plcc", "srocc", "rmse") for s in ("mean", "std")]
+    return {"loso_sweep_id": sweep, **{f"loso_{k}": f"{row[k]:.6f}" for k in keys}, "loso_folds": str(len(row["folds"]))}
+
+
+def model_from_run(cfg: DictConfig, run_id: str) -> tuple[VmafNet, dict]:
+    client, _ = experiment(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.get("artifact_root"))
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            saved = torch.load(client.download_artifacts(run_id, "model.pt", tmp), weights_only=False)
+        except Exception as exc:
+            raise TinyVmafError(f"run_id={run_id}: no model.pt artifact ({type(exc).__name__})") from None
+    model = VmafNet(instantiate(saved["arch"]["net"]))
+    model.load_state_dict(saved["state_dict"])
+    return model, saved["arch"]
+
+
+def export_models(cfg: DictConfig) -> int:
+    """``export.py``: train each shipping model on every source (or take a run's) and write it."""
+    corpus = instantiate(cfg.corpus)
+    cache: TeacherCache = instantiate(cfg.cache)
+    jobs = {Path(cfg.output): None} if cfg.get("run_id") else {Path(e.output): e.arch for e in cfg.exports.values()}
+    for output, arch in jobs.items():
+        if arch is None:
+            model, arch_cfg = model_from_run(cfg, cfg.run_id)
+            cache.build(corpus)
+            table = cache.load(corpus)
+        else:
+            model, table = train_on_all_sources(cfg, arch, corpus, cache)
+            arch_cfg = OmegaConf.to_container(arch, resolve=True)
+        metadata = {
+            "feature_names": json.dumps(list(FEATURE_NAMES)),
+            "teacher": cfg.teacher.model,
+            "arch": arch_cfg["name"],
+            "n_params": str(count_params(model)),
+            "corpus": f"{table.corpus}:{table.manifest[:12]}",
+            "libvmaf_version": table.libvmaf_version,
+            "epochs": str(cfg.trainer.max_epochs),
+            **loso_metadata(cfg, arch_cfg["name"]),
+        }
+        to_onnx(model, output, metadata)
+        diff = check_onnx(output, model, table.features)
+        print(f"{output}: {arch_cfg['name']}, {metadata['n_params']} params, ONNX Runtime vs torch max |diff| {diff:.1e} on {len(table)} frames")
+    return 0
