@@ -9,6 +9,7 @@ same files as artifacts of a summary run in the experiment.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from collections import defaultdict
 from pathlib import Path
@@ -16,6 +17,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+# One progress bar per downloaded heldout.npz would drown the digest.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from mlflow.entities import Run  # noqa: E402

@@ -1,0 +1,60 @@
+"""Throughput of the shipped ONNX models (ONNX Runtime, CPU) next to libvmaf on the same frames.
+
+    python benchmarks/inference.py
+
+Needs the default corpus's cache (python build_cache.py). libvmaf's figure is a full pass
+(features + vmaf_v0.6.1) over three default-corpus clips at 384x216, one thread: the tiny
+models start from those features, so libvmaf's time is what scoring costs with or without them.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def frames_per_second(fn, frames: int, repeats: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return frames / best
+
+
+def main() -> None:
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("build_cache")
+    corpus, cache = instantiate(cfg.corpus), instantiate(cfg.cache)
+    table = cache.load(corpus)
+    big = np.resize(table.features.astype(np.float32), (100_000, 6))
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, onnxruntime {ort.__version__}")
+    for name in ("vmaf_tiny_v1", "vmaf_tiny_v1_medium"):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        session = ort.InferenceSession(str(ROOT / "models" / f"{name}.onnx"), options, providers=["CPUExecutionProvider"])
+        rows = [big[i : i + 1] for i in range(2000)]
+        single = frames_per_second(lambda: [session.run(None, {"features": r}) for r in rows], len(rows))
+        batch = frames_per_second(lambda: session.run(None, {"features": big}), len(big))
+        print(f"{name}: batch 1: {single:,.0f} frames/s; batch 100,000: {batch:,.0f} frames/s (1 thread)")
+    pairs = corpus.pairs()[:3]
+    libvmaf = FfmpegLibvmaf(n_threads=1)
+    n = sum(len(libvmaf.score(p, ["vmaf_v0.6.1"]).features) for p in pairs[:1])  # warm-up
+    start = time.perf_counter()
+    n = sum(len(libvmaf.score(p, ["vmaf_v0.6.1"]).features) for p in pairs)
+    print(f"libvmaf (features + vmaf_v0.6.1, 384x216, 1 thread): {n / (time.perf_counter() - start):,.0f} frames/s")
+
+
+if __name__ == "__main__":
+    main()
