@@ -35,7 +35,7 @@ from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.files import atomic_path, sha256_file
 from tinyvmaf.teacher import FEATURE_NAMES, Libvmaf
 
-SCHEMA = 1
+SCHEMA = 2  # 2: feature variants (e.g. *_egl_1 for vmaf_v0.6.1neg) stored too
 
 
 @dataclass
@@ -66,6 +66,15 @@ class FrameTable:
     clips: list[str]  # asset names
     clip_source: list[str]  # the source of each clip
     sources: list[str]
+    variants: dict[str, np.ndarray] = field(default_factory=dict)  # feature variants, e.g. integer_adm2_egl_1
+
+    def columns(self, names: tuple[str, ...] | list[str]) -> np.ndarray:
+        """[n, len(names)] of features or feature variants, by libvmaf log name."""
+        index = {n: i for i, n in enumerate(FEATURE_NAMES)}
+        missing = [n for n in names if n not in index and n not in self.variants]
+        if missing:
+            raise TinyVmafError(f"the cache of corpus {self.corpus!r} holds no {', '.join(missing)}; add the model that needs them to cache.models")
+        return np.stack([self.features[:, index[n]] if n in index else self.variants[n] for n in names], axis=1)
 
     @property
     def source_of_frame(self) -> np.ndarray:
@@ -158,6 +167,7 @@ class TeacherCache:
             "n_frames": len(result.features),
             "features": {"names": list(FEATURE_NAMES), "per_frame": result.features.tolist()},
             "scores": {m: s.tolist() for m, s in result.scores.items()},
+            "variants": {n: v.tolist() for n, v in result.variants.items()},
         }
         with atomic_path(self.entry_path(corpus, pair.asset)) as tmp:
             tmp.write_text(json.dumps(entry))
@@ -186,6 +196,9 @@ class TeacherCache:
             "sources": np.array(sources_of(pairs)),
             "models": np.array(self.models),
         }
+        shared_variants = set.intersection(*(set(e["variants"]) for e in entries))
+        for name in sorted(shared_variants):
+            arrays[f"variant:{name}"] = np.concatenate([np.asarray(e["variants"][name], dtype=np.float64) for e in entries])
         for m in self.models:
             arrays[f"score:{m}"] = np.concatenate([np.asarray(e["scores"][m], dtype=np.float64) for e in entries])
         with atomic_path(npz) as tmp:
@@ -207,6 +220,7 @@ class TeacherCache:
                 backend=str(z["backend"]),
                 features=z["features"],
                 scores={m: z[f"score:{m}"] for m in models},
+                variants={k.removeprefix("variant:"): z[k] for k in z.files if k.startswith("variant:")},
                 clip=z["clip"],
                 clips=[str(c) for c in z["clips"]],
                 clip_source=[str(s) for s in z["clip_source"]],

@@ -17,6 +17,10 @@ import torch
 from tinyvmaf.cache import FrameTable, TeacherCache
 from tinyvmaf.corpus import Corpus
 from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.teacher import FEATURE_NAMES
+from tinyvmaf.teacher.function import load_teacher
+
+MOTION = FEATURE_NAMES.index("integer_motion2")
 
 _BUILT: set[tuple[str, str]] = set()  # (cache root, corpus) built by this process: sweeps check once
 
@@ -34,6 +38,62 @@ class Standardization:
     def fit(cls, features: np.ndarray, target: np.ndarray) -> "Standardization":
         std = features.std(axis=0)
         return cls(features.mean(axis=0), np.where(std > 0, std, 1.0), float(target.mean()), float(target.std() or 1.0))
+
+
+def transform_features(features: np.ndarray | torch.Tensor, log_motion: bool) -> np.ndarray | torch.Tensor:
+    """The models' input transform: optionally log1p of motion2, whose tail runs to ~100."""
+    if not log_motion:
+        return features
+    if isinstance(features, torch.Tensor):
+        motion = torch.log1p(features[:, MOTION : MOTION + 1].clamp(min=0))
+        return torch.cat([features[:, :MOTION], motion, features[:, MOTION + 1 :]], dim=1)
+    out = features.copy()
+    out[:, MOTION] = np.log1p(np.maximum(features[:, MOTION], 0))
+    return out
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Synthetic feature vectors labelled by the teacher function, added to the training frames.
+
+    ``amount`` synthetic vectors per real training frame, split into: ``around`` (a real frame
+    plus Gaussian noise of ``jitter`` feature standard deviations), ``between`` (a random convex
+    mix of two real frames) and ``across`` (uniform over ``domain``; motion2 log-uniform). Only
+    the training sources' frames are used: the held-out source is never touched.
+    """
+
+    enabled: bool = False
+    amount: float = 2.0
+    around: float = 0.4
+    between: float = 0.3
+    across: float = 0.3
+    jitter: float = 0.15
+    domain: dict | None = None  # feature name -> [low, high]
+
+    def sample(self, features: np.ndarray, teacher: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        function = load_teacher(teacher)
+        if tuple(function.feature_columns) != FEATURE_NAMES:
+            raise TinyVmafError(f"data.augment: teacher {teacher} reads {function.feature_columns}, not the six features the models take")
+        rng = np.random.default_rng(seed)
+        n = int(self.amount * len(features))
+        shares = np.array([self.around, self.between, self.across], dtype=np.float64)
+        n_around, n_between = (n * shares[:2] / shares.sum()).astype(int)
+        n_across = n - n_around - n_between
+        low, high = self._bounds()
+        around = features[rng.integers(len(features), size=n_around)]
+        around = around + rng.normal(size=around.shape) * features.std(axis=0) * self.jitter
+        a, b = features[rng.integers(len(features), size=(2, n_between))]
+        mix = rng.uniform(size=(n_between, 1))
+        between = mix * a + (1 - mix) * b
+        across = rng.uniform(low, high, size=(n_across, len(FEATURE_NAMES)))
+        across[:, MOTION] = np.expm1(rng.uniform(np.log1p(low[MOTION]), np.log1p(high[MOTION]), size=n_across))
+        synthetic = np.clip(np.concatenate([around, between, across]), low, high)
+        return synthetic, function(synthetic)
+
+    def _bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        domain = self.domain or {}
+        bounds = np.array([domain.get(name, (0.0, 1.0)) for name in FEATURE_NAMES], dtype=np.float64)
+        return bounds[:, 0], bounds[:, 1]
 
 
 class TensorBatches:
@@ -63,8 +123,12 @@ class LosoDataModule(L.LightningDataModule):
         batch_size: int = 256,
         seed: int = 0,
         build_cache: bool = True,
+        augment: Augmentation | dict | None = None,
+        log_motion: bool = False,
     ) -> None:
         super().__init__()
+        self.augment = Augmentation(**augment) if isinstance(augment, dict) else augment or Augmentation()
+        self.log_motion = log_motion
         self.corpus, self.cache, self.teacher, self.heldout = corpus, cache, teacher, heldout
         self.batch_size, self.seed, self.build_cache = batch_size, seed, build_cache
         self.table: FrameTable | None = None
@@ -93,8 +157,13 @@ class LosoDataModule(L.LightningDataModule):
         target = table.scores[self.teacher]
         self.table = table
         self.heldout_mask = held
-        self.standardization = Standardization.fit(table.features[~held], target[~held])
-        self.train_x, self.train_y = _tensors(table.features[~held], target[~held])
+        train_x, train_y = table.features[~held], target[~held]
+        # Fitted on the real training frames only (transformed as the model will see them).
+        self.standardization = Standardization.fit(transform_features(train_x, self.log_motion), train_y)
+        if self.augment.enabled:
+            synthetic_x, synthetic_y = self.augment.sample(train_x, self.teacher, self.seed)
+            train_x, train_y = np.concatenate([train_x, synthetic_x]), np.concatenate([train_y, synthetic_y])
+        self.train_x, self.train_y = _tensors(train_x, train_y)
         self.test_x, self.test_y = _tensors(table.features[held], target[held])
 
     def train_dataloader(self) -> TensorBatches:

@@ -108,7 +108,7 @@ def model_from_run(cfg: DictConfig, run_id: str) -> tuple[VmafNet, dict]:
             saved = torch.load(client.download_artifacts(run_id, "model.pt", tmp), weights_only=False)
         except Exception as exc:
             raise TinyVmafError(f"run_id={run_id}: no model.pt artifact ({type(exc).__name__})") from None
-    model = VmafNet(instantiate(saved["arch"]["net"]))
+    model = VmafNet(instantiate(saved["arch"]["net"]), saved.get("log_motion", False))
     model.load_state_dict(saved["state_dict"])
     return model, saved["arch"]
 

@@ -12,7 +12,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from tinyvmaf.data import Standardization
+from tinyvmaf.data import Standardization, transform_features
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.teacher import FEATURE_NAMES
 
@@ -37,9 +37,10 @@ def count_params(module: nn.Module) -> int:
 class VmafNet(nn.Module):
     """Raw features -> standardize -> net -> de-standardize. ``forward`` is unclipped (for the loss)."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, log_motion: bool = False) -> None:
         super().__init__()
         self.net = net
+        self.log_motion = log_motion
         self.register_buffer("feature_mean", torch.zeros(N_FEATURES))
         self.register_buffer("feature_std", torch.ones(N_FEATURES))
         self.register_buffer("target_mean", torch.zeros(()))
@@ -52,7 +53,7 @@ class VmafNet(nn.Module):
         self.target_std.fill_(s.target_std)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        z = (features - self.feature_mean) / self.feature_std
+        z = (transform_features(features, self.log_motion) - self.feature_mean) / self.feature_std
         return self.net(z).squeeze(-1) * self.target_std + self.target_mean
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
@@ -79,9 +80,10 @@ class TinyVmafModule(L.LightningModule):
         net: nn.Module,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        log_motion: bool = False,
     ) -> None:
         super().__init__()
-        self.model = VmafNet(net)
+        self.model = VmafNet(net, log_motion)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.loss = nn.MSELoss()

@@ -85,7 +85,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         with tempfile.TemporaryDirectory(prefix="tinyvmaf-run-") as tmp:
             (Path(tmp) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
             torch.save(
-                {"state_dict": module.model.state_dict(), "arch": OmegaConf.to_container(cfg.arch, resolve=True)},
+                {"state_dict": module.model.state_dict(), "arch": OmegaConf.to_container(cfg.arch, resolve=True), "log_motion": module.model.log_motion},
                 Path(tmp) / "model.pt",
             )
             with torch.no_grad():

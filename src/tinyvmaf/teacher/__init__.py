@@ -8,7 +8,7 @@ libvmaf build, as the reference users run it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -31,10 +31,15 @@ FEATURE_NAMES = (
 LIBVMAF_PIX_FMTS = {"yuv420p", "yuv422p", "yuv444p", "yuv420p10le", "yuv422p10le", "yuv444p10le"}
 
 
+# Variants of the features that some models read instead (vmaf_v0.6.1neg: enhancement gain limit 1).
+VARIANT_SUFFIXES = ("_egl_1",)
+
+
 @dataclass
 class TeacherResult:
     features: np.ndarray  # [n_frames, 6], FEATURE_NAMES order
     scores: dict[str, np.ndarray]  # model name -> [n_frames]
+    variants: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. integer_adm2_egl_1 -> [n_frames]
 
 
 class Libvmaf(Protocol):
@@ -86,7 +91,7 @@ def frame_aligned_graph(geo: PairGeometry) -> tuple[str, str]:
 
 def check_finite(result: TeacherResult, pair: ClipPair) -> TeacherResult:
     bad = ~np.isfinite(result.features).all(axis=1)
-    for scores in result.scores.values():
+    for scores in [*result.scores.values(), *result.variants.values()]:
         bad |= ~np.isfinite(scores)
     if bad.any():
         frames = np.flatnonzero(bad)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from tinyvmaf.errors import TinyVmafError
-from tinyvmaf.teacher import FEATURE_NAMES, TeacherResult
+from tinyvmaf.teacher import FEATURE_NAMES, VARIANT_SUFFIXES, TeacherResult
 
 # libvmaf < 2 and the float extractors write ``adm2``; libvmaf 2+ writes ``integer_adm2``.
 LEGACY_NAMES = {name: name.removeprefix("integer_") for name in FEATURE_NAMES}
@@ -52,6 +52,13 @@ def scores_from_log(log: dict, models: list[str], source: Path) -> dict[str, np.
     return {m: np.array([f["metrics"][m] for f in log["frames"]], dtype=np.float64) for m in models}
 
 
+def variants_from_log(log: dict) -> dict[str, np.ndarray]:
+    """Feature variants the log holds (logged when a model such as vmaf_v0.6.1neg needs them)."""
+    metrics = log["frames"][0]["metrics"]
+    names = [n + s for n in FEATURE_NAMES for s in VARIANT_SUFFIXES if n + s in metrics]
+    return {n: np.array([f["metrics"][n] for f in log["frames"]], dtype=np.float64) for n in names}
+
+
 def result_from_log(path: Path, models: list[str]) -> TeacherResult:
     log = read_log(path)
-    return TeacherResult(features_from_log(log, path), scores_from_log(log, models, path))
+    return TeacherResult(features_from_log(log, path), scores_from_log(log, models, path), variants_from_log(log))

@@ -1,0 +1,103 @@
+"""The teacher as code: a libvmaf model JSON evaluated from the six features, batched in numpy.
+
+libvmaf's vmaf_v0.6.1 (and its neg and 4k siblings) rescales each feature linearly
+(``norm_type: linear_rescale``; index 0 of ``slopes``/``intercepts`` is the score, 1..6 the
+features), applies a libsvm nu-SVR with an RBF kernel, maps the result back to the VMAF scale
+and clips it to ``score_clip``. ``score_transform`` applies only when asked for, as in libvmaf.
+The model files ship in ``libvmaf_models/`` with libvmaf's licence.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+import numpy as np
+
+from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.teacher import FEATURE_NAMES
+
+# libvmaf's options that select a variant of a feature, and how its JSON log names that variant.
+_VARIANTS = {"adm_enhn_gain_limit": "_egl_{:g}", "vif_enhn_gain_limit": "_egl_{:g}"}
+
+
+@dataclass(frozen=True)
+class SvrTeacher:
+    name: str
+    feature_columns: tuple[str, ...]  # libvmaf log names of the six inputs, FEATURE_NAMES order
+    slopes: np.ndarray
+    intercepts: np.ndarray
+    support_vectors: np.ndarray  # [n_sv, 6], in the rescaled space
+    coefficients: np.ndarray  # [n_sv]
+    gamma: float
+    rho: float
+    clip: tuple[float, float]
+    transform: dict | None
+
+    def __call__(self, features: np.ndarray, enable_transform: bool = False, chunk: int = 65536) -> np.ndarray:
+        """vmaf scores of ``features`` [N, 6] (raw libvmaf values, ``feature_columns`` order)."""
+        features = np.asarray(features, dtype=np.float64)
+        if features.ndim != 2 or features.shape[1] != len(FEATURE_NAMES):
+            raise TinyVmafError(f"teacher {self.name}: features must be [N, {len(FEATURE_NAMES)}], got {list(features.shape)}")
+        return np.concatenate([self._score(features[i : i + chunk], enable_transform) for i in range(0, len(features), chunk)] or [np.zeros(0)])
+
+    def _score(self, x: np.ndarray, enable_transform: bool) -> np.ndarray:
+        z = x * self.slopes[1:] + self.intercepts[1:]
+        sq = (z * z).sum(1)[:, None] - 2.0 * z @ self.support_vectors.T + (self.support_vectors**2).sum(1)[None, :]
+        svr = np.exp(-self.gamma * np.maximum(sq, 0.0)) @ self.coefficients - self.rho
+        score = (svr - self.intercepts[0]) / self.slopes[0]
+        if enable_transform and self.transform:
+            t = self.transform
+            transformed = t.get("p0", 0.0) + t.get("p1", 0.0) * score + t.get("p2", 0.0) * score**2
+            score = np.maximum(transformed, score) if str(t.get("out_gte_in", "false")).lower() == "true" else transformed
+        return np.clip(score, *self.clip)
+
+
+@cache
+def load_teacher(name: str) -> SvrTeacher:
+    """A libvmaf model shipped with tinyvmaf, by name (``vmaf_v0.6.1``, ``vmaf_v0.6.1neg``, ...)."""
+    path = resources.files("tinyvmaf.teacher") / "libvmaf_models" / f"{name}.json"
+    if not path.is_file():
+        shipped = sorted(p.name.removesuffix(".json") for p in (resources.files("tinyvmaf.teacher") / "libvmaf_models").iterdir() if p.name.endswith(".json"))
+        raise TinyVmafError(f"teacher {name!r}: no such libvmaf model JSON; shipped: {', '.join(shipped)}")
+    return parse_model(name, json.loads(path.read_text()))
+
+
+def parse_model(name: str, document: dict) -> SvrTeacher:
+    model = document["model_dict"]
+    if model.get("model_type") != "LIBSVMNUSVR" or model.get("norm_type") != "linear_rescale":
+        raise TinyVmafError(f"teacher {name!r}: only libsvm nu-SVR models with linear_rescale are supported")
+    header, _, body = model["model"].partition("\nSV\n")
+    fields = dict(line.split(" ", 1) for line in header.splitlines())
+    if fields.get("kernel_type") != "rbf":
+        raise TinyVmafError(f"teacher {name!r}: kernel {fields.get('kernel_type')} is not supported")
+    coefficients, vectors = [], []
+    for line in body.strip().splitlines():
+        coef, *pairs = line.split()
+        coefficients.append(float(coef))
+        values = dict(p.split(":") for p in pairs)
+        vectors.append([float(values.get(str(i + 1), 0.0)) for i in range(len(FEATURE_NAMES))])
+    return SvrTeacher(
+        name=name,
+        feature_columns=_feature_columns(model),
+        slopes=np.array(model["slopes"], dtype=np.float64),
+        intercepts=np.array(model["intercepts"], dtype=np.float64),
+        support_vectors=np.array(vectors),
+        coefficients=np.array(coefficients),
+        gamma=float(fields["gamma"]),
+        rho=float(fields["rho"]),
+        clip=tuple(model.get("score_clip", (-np.inf, np.inf))),
+        transform=model.get("score_transform"),
+    )
+
+
+def _feature_columns(model: dict) -> tuple[str, ...]:
+    """The log names of the model's inputs: ``integer_adm2``, or ``integer_adm2_egl_1`` for neg."""
+    options = model.get("feature_opts_dicts") or [{}] * len(FEATURE_NAMES)
+    columns = []
+    for base, opts in zip(FEATURE_NAMES, options, strict=True):
+        suffix = "".join(_VARIANTS[k].format(v) for k, v in opts.items() if k in _VARIANTS)
+        columns.append(base + suffix)
+    return tuple(columns)
