@@ -58,19 +58,23 @@ class Augmentation:
 
     ``amount`` synthetic vectors per real training frame, split into: ``around`` (a real frame
     plus Gaussian noise of ``jitter`` feature standard deviations), ``between`` (a random convex
-    mix of two real frames) and ``across`` (uniform over ``domain``; motion2 log-uniform). Only
+    mix of two real frames) and ``across`` (uniform over ``domain``, some coordinates on its faces). Only
     the training sources' frames are used: the held-out source is never touched.
     """
 
     enabled: bool = False
     amount: float = 2.0
     around: float = 0.4
-    between: float = 0.3
-    across: float = 0.3
-    jitter: float = 0.15
+    between: float = 0.4
+    across: float = 0.2
+    jitter: float = 0.3
+    edge: float = 0.2  # chance that an across coordinate sits on the domain's low or high face
     domain: dict | None = None  # feature name -> [low, high]
 
     def sample(self, features: np.ndarray, teacher: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """``amount`` x len(features) labelled vectors; none when augmentation is off."""
+        if not self.enabled:
+            return np.zeros((0, len(FEATURE_NAMES))), np.zeros(0)
         function = load_teacher(teacher)
         if tuple(function.feature_columns) != FEATURE_NAMES:
             raise TinyVmafError(f"data.augment: teacher {teacher} reads {function.feature_columns}, not the six features the models take")
@@ -86,7 +90,9 @@ class Augmentation:
         mix = rng.uniform(size=(n_between, 1))
         between = mix * a + (1 - mix) * b
         across = rng.uniform(low, high, size=(n_across, len(FEATURE_NAMES)))
-        across[:, MOTION] = np.expm1(rng.uniform(np.log1p(low[MOTION]), np.log1p(high[MOTION]), size=n_across))
+        # Some coordinates on the domain's faces: corners and edges are where an MLP drifts most.
+        on_face = rng.uniform(size=across.shape) < self.edge
+        across = np.where(on_face, np.where(rng.uniform(size=across.shape) < 0.5, low, high), across)
         synthetic = np.clip(np.concatenate([around, between, across]), low, high)
         return synthetic, function(synthetic)
 
@@ -97,20 +103,37 @@ class Augmentation:
 
 
 class TensorBatches:
-    """Mini-batches sliced from whole tensors: no per-sample Python, no worker processes."""
+    """Mini-batches sliced from whole tensors: no per-sample Python, no worker processes.
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0) -> None:
-        self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
+    Each item holds ``group`` consecutive mini-batches, which the model steps through one by
+    one: the same updates in the same order, at a fraction of Lightning's per-batch overhead.
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        group: int = 1,
+    ) -> None:
+        self.x, self.y, self.batch_size, self.shuffle, self.group = x, y, batch_size, shuffle, group
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
+        return -(-len(self.x) // (self.batch_size * self.group))
+
+    @property
+    def minibatches_per_epoch(self) -> int:
         return -(-len(self.x) // self.batch_size)
 
     def __iter__(self):
-        order = torch.randperm(len(self.x), generator=self.generator) if self.shuffle else torch.arange(len(self.x))
-        for start in range(0, len(self.x), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            yield self.x[idx], self.y[idx]
+        x, y = self.x, self.y
+        order = torch.randperm(len(x), generator=self.generator) if self.shuffle else torch.arange(len(x))
+        for start in range(0, len(x), self.batch_size * self.group):
+            idx = order[start : start + self.batch_size * self.group]
+            yield x[idx], y[idx]
 
 
 class LosoDataModule(L.LightningDataModule):
@@ -125,10 +148,12 @@ class LosoDataModule(L.LightningDataModule):
         build_cache: bool = True,
         augment: Augmentation | dict | None = None,
         log_motion: bool = False,
+        group: int = 1,
     ) -> None:
         super().__init__()
         self.augment = Augmentation(**augment) if isinstance(augment, dict) else augment or Augmentation()
         self.log_motion = log_motion
+        self.group = group
         self.corpus, self.cache, self.teacher, self.heldout = corpus, cache, teacher, heldout
         self.batch_size, self.seed, self.build_cache = batch_size, seed, build_cache
         self.table: FrameTable | None = None
@@ -160,14 +185,13 @@ class LosoDataModule(L.LightningDataModule):
         train_x, train_y = table.features[~held], target[~held]
         # Fitted on the real training frames only (transformed as the model will see them).
         self.standardization = Standardization.fit(transform_features(train_x, self.log_motion), train_y)
-        if self.augment.enabled:
-            synthetic_x, synthetic_y = self.augment.sample(train_x, self.teacher, self.seed)
-            train_x, train_y = np.concatenate([train_x, synthetic_x]), np.concatenate([train_y, synthetic_y])
         self.train_x, self.train_y = _tensors(train_x, train_y)
+        self.synthetic_x, self.synthetic_y = _tensors(*self.augment.sample(train_x, self.teacher, self.seed))
         self.test_x, self.test_y = _tensors(table.features[held], target[held])
 
     def train_dataloader(self) -> TensorBatches:
-        return TensorBatches(self.train_x, self.train_y, self.batch_size, shuffle=True, seed=self.seed)
+        x, y = torch.cat([self.train_x, self.synthetic_x]), torch.cat([self.train_y, self.synthetic_y])
+        return TensorBatches(x, y, self.batch_size, shuffle=True, seed=self.seed, group=self.group)
 
     def val_dataloader(self) -> TensorBatches | list:
         """The held-out source in one batch; nothing when training on every source (export)."""

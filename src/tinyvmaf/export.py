@@ -74,7 +74,7 @@ def check_onnx(path: Path, model: VmafNet, features: np.ndarray) -> float:
 
 
 def train_on_all_sources(cfg: DictConfig, arch: DictConfig, corpus, cache: TeacherCache) -> tuple[VmafNet, FrameTable]:
-    datamodule = LosoDataModule(corpus, cache, cfg.teacher.model, heldout=None, batch_size=cfg.data.batch_size, seed=cfg.seed)
+    datamodule: LosoDataModule = instantiate(cfg.data, corpus=corpus, cache=cache, teacher=cfg.teacher.model, heldout=None, seed=cfg.seed)
     datamodule.prepare_data()
     datamodule.setup("fit")
     L.seed_everything(cfg.seed, verbose=False)
@@ -115,6 +115,7 @@ def model_from_run(cfg: DictConfig, run_id: str) -> tuple[VmafNet, dict]:
 
 def export_models(cfg: DictConfig) -> int:
     """``export.py``: train each shipping model on every source (or take a run's) and write it."""
+    torch.set_num_threads(cfg.torch_threads)
     corpus = instantiate(cfg.corpus)
     cache: TeacherCache = instantiate(cfg.cache)
     jobs = {Path(cfg.output): None} if cfg.get("run_id") else {Path(e.output): e.arch for e in cfg.exports.values()}

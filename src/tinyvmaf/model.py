@@ -101,23 +101,25 @@ class TinyVmafModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         self.model.set_standardization(self.trainer.datamodule.standardization)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        optimizer = self.optimizers()
-        optimizer.zero_grad()
-        # The loss is taken on the standardized target so that lr means the same for every teacher.
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        """One optimizer step per mini-batch of the group the data module hands over."""
+        optimizer = self.optimizers(use_pl_optimizer=False)
+        scheduler = self.lr_schedulers() if self.scheduler_factory is not None else None
         m = self.model
-        loss = self.loss((m(x) - m.target_mean) / m.target_std, (y - m.target_mean) / m.target_std)
-        if not torch.isfinite(loss):
-            raise TinyVmafError(f"the training loss became {loss.item()} at epoch {self.current_epoch}; lower model.optimizer.lr")
-        self.manual_backward(loss)
-        optimizer.step()
-        if self.scheduler_factory is not None:
-            self.lr_schedulers().step()
-        # Summed here, averaged per epoch by the metrics callback: self.log costs ~2 ms a step.
-        self.train_loss_sum += loss.detach()
-        self.train_batches += 1
-        return loss
+        size = self.trainer.datamodule.batch_size
+        for x, y in zip(*(t.split(size) for t in batch)):
+            optimizer.zero_grad(set_to_none=True)
+            # The loss is taken on the standardized target so that lr means the same for every teacher.
+            loss = self.loss((m(x) - m.target_mean) / m.target_std, (y - m.target_mean) / m.target_std)
+            if not torch.isfinite(loss):
+                raise TinyVmafError(f"the training loss became {loss.item()} at epoch {self.current_epoch}; lower model.optimizer.lr")
+            loss.backward()  # single-device fp32: nothing for Lightning's precision plugins to do
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            # Summed here, averaged per epoch by the metrics callback: self.log costs ~2 ms a step.
+            self.train_loss_sum += loss.detach()
+            self.train_batches += 1
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, _ = batch
@@ -127,5 +129,5 @@ class TinyVmafModule(L.LightningModule):
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        total = self.trainer.estimated_stepping_batches
+        total = self.trainer.max_epochs * self.trainer.datamodule.train_dataloader().minibatches_per_epoch
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer, total_steps=int(total)), "interval": "step"}}

@@ -36,7 +36,7 @@ class SvrTeacher:
     clip: tuple[float, float]
     transform: dict | None
 
-    def __call__(self, features: np.ndarray, enable_transform: bool = False, chunk: int = 65536) -> np.ndarray:
+    def __call__(self, features: np.ndarray, enable_transform: bool = False, chunk: int = 4096) -> np.ndarray:
         """vmaf scores of ``features`` [N, 6] (raw libvmaf values, ``feature_columns`` order)."""
         features = np.asarray(features, dtype=np.float64)
         if features.ndim != 2 or features.shape[1] != len(FEATURE_NAMES):
@@ -45,8 +45,14 @@ class SvrTeacher:
 
     def _score(self, x: np.ndarray, enable_transform: bool) -> np.ndarray:
         z = x * self.slopes[1:] + self.intercepts[1:]
-        sq = (z * z).sum(1)[:, None] - 2.0 * z @ self.support_vectors.T + (self.support_vectors**2).sum(1)[None, :]
-        svr = np.exp(-self.gamma * np.maximum(sq, 0.0)) @ self.coefficients - self.rho
+        # ||z - sv||^2 expanded, in place on one chunk-sized buffer that stays in cache.
+        kernel = z @ (-2.0 * self.support_vectors.T)
+        kernel += (z * z).sum(1)[:, None]
+        kernel += (self.support_vectors**2).sum(1)[None, :]
+        np.maximum(kernel, 0.0, out=kernel)
+        kernel *= -self.gamma
+        np.exp(kernel, out=kernel)
+        svr = kernel @ self.coefficients - self.rho
         score = (svr - self.intercepts[0]) / self.slopes[0]
         if enable_transform and self.transform:
             t = self.transform

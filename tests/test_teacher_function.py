@@ -1,0 +1,109 @@
+"""The teacher as code against real libvmaf, augmentation's no-leakage rule, the extrapolation guard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from tinyvmaf.cache import TeacherCache
+from tinyvmaf.corpus.directory import DirectoryCorpus
+from tinyvmaf.data import Augmentation, LosoDataModule
+from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.teacher import FEATURE_NAMES
+from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
+from tinyvmaf.teacher.function import load_teacher
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ["vmaf_v0.6.1", "vmaf_v0.6.1neg", "vmaf_4k_v0.6.1"]
+DOMAIN_LOW = np.zeros(6)
+DOMAIN_HIGH = np.array([1.0, 100.0, 1.0, 1.0, 1.0, 1.0])
+
+
+def default_table():
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("build_cache")
+    corpus, cache = instantiate(cfg.corpus), instantiate(cfg.cache)
+    cache.build(corpus)  # generates the corpus and runs libvmaf on a fresh machine (~75 s), else instant
+    return cache.load(corpus)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", MODELS)
+def test_teacher_function_matches_libvmaf_on_every_frame_of_the_default_corpus(model):
+    table = default_table()
+    teacher = load_teacher(model)
+    predicted = teacher(table.columns(teacher.feature_columns))
+    assert len(predicted) == len(table) > 8000
+    assert np.abs(predicted - table.scores[model]).max() <= 1e-3
+
+
+def test_teacher_function_matches_libvmaf_on_tiny_clips(tiny_corpus, tmp_path):
+    corpus = DirectoryCorpus(tiny_corpus)
+    cache = TeacherCache(tmp_path / "cache", FfmpegLibvmaf(), MODELS, n_jobs=2)
+    cache.build(corpus)
+    table = cache.load(corpus)
+    for model in MODELS:
+        teacher = load_teacher(model)
+        np.testing.assert_allclose(teacher(table.columns(teacher.feature_columns)), table.scores[model], atol=1e-3)
+
+
+def test_teacher_function_errors():
+    with pytest.raises(TinyVmafError, match="teacher 'vmaf_v9': no such libvmaf model JSON; shipped: vmaf_4k_v0.6.1, vmaf_v0.6.1, vmaf_v0.6.1neg"):
+        load_teacher("vmaf_v9")
+    with pytest.raises(TinyVmafError, match=r"features must be \[N, 6\], got \[3, 5\]"):
+        load_teacher("vmaf_v0.6.1")(np.zeros((3, 5)))
+    assert load_teacher("vmaf_v0.6.1neg").feature_columns[0] == "integer_adm2_egl_1"
+
+
+def test_augmentation_never_touches_the_heldout_source(tiny_corpus, tmp_path, monkeypatch):
+    corpus = DirectoryCorpus(tiny_corpus)
+    cache = TeacherCache(tmp_path / "cache", FfmpegLibvmaf(), ["vmaf_v0.6.1"], n_jobs=2)
+    cache.build(corpus)
+    seen = []
+    original = Augmentation.sample
+
+    def spy(self, features, teacher, seed):
+        seen.append(features.copy())
+        return original(self, features, teacher, seed)
+
+    monkeypatch.setattr(Augmentation, "sample", spy)
+    dm = LosoDataModule(corpus, cache, "vmaf_v0.6.1", heldout="Mandel", augment={"enabled": True, "amount": 3.0})
+    dm.setup()
+    batches = list(dm.train_dataloader())  # noqa: F841
+    table = cache.load(corpus)
+    held = table.features[table.source_of_frame == table.sources.index("Mandel")]
+    train = table.features[table.source_of_frame == table.sources.index("Bars")]
+    assert len(seen) == 1 and np.array_equal(np.sort(seen[0], axis=0), np.sort(train.astype(np.float32).astype(np.float64), axis=0))
+    assert sum(len(x) for x, _ in batches) == 24 + 72
+    # the standardization is the training source's, with or without augmentation
+    np.testing.assert_allclose(dm.standardization.feature_mean, train.mean(axis=0))
+    assert not any(np.isclose(seen[0], row).all(axis=1).any() for row in held)
+
+
+def test_augmented_labels_are_the_teacher_function():
+    rng = np.random.default_rng(0)
+    real = np.column_stack([rng.uniform(0.7, 1, 200), rng.uniform(0, 20, 200), *(rng.uniform(0.3, 1, 200) for _ in range(4))])
+    x, y = Augmentation(enabled=True, amount=5.0, domain={"integer_motion2": [0, 100]}).sample(real, "vmaf_v0.6.1", seed=1)
+    assert x.shape == (1000, 6) and (x >= DOMAIN_LOW).all() and (x <= DOMAIN_HIGH).all()
+    np.testing.assert_allclose(y, load_teacher("vmaf_v0.6.1")(x))
+    assert x[:, 1].max() > 50  # the across-domain draws reach high motion
+
+
+def domain_points() -> np.ndarray:
+    grid = np.stack(np.meshgrid(*[np.linspace(lo, hi, 5) for lo, hi in zip(DOMAIN_LOW, DOMAIN_HIGH)], indexing="ij"), -1).reshape(-1, 6)
+    random = np.random.default_rng(42).uniform(DOMAIN_LOW, DOMAIN_HIGH, size=(20000, 6))
+    return np.concatenate([grid, random])
+
+
+@pytest.mark.parametrize("name", ["vmaf_tiny_v1", "vmaf_tiny_v1_medium"])
+def test_shipped_models_stay_within_5_vmaf_of_the_teacher_over_the_valid_domain(name):
+    session = ort.InferenceSession(str(ROOT / "models" / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+    x = domain_points()
+    predicted = session.run(None, {"features": x.astype(np.float32)})[0]
+    teacher = load_teacher(session.get_modelmeta().custom_metadata_map["teacher"])(x.astype(np.float32).astype(np.float64))
+    assert np.abs(predicted - teacher).max() <= 5.0
