@@ -50,12 +50,18 @@ def swept(tiny_corpus_master, tmp_path_factory):
             train(compose_train(*base, f"arch={arch}", f"fold.heldout={fold}", "sweep_id=s1"))
     with pytest.raises(TinyVmafError):
         train(compose_train(*base, "fold.heldout=Ghost", "sweep_id=s1"))
+    for fold in ("Bars", "Mandel"):  # the same without augmentation, to compare with
+        train(compose_train(*base, f"fold.heldout={fold}", "sweep_id=plain", "data.augment.enabled=false"))
     return tmp, base
+
+
+def corpus_overrides(base: list[str]) -> list[str]:
+    return [o for o in base if o.startswith(("corpus", "paths.", "cache."))]
 
 
 def test_digest_numbers_equal_the_mlflow_run_metrics(swept, capsys):
     tmp, base = swept
-    cfg = compose("evaluate", *store_overrides(tmp), f"reports_dir={tmp}/reports")
+    cfg = compose("evaluate", *store_overrides(tmp), *corpus_overrides(base), f"reports_dir={tmp}/reports", "sweep_id=s1", "compare_sweep_id=plain")
     assert write_digest(cfg) == 0
     out = capsys.readouterr().out
     assert "warning: mlp_small fold Ghost FAILED" in out
@@ -72,7 +78,11 @@ def test_digest_numbers_equal_the_mlflow_run_metrics(swept, capsys):
         assert row["rmse_mean"] == pytest.approx(np.mean(rmse)) and row["rmse_std"] == pytest.approx(np.std(rmse, ddof=1))
         assert set(row) >= {"plcc_mean", "plcc_std", "srocc_mean", "srocc_std", "rmse_mean", "rmse_std", "folds"}
     assert [(f["arch"], f["fold"], f["status"]) for f in digest["failed_runs"]] == [("mlp_small", "Ghost", "FAILED")]
+    tf = digest["teacher_function"]
+    assert tf["params"] == 0 and tf["max_abs"] <= 1e-3 and [f["fold"] for f in tf["folds"]] == ["Bars", "Mandel"]
     md = (tmp / "reports" / "s1" / "digest.md").read_text()
+    assert "| teacher function | 0 |" in md and "## s1 vs plain" in md
+    assert digest["compared_with"]["sweep_id"] == "plain" and list(digest["compared_with"]["archs"]) == ["mlp_small"]
     assert "| mlp_small | 257 |" in md and "1 run(s) failed" in md and "teacher std" in md
     for png in ("scatter.png", "rmse_per_fold.png"):
         assert matplotlib.image.imread(tmp / "reports" / "s1" / png).shape[0] > 100
@@ -82,8 +92,8 @@ def test_digest_numbers_equal_the_mlflow_run_metrics(swept, capsys):
 
 def test_unknown_sweep_id_is_a_one_line_error(swept):
     tmp, _ = swept
-    cfg = compose("evaluate", *store_overrides(tmp), "sweep_id=nope", f"reports_dir={tmp}/reports")
-    with pytest.raises(TinyVmafError, match="sweep_id=nope: no such sweep; recent sweeps: s1"):
+    cfg = compose("evaluate", *store_overrides(tmp), *corpus_overrides(swept[1]), "sweep_id=nope", f"reports_dir={tmp}/reports")
+    with pytest.raises(TinyVmafError, match="sweep_id=nope: no such sweep; recent sweeps: "):
         write_digest(cfg)
 
 

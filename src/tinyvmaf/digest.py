@@ -26,8 +26,13 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+import torch  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+
+from tinyvmaf.cache import FrameTable  # noqa: E402
 from tinyvmaf.errors import TinyVmafError  # noqa: E402
-from tinyvmaf.metrics import METRIC_NAMES  # noqa: E402
+from tinyvmaf.metrics import METRIC_NAMES, score_metrics  # noqa: E402
+from tinyvmaf.teacher.function import load_teacher  # noqa: E402
 from tinyvmaf.tracking import experiment, tracked_run  # noqa: E402
 
 DIGEST_TAG = "tinyvmaf.digest"
@@ -81,6 +86,35 @@ def aggregate(runs: list[Run]) -> tuple[dict, list[dict]]:
     return digest, failed
 
 
+def teacher_function_row(table: FrameTable, teacher: str) -> dict:
+    """The teacher as code (libvmaf's model JSON in numpy) against libvmaf's logged scores, per source."""
+    function = load_teacher(teacher)
+    predicted = function(table.columns(function.feature_columns))
+    logged = table.scores[teacher]
+    source_of_frame = table.source_of_frame
+    folds = []
+    for i, source in enumerate(table.sources):
+        rows = source_of_frame == i
+        m = score_metrics(torch.from_numpy(predicted[rows]), torch.from_numpy(logged[rows]))
+        folds.append({"fold": source, "n": int(rows.sum()), **m, "max_abs": float(np.abs(predicted[rows] - logged[rows]).max())})
+    row: dict = {"params": 0, "folds": folds}
+    for m in METRIC_NAMES:
+        values = np.array([f[m] for f in folds])
+        row[f"{m}_mean"], row[f"{m}_std"] = float(values.mean()), float(values.std(ddof=1))
+    row["max_abs"] = float(np.abs(predicted - logged).max())
+    return row
+
+
+def comparison(digest: dict, other: dict, sweep: str, other_sweep: str) -> list[str]:
+    lines = ["", f"## {sweep} vs {other_sweep}", "", f"| arch | RMSE {sweep} | RMSE {other_sweep} | worst fold {sweep} | worst fold {other_sweep} | PLCC {sweep} | PLCC {other_sweep} |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for arch in digest:
+        if arch in other:
+            a, b = digest[arch], other[arch]
+            worst_a, worst_b = (max(f["rmse"] for f in r["folds"]) for r in (a, b))
+            lines.append(f"| {arch} | {a['rmse_mean']:.3f} | {b['rmse_mean']:.3f} | {worst_a:.3f} | {worst_b:.3f} | {a['plcc_mean']:.4f} | {b['plcc_mean']:.4f} |")
+    return lines
+
+
 def markdown(sweep_id: str, digest: dict, failed: list[dict], runs: list[Run]) -> str:
     p0 = runs[0].data.params
     lines = [
@@ -95,13 +129,22 @@ def markdown(sweep_id: str, digest: dict, failed: list[dict], runs: list[Run]) -
         "| arch | params | PLCC | SROCC | RMSE |",
         "|---|---:|---:|---:|---:|",
     ]
-    for arch, row in digest.items():
+    for arch, row in _archs(digest).items():
         cells = [f"{row[f'{m}_mean']:.4f} ± {row[f'{m}_std']:.4f}" if m != "rmse" else f"{row['rmse_mean']:.3f} ± {row['rmse_std']:.3f}" for m in METRIC_NAMES]
         lines.append(f"| {arch} | {row['params']:,} | " + " | ".join(cells) + " |")
+    if "teacher function" in digest.get("_extra", {}):
+        tf = digest["_extra"]["teacher function"]
+        lines.append(
+            f"| teacher function | 0 | {tf['plcc_mean']:.6f} ± {tf['plcc_std']:.6f} | {tf['srocc_mean']:.6f} ± {tf['srocc_std']:.6f} "
+            f"| {tf['rmse_mean']:.6f} ± {tf['rmse_std']:.6f} |"
+        )
+        lines += ["", f"The teacher-function row is libvmaf's `{p0.get('teacher')}` model JSON evaluated in numpy from the cached features, "
+                  f"scored against the values libvmaf logged (max |difference| {tf['max_abs']:.1e} over {sum(f['n'] for f in tf['folds']):,} frames)."]
+    lines += digest.get("_extra", {}).get("comparison", [])
     if failed:
         lines += ["", f"**{len(failed)} run(s) failed and are left out of the tables above:**", ""]
         lines += [f"- {f['arch']} fold {f['fold']}: {f['status']} {f['error']}" for f in failed]
-    for arch, row in digest.items():
+    for arch, row in _archs(digest).items():
         lines += ["", f"## {arch}", "", "| fold | n | teacher mean | teacher std | PLCC | SROCC | RMSE |", "|---|---:|---:|---:|---:|---:|---:|"]
         for f in row["folds"]:
             lines.append(
@@ -109,6 +152,10 @@ def markdown(sweep_id: str, digest: dict, failed: list[dict], runs: list[Run]) -
             )
     lines += ["", "## Figures", "", "![predicted vs teacher](scatter.png)", "", "![per-fold RMSE](rmse_per_fold.png)", ""]
     return "\n".join(lines)
+
+
+def _archs(digest: dict) -> dict:
+    return {k: v for k, v in digest.items() if not k.startswith("_")}
 
 
 def scatter_figure(client: MlflowClient, digest: dict, path: Path) -> None:
@@ -149,15 +196,27 @@ def write_digest(cfg: DictConfig) -> int:
     """``evaluate.py``: the digest of one sweep, on disk and in MLflow."""
     client, experiment_id = experiment(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.get("artifact_root"))
     sweep, runs = fold_runs(client, experiment_id, cfg.get("sweep_id"))
-    digest, failed = aggregate(runs)
-    if not digest:
+    archs, failed = aggregate(runs)
+    if not archs:
         raise TinyVmafError(f"sweep_id={sweep}: none of its {len(runs)} runs finished")
+    document: dict = {"sweep_id": sweep, "archs": archs, "failed_runs": failed}
+    extra: dict = {}
+    if cfg.get("teacher_function_row", True):
+        corpus, cache = instantiate(cfg.corpus), instantiate(cfg.cache)
+        cache.build(corpus)
+        teacher = runs[0].data.params.get("teacher", "vmaf_v0.6.1")
+        document["teacher_function"] = extra["teacher function"] = teacher_function_row(cache.load(corpus), teacher)
+    if cfg.get("compare_sweep_id"):
+        other_sweep, other_runs = fold_runs(client, experiment_id, cfg.compare_sweep_id)
+        other = aggregate(other_runs)[0]
+        document["compared_with"] = {"sweep_id": other_sweep, "archs": other}
+        extra["comparison"] = comparison(archs, other, sweep, other_sweep)
     out = Path(cfg.reports_dir) / sweep
     out.mkdir(parents=True, exist_ok=True)
-    (out / "digest.json").write_text(json.dumps({"sweep_id": sweep, "archs": digest, "failed_runs": failed}, indent=2))
-    (out / "digest.md").write_text(markdown(sweep, digest, failed, runs))
-    scatter_figure(client, digest, out / "scatter.png")
-    rmse_figure(digest, out / "rmse_per_fold.png")
+    (out / "digest.json").write_text(json.dumps(document, indent=2))
+    (out / "digest.md").write_text(markdown(sweep, {**archs, "_extra": extra}, failed, runs))
+    scatter_figure(client, archs, out / "scatter.png")
+    rmse_figure(archs, out / "rmse_per_fold.png")
     with tracked_run(client, experiment_id, f"digest-{sweep}", {"sweep_id": sweep, DIGEST_TAG: "1"}) as run:
         for name in ("digest.md", "digest.json", "scatter.png", "rmse_per_fold.png"):
             run.log_artifact(out / name)

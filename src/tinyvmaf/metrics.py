@@ -5,6 +5,8 @@ float64 because ``PearsonCorrCoef`` in float32 can return NaN on data with an ou
 
 from __future__ import annotations
 
+import warnings
+
 import lightning as L
 import torch
 from torchmetrics import MeanSquaredError, MetricCollection, PearsonCorrCoef, SpearmanCorrCoef
@@ -12,6 +14,8 @@ from torchmetrics import MeanSquaredError, MetricCollection, PearsonCorrCoef, Sp
 from tinyvmaf.model import TinyVmafModule
 
 METRIC_NAMES = ("plcc", "srocc", "rmse")
+# SROCC needs every prediction in memory by nature; a few thousand frames are nothing.
+warnings.filterwarnings("ignore", message=".*SpearmanCorrcoef` will save all targets.*")
 
 
 def heldout_metrics() -> MetricCollection:

@@ -22,9 +22,8 @@ from tinyvmaf.metrics import HeldoutHistory
 from tinyvmaf.model import TinyVmafModule
 from tinyvmaf.tracking import experiment, tracked_run
 
-# Lightning's banners (GPU available, tips) and torchmetrics' memory note repeat on every fold.
+# Lightning's banners (GPU available, tips) repeat on every fold.
 logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-warnings.filterwarnings("ignore", message=".*SpearmanCorrcoef` will save all targets.*")
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
 
 
