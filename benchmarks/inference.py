@@ -20,6 +20,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
+from tinyvmaf.teacher.function import load_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,6 +49,9 @@ def main() -> None:
         single = frames_per_second(lambda: [session.run(None, {"features": r}) for r in rows], len(rows))
         batch = frames_per_second(lambda: session.run(None, {"features": big}), len(big))
         print(f"{name}: batch 1: {single:,.0f} frames/s; batch 100,000: {batch:,.0f} frames/s (1 thread)")
+    teacher = load_teacher("vmaf_v0.6.1")
+    svr = frames_per_second(lambda: teacher(big.astype(np.float64)), len(big))
+    print(f"teacher function (vmaf_v0.6.1 SVR in numpy, from features), batch 100,000: {svr:,.0f} frames/s")
     pairs = corpus.pairs()[:3]
     libvmaf = FfmpegLibvmaf(n_threads=1)
     n = sum(len(libvmaf.score(p, ["vmaf_v0.6.1"]).features) for p in pairs[:1])  # warm-up

@@ -121,7 +121,8 @@ def markdown(sweep_id: str, digest: dict, failed: list[dict], runs: list[Run]) -
         f"# tinyvmaf digest: sweep {sweep_id}",
         "",
         f"Teacher `{p0.get('teacher')}` (libvmaf {p0.get('libvmaf_version')}), corpus `{p0.get('corpus')}`, "
-        f"{p0.get('epochs')} epochs, lr {p0.get('lr')}, batch {p0.get('batch_size')}, seed {p0.get('seed')}. "
+        f"{p0.get('epochs')} epochs, lr {p0.get('lr')}, batch {p0.get('batch_size')}, seed {p0.get('seed')}, "
+        f"feature-space augmentation {'x' + p0['augment_amount'] if p0.get('augment') == 'True' else 'off'}. "
         "Leave-one-source-out: each fold trains on every other source and is scored on the held-out one.",
         "",
         "## Aggregate (mean ± sample std across folds)",

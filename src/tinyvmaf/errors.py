@@ -1,10 +1,12 @@
-"""The one exception type a user sees: a one-line message naming the file or option at fault."""
+"""User-facing errors (one line naming the file or option at fault) and how entry points report them."""
 
 import sys
 from collections.abc import Callable
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 
 
 class TinyVmafError(Exception):
@@ -27,9 +29,6 @@ def run_command(command: Callable[..., int | None], *args: Any) -> None:
 def run_job(command: Callable[..., Any], *args: Any) -> Any:
     """Like ``run_command``, but inside a Hydra multirun a failed job prints its error and the
     sweep goes on; ``FailedJobsExit`` then makes the whole sweep exit non-zero."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
         run_command(command, *args)
     try:
@@ -51,7 +50,8 @@ class FailedJobsExit(Callback):
 
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
         self.total += 1
-        if job_return.status.name == "FAILED" or getattr(job_return, "_return_value", None) == JOB_FAILED:
+        failed = job_return.status.name == "FAILED" or (job_return.status.name == "COMPLETED" and job_return.return_value == JOB_FAILED)
+        if failed:
             self.failed.append(" ".join(job_return.overrides))
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:

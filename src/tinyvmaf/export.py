@@ -25,7 +25,7 @@ from tinyvmaf.cache import FrameTable, TeacherCache
 from tinyvmaf.data import LosoDataModule
 from tinyvmaf.digest import aggregate, fold_runs
 from tinyvmaf.errors import TinyVmafError
-from tinyvmaf.model import ClippedVmaf, TinyVmafModule, VmafNet, count_params, mlp
+from tinyvmaf.model import ClippedVmaf, TinyVmafModule, VmafNet, count_params
 from tinyvmaf.teacher import FEATURE_NAMES
 from tinyvmaf.tracking import experiment
 

@@ -6,6 +6,8 @@ libvmaf features and returns VMAF-scale scores; ``n_params`` counts the trainabl
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Callable
 
 import lightning as L
@@ -17,6 +19,11 @@ from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.teacher import FEATURE_NAMES
 
 N_FEATURES = len(FEATURE_NAMES)
+
+# Lightning's banners (GPU available, tips) and a deprecation inside Lightning itself repeat on
+# every fold of a sweep and every export.
+logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
 
 
 def mlp(hidden: list[int], activation: str = "ReLU") -> nn.Sequential:

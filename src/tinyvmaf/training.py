@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 import tempfile
-import warnings
 from pathlib import Path
 
 import lightning as L
@@ -21,10 +19,6 @@ from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.metrics import HeldoutHistory
 from tinyvmaf.model import TinyVmafModule
 from tinyvmaf.tracking import experiment, tracked_run
-
-# Lightning's banners (GPU available, tips) repeat on every fold.
-logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
 
 
 def sweep_id(cfg: DictConfig) -> str:
@@ -69,6 +63,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 "n_params": module.n_params,
                 "epochs": cfg.trainer.max_epochs,
                 "lr": cfg.model.optimizer.lr,
+                "weight_decay": cfg.model.optimizer.get("weight_decay", 0.0),
+                "scheduler": (cfg.model.get("scheduler") or {}).get("_target_", "none").rsplit(".", 1)[-1],
+                "log_motion": cfg.model.get("log_motion", False),
+                "augment": cfg.data.augment.enabled,
+                "augment_amount": cfg.data.augment.amount if cfg.data.augment.enabled else 0,
                 "batch_size": cfg.data.batch_size,
                 "seed": cfg.seed,
                 "corpus": f"{table.corpus}:{table.manifest[:12]}",
