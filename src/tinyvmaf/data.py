@@ -124,10 +124,6 @@ class TensorBatches:
     def __len__(self) -> int:
         return -(-len(self.x) // (self.batch_size * self.group))
 
-    @property
-    def minibatches_per_epoch(self) -> int:
-        return -(-len(self.x) // self.batch_size)
-
     def __iter__(self):
         x, y = self.x, self.y
         order = torch.randperm(len(x), generator=self.generator) if self.shuffle else torch.arange(len(x))
@@ -181,13 +177,17 @@ class LosoDataModule(L.LightningDataModule):
             raise TinyVmafError(f"fold={self.heldout}: the held-out source has no frames in the cache")
         target = table.scores[self.teacher]
         self.table = table
-        self.heldout_mask = held
         train_x, train_y = table.features[~held], target[~held]
         # Fitted on the real training frames only (transformed as the model will see them).
         self.standardization = Standardization.fit(transform_features(train_x, self.log_motion), train_y)
         self.train_x, self.train_y = _tensors(train_x, train_y)
         self.synthetic_x, self.synthetic_y = _tensors(*self.augment.sample(train_x, self.teacher, self.seed))
         self.test_x, self.test_y = _tensors(table.features[held], target[held])
+
+    @property
+    def minibatches_per_epoch(self) -> int:
+        """Optimizer steps per epoch (real plus synthetic vectors): sizes the lr schedule."""
+        return -(-(len(self.train_x) + len(self.synthetic_x)) // self.batch_size)
 
     def train_dataloader(self) -> TensorBatches:
         x, y = torch.cat([self.train_x, self.synthetic_x]), torch.cat([self.train_y, self.synthetic_y])

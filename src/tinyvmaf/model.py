@@ -136,5 +136,5 @@ class TinyVmafModule(L.LightningModule):
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        total = self.trainer.max_epochs * self.trainer.datamodule.train_dataloader().minibatches_per_epoch
+        total = self.trainer.max_epochs * self.trainer.datamodule.minibatches_per_epoch
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer, total_steps=int(total)), "interval": "step"}}
