@@ -104,7 +104,7 @@ def domain_points() -> np.ndarray:
     [
         pytest.param(
             "vmaf_tiny_v1",
-            marks=pytest.mark.xfail(strict=True, reason="257 parameters reach ~6.4 VMAF at the domain's corners (models/README.md)"),
+            marks=pytest.mark.xfail(strict=True, reason="257 parameters reach ~9 VMAF at the domain grid's corners (models/README.md)"),
         ),
         "vmaf_tiny_v1_medium",
     ],
