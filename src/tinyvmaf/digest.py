@@ -26,12 +26,11 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
 from tinyvmaf.cache import FrameTable  # noqa: E402
 from tinyvmaf.errors import TinyVmafError  # noqa: E402
-from tinyvmaf.metrics import METRIC_NAMES, score_metrics  # noqa: E402
+from tinyvmaf.metrics import METRIC_NAMES, metrics_per_source  # noqa: E402
 from tinyvmaf.teacher.function import load_teacher  # noqa: E402
 from tinyvmaf.tracking import experiment, tracked_run  # noqa: E402
 
@@ -92,11 +91,10 @@ def teacher_function_row(table: FrameTable, teacher: str) -> dict:
     predicted = function(table.columns(function.feature_columns))
     logged = table.scores[teacher]
     source_of_frame = table.source_of_frame
-    folds = []
-    for i, source in enumerate(table.sources):
-        rows = source_of_frame == i
-        m = score_metrics(torch.from_numpy(predicted[rows]), torch.from_numpy(logged[rows]))
-        folds.append({"fold": source, "n": int(rows.sum()), **m, "max_abs": float(np.abs(predicted[rows] - logged[rows]).max())})
+    folds = [
+        {"fold": row.pop("source"), **row, "max_abs": float(np.abs(predicted - logged)[source_of_frame == i].max())}
+        for i, row in enumerate(metrics_per_source(predicted, logged, source_of_frame, table.sources))
+    ]
     row: dict = {"params": 0, "folds": folds}
     for m in METRIC_NAMES:
         values = np.array([f[m] for f in folds])

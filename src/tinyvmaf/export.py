@@ -13,7 +13,6 @@ import logging
 import tempfile
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -22,12 +21,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from tinyvmaf.cache import FrameTable, TeacherCache
-from tinyvmaf.data import LosoDataModule
+from tinyvmaf.corpus import Corpus
 from tinyvmaf.digest import aggregate, fold_runs
 from tinyvmaf.errors import TinyVmafError
-from tinyvmaf.model import ClippedVmaf, TinyVmafModule, VmafNet, count_params
+from tinyvmaf.model import ClippedVmaf, VmafNet, count_params
 from tinyvmaf.teacher import FEATURE_NAMES
 from tinyvmaf.tracking import experiment
+from tinyvmaf.training import prepare_fit
 
 # The exporter logs every optimisation pass at INFO, and Hydra shows INFO.
 for _name in ("onnx_ir", "onnxscript", "torch.onnx"):
@@ -73,13 +73,8 @@ def check_onnx(path: Path, model: VmafNet, features: np.ndarray) -> float:
     return diff
 
 
-def train_on_all_sources(cfg: DictConfig, arch: DictConfig, corpus, cache: TeacherCache) -> tuple[VmafNet, FrameTable]:
-    datamodule: LosoDataModule = instantiate(cfg.data, corpus=corpus, cache=cache, teacher=cfg.teacher.model, heldout=None, seed=cfg.seed)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    L.seed_everything(cfg.seed, verbose=False)
-    module: TinyVmafModule = instantiate(cfg.model, net=instantiate(arch.net))
-    trainer: L.Trainer = instantiate(cfg.trainer, limit_val_batches=0)
+def train_on_all_sources(cfg: DictConfig, arch: DictConfig, corpus: Corpus, cache: TeacherCache) -> tuple[VmafNet, FrameTable]:
+    datamodule, module, trainer = prepare_fit(cfg, corpus, cache, heldout=None, net=arch.net, limit_val_batches=0)
     trainer.fit(module, datamodule=datamodule)
     return module.model, datamodule.table
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import warnings
 
 import lightning as L
+import numpy as np
 import torch
 from torchmetrics import MeanSquaredError, MetricCollection, PearsonCorrCoef, SpearmanCorrCoef
 
@@ -29,6 +30,16 @@ def score_metrics(predicted: torch.Tensor, teacher: torch.Tensor) -> dict[str, f
     metrics = heldout_metrics()
     values = metrics(predicted.detach().double().cpu(), teacher.detach().double().cpu())
     return {name: float(values[name]) for name in METRIC_NAMES}
+
+
+def metrics_per_source(predicted: np.ndarray, reference: np.ndarray, source_of_frame: np.ndarray, sources: list[str]) -> list[dict]:
+    """``{"source", "n", "plcc", "srocc", "rmse"}`` for each source, in ``sources`` order."""
+    rows = []
+    for i, source in enumerate(sources):
+        mask = source_of_frame == i
+        m = score_metrics(torch.from_numpy(predicted[mask]), torch.from_numpy(reference[mask]))
+        rows.append({"source": source, "n": int(mask.sum()), **m})
+    return rows
 
 
 class HeldoutHistory(L.Callback):

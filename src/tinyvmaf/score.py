@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from rich.console import Console
@@ -20,7 +19,7 @@ from rich.table import Table
 from tinyvmaf.cache import TeacherCache
 from tinyvmaf.corpus import ClipPair, Video
 from tinyvmaf.errors import TinyVmafError
-from tinyvmaf.metrics import score_metrics
+from tinyvmaf.metrics import metrics_per_source
 from tinyvmaf.teacher import FEATURE_NAMES
 from tinyvmaf.teacher.log import LEGACY_NAMES, features_from_log, read_log
 
@@ -142,10 +141,9 @@ def evaluate_onnx(cfg: DictConfig) -> int:
     rows = Table(title=f"{model.path} on corpus {table.corpus} (teacher {cfg.teacher.model})")
     for column in ("source", "n", "PLCC", "SROCC", "RMSE"):
         rows.add_column(column, justify="right")
-    source_of_frame = table.source_of_frame
-    for i, source in enumerate([*table.sources, "all"]):
-        mask = source_of_frame == i if source != "all" else np.ones(len(table), bool)
-        m = score_metrics(torch.from_numpy(predicted[mask]), torch.from_numpy(teacher[mask]))
-        rows.add_row(source, str(int(mask.sum())), f"{m['plcc']:.4f}", f"{m['srocc']:.4f}", f"{m['rmse']:.3f}", end_section=source == table.sources[-1])
+    per_source = metrics_per_source(predicted, teacher, table.source_of_frame, table.sources)
+    everything = metrics_per_source(predicted, teacher, np.zeros(len(table), dtype=np.int64), ["all"])
+    for m in [*per_source, *everything]:
+        rows.add_row(m["source"], str(m["n"]), f"{m['plcc']:.4f}", f"{m['srocc']:.4f}", f"{m['rmse']:.3f}", end_section=m is per_source[-1])
     Console().print(rows)
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -14,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from tinyvmaf.cache import TeacherCache
+from tinyvmaf.corpus import Corpus
 from tinyvmaf.data import LosoDataModule
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.metrics import HeldoutHistory
@@ -31,6 +33,22 @@ def sweep_id(cfg: DictConfig) -> str:
     return Path(hc.sweep.dir if hc.mode == RunMode.MULTIRUN else hc.run.dir).name
 
 
+def prepare_fit(
+    cfg: DictConfig, corpus: Corpus, cache: TeacherCache, heldout: str | None, net: DictConfig | None = None, **trainer_options: Any
+) -> tuple[LosoDataModule, TinyVmafModule, L.Trainer]:
+    """Data (cache built if needed), seeded model and Trainer, as configured; ``heldout=None``
+    trains on every source. ``net`` overrides the arch's network (export builds several)."""
+    datamodule: LosoDataModule = instantiate(
+        cfg.data, corpus=corpus, cache=cache, teacher=cfg.teacher.model, heldout=heldout, seed=cfg.seed
+    )
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    L.seed_everything(cfg.seed, verbose=False)
+    module: TinyVmafModule = instantiate(cfg.model, **({"net": instantiate(net)} if net is not None else {}))
+    trainer: L.Trainer = instantiate(cfg.trainer, **trainer_options)
+    return datamodule, module, trainer
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train one fold as configured; returns the final held-out metrics."""
     torch.set_num_threads(cfg.torch_threads)
@@ -45,15 +63,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 f"run python make_folds.py with the same corpus options first"
             )
         cache: TeacherCache = instantiate(cfg.cache)
-        datamodule: LosoDataModule = instantiate(
-            cfg.data, corpus=corpus, cache=cache, teacher=cfg.teacher.model, heldout=heldout, seed=cfg.seed
-        )
-        datamodule.prepare_data()
-        datamodule.setup("fit")
-        L.seed_everything(cfg.seed, verbose=False)
-        module: TinyVmafModule = instantiate(cfg.model)
         history = HeldoutHistory()
-        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[history])
+        datamodule, module, trainer = prepare_fit(cfg, corpus, cache, heldout, callbacks=[history])
         table = datamodule.table
         run.log_params(
             {
