@@ -9,15 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from tinyvmaf.cache import TeacherCache
 from tinyvmaf.corpus.directory import DirectoryCorpus
 from tinyvmaf.data import LosoDataModule
 from tinyvmaf.errors import TinyVmafError
-from tinyvmaf.model import count_params
+from tinyvmaf.model import CensoredMSELoss, count_params
 from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
 from tinyvmaf.training import train
 
@@ -34,12 +36,13 @@ def compose_train(*overrides: str):
         return compose("train", overrides=list(overrides))
 
 
-@pytest.mark.parametrize("group", ["arch", "fold", "teacher", "trainer", "corpus", "libvmaf", "data", "model", "tracking"])
+@pytest.mark.parametrize("group", ["arch", "fold", "teacher", "trainer", "corpus", "libvmaf", "data", "model", "model/loss", "tracking"])
 def test_every_option_of_every_group_composes(group):
     for option in options(group):
         extra = {"corpus": {"directory": ["corpus.root=/x"], "dataset_file": ["corpus.path=/x"]}, "libvmaf": {"cli": ["libvmaf.path=/x"]}}
         cfg = compose_train(f"{group}={option}", *extra.get(group, {}).get(option, []))
-        assert cfg[group] is not None
+        assert OmegaConf.select(cfg, group.replace("/", ".")) is not None
+        instantiate(cfg.model.loss)
 
 
 def test_fold_options_are_the_default_corpus_sources():
@@ -53,6 +56,17 @@ def test_fold_options_are_the_default_corpus_sources():
 def test_parameter_counts(arch, n_params):
     cfg = compose_train(f"arch={arch}")
     assert count_params(instantiate(cfg.model).model) == n_params
+
+
+def test_censored_loss_ignores_only_errors_the_clip_removes():
+    loss = CensoredMSELoss(0.0, 100.0)
+    target = torch.tensor([0.0, 100.0, 0.0, 100.0, 50.0, 50.0])
+    prediction = torch.tensor([-7.0, 130.0, 2.0, 97.0, 120.0, -5.0], requires_grad=True)
+    value = loss(prediction, target)
+    value.backward()
+    # beyond the bound the teacher sits on: no error; short of it, or off an interior score: plain MSE
+    assert value.item() == pytest.approx((0 + 0 + 2**2 + 3**2 + 70**2 + 55**2) / 6)
+    assert prediction.grad[:2].tolist() == [0.0, 0.0] and (prediction.grad[2:] != 0).all()
 
 
 @pytest.fixture

@@ -68,6 +68,23 @@ class VmafNet(nn.Module):
         return self.forward(features).clamp(0.0, 100.0)
 
 
+class CensoredMSELoss(nn.Module):
+    """MSE that knows both teacher and model are clipped to [low, high].
+
+    Where the teacher sits on a bound and the prediction lies beyond it, the clipped prediction
+    is exact, so that residual counts zero: the net need not pin every "worse than 0" or "better
+    than 100" feature vector to the bound, and spends its few weights where scores vary.
+    """
+
+    def __init__(self, low: float = 0.0, high: float = 100.0) -> None:
+        super().__init__()
+        self.low, self.high = low, high
+
+    def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        beyond = ((target <= self.low) & (prediction <= self.low)) | ((target >= self.high) & (prediction >= self.high))
+        return (prediction - target).masked_fill(beyond, 0.0).square().mean()
+
+
 class ClippedVmaf(nn.Module):
     """The shipped graph: raw features in, clipped VMAF out."""
 
@@ -80,7 +97,7 @@ class ClippedVmaf(nn.Module):
 
 
 class TinyVmafModule(L.LightningModule):
-    """MSE on the teacher score; held-out PLCC/SROCC/RMSE each epoch through ``metrics``."""
+    """``loss`` (VMAF units in, e.g. CensoredMSELoss) on the teacher score; held-out PLCC/SROCC/RMSE each epoch through ``metrics``."""
 
     def __init__(
         self,
@@ -88,12 +105,13 @@ class TinyVmafModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         log_motion: bool = False,
+        loss: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.model = VmafNet(net, log_motion)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.loss = nn.MSELoss()
+        self.loss = loss if loss is not None else CensoredMSELoss()
         # Manual optimization: Lightning's automatic loop (closures, hooks) costs more per step
         # than the arithmetic of a 257-parameter MLP.
         self.automatic_optimization = False
@@ -104,6 +122,11 @@ class TinyVmafModule(L.LightningModule):
     @property
     def n_params(self) -> int:
         return count_params(self.model)
+
+    @property
+    def activation(self) -> str:
+        """The hidden layers' activation, ``none`` for the linear control."""
+        return next((type(m).__name__ for m in self.model.net.modules() if not isinstance(m, (nn.Linear, nn.Sequential))), "none")
 
     def setup(self, stage: str) -> None:
         self.model.set_standardization(self.trainer.datamodule.standardization)
@@ -116,8 +139,8 @@ class TinyVmafModule(L.LightningModule):
         size = self.trainer.datamodule.batch_size
         for x, y in zip(*(t.split(size) for t in batch)):
             optimizer.zero_grad(set_to_none=True)
-            # The loss is taken on the standardized target so that lr means the same for every teacher.
-            loss = self.loss((m(x) - m.target_mean) / m.target_std, (y - m.target_mean) / m.target_std)
+            # Divided by the target's variance: lr then means the same for every teacher.
+            loss = self.loss(m(x), y) / m.target_std.square()
             if not torch.isfinite(loss):
                 raise TinyVmafError(f"the training loss became {loss.item()} at epoch {self.current_epoch}; lower model.optimizer.lr")
             loss.backward()  # single-device fp32: nothing for Lightning's precision plugins to do

@@ -33,6 +33,11 @@ def sweep_id(cfg: DictConfig) -> str:
     return Path(hc.sweep.dir if hc.mode == RunMode.MULTIRUN else hc.run.dir).name
 
 
+def target_name(node: DictConfig | None) -> str:
+    """The class a config node instantiates, for MLflow params: ``OneCycleLR``, or ``none``."""
+    return (node or {}).get("_target_", "none").rsplit(".", 1)[-1]
+
+
 def prepare_fit(
     cfg: DictConfig, corpus: Corpus, cache: TeacherCache, heldout: str | None, net: DictConfig | None = None, **trainer_options: Any
 ) -> tuple[LosoDataModule, TinyVmafModule, L.Trainer]:
@@ -75,7 +80,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 "epochs": cfg.trainer.max_epochs,
                 "lr": cfg.model.optimizer.lr,
                 "weight_decay": cfg.model.optimizer.get("weight_decay", 0.0),
-                "scheduler": (cfg.model.get("scheduler") or {}).get("_target_", "none").rsplit(".", 1)[-1],
+                "scheduler": target_name(cfg.model.get("scheduler")),
+                "loss": target_name(cfg.model.get("loss")),
+                "activation": module.activation,
                 "log_motion": cfg.model.get("log_motion", False),
                 "augment": cfg.data.augment.enabled,
                 "augment_amount": cfg.data.augment.amount if cfg.data.augment.enabled else 0,
