@@ -99,16 +99,7 @@ def domain_points() -> np.ndarray:
     return np.concatenate([grid, random])
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            "vmaf_tiny_v1",
-            marks=pytest.mark.xfail(strict=True, reason="257 parameters reach ~9 VMAF at the domain grid's corners (models/README.md)"),
-        ),
-        "vmaf_tiny_v1_medium",
-    ],
-)
+@pytest.mark.parametrize("name", ["vmaf_tiny_v1", "vmaf_tiny_v1_medium"])
 def test_shipped_models_stay_within_5_vmaf_of_the_teacher_over_the_valid_domain(name):
     session = ort.InferenceSession(str(ROOT / "models" / f"{name}.onnx"), providers=["CPUExecutionProvider"])
     x = domain_points()
