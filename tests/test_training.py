@@ -116,6 +116,15 @@ def test_bad_fold_lists_valid_sources_and_marks_the_run_failed(tiny_corpus, tmp_
     assert "no such source" in runs[0].data.tags["error"]
 
 
+def test_fold_whose_every_clip_failed_says_so(tiny_corpus, tmp_path, capsys):
+    for clip in (tiny_corpus / "dis").glob("Mandel__*.mp4"):
+        clip.write_bytes(b"not a video")
+    cfg = compose_train(*tiny_overrides(tiny_corpus, tmp_path), "fold.heldout=Mandel", "sweep_id=failed-source")
+    with pytest.raises(TinyVmafError, match="fold=Mandel: every clip of this source failed to build.*; cached sources: Bars$"):
+        train(cfg)
+    assert capsys.readouterr().out.count("warning: Mandel__") == 3  # the build's own one-line reasons
+
+
 def test_missing_cache_without_build_is_an_error(tiny_corpus, tmp_path):
     cfg = compose_train(*tiny_overrides(tiny_corpus, tmp_path), "fold.heldout=Bars", "data.build_cache=false")
     with pytest.raises(TinyVmafError, match="frames.npz: the teacher cache of corpus 'tiny' is missing or empty; build it first"):

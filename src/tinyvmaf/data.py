@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from tinyvmaf.cache import FrameTable, TeacherCache
-from tinyvmaf.corpus import Corpus
+from tinyvmaf.corpus import Corpus, sources_of
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.teacher import FEATURE_NAMES
 from tinyvmaf.teacher.function import load_teacher
@@ -171,10 +171,8 @@ class LosoDataModule(L.LightningDataModule):
         if self.teacher not in table.scores:
             raise TinyVmafError(f"teacher={self.teacher}: not in the cache (it holds {', '.join(table.scores)}); add it to cache.models")
         if self.heldout is not None and self.heldout not in table.sources:
-            raise TinyVmafError(f"fold={self.heldout}: no such source in corpus {table.corpus!r}; valid: {', '.join(table.sources)}")
+            self._refuse_uncached_source(table)
         held = table.source_of_frame == (table.sources.index(self.heldout) if self.heldout else -1)
-        if self.heldout and not held.any():
-            raise TinyVmafError(f"fold={self.heldout}: the held-out source has no frames in the cache")
         target = table.scores[self.teacher]
         self.table = table
         train_x, train_y = table.features[~held], target[~held]
@@ -183,6 +181,15 @@ class LosoDataModule(L.LightningDataModule):
         self.train_x, self.train_y = _tensors(train_x, train_y)
         self.synthetic_x, self.synthetic_y = _tensors(*self.augment.sample(train_x, self.teacher, self.seed))
         self.test_x, self.test_y = _tensors(table.features[held], target[held])
+
+    def _refuse_uncached_source(self, table: FrameTable) -> None:
+        """A source only leaves the cache when every clip of it failed: say which case it is."""
+        if self.heldout in sources_of(self.corpus.pairs()):
+            raise TinyVmafError(
+                f"fold={self.heldout}: every clip of this source failed to build, so the cache holds none of its frames "
+                f"(python build_cache.py lists why); cached sources: {', '.join(table.sources)}"
+            )
+        raise TinyVmafError(f"fold={self.heldout}: no such source in corpus {table.corpus!r}; valid: {', '.join(table.sources)}")
 
     @property
     def minibatches_per_epoch(self) -> int:
