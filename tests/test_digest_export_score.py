@@ -133,14 +133,18 @@ def test_run_model_export_matches_torch(swept, tmp_path):
     client = MlflowClient(f"sqlite:///{tmp}/mlruns/mlflow.db")
     run = client.search_runs([client.get_experiment_by_name("tinyvmaf-loso").experiment_id], "params.arch = 'mlp_small' and attributes.status = 'FINISHED'")[0]
     overrides = [o for o in base if not o.startswith(("fold.", "data.batch_size"))]
-    cfg = compose("export", *overrides, f"run_id={run.info.run_id}", f"output={tmp_path}/run.onnx")
+    # another epoch count and teacher in the export config: the metadata must still be the run's
+    cfg = compose("export", *overrides, f"run_id={run.info.run_id}", f"output={tmp_path}/run.onnx", "trainer.max_epochs=400", "teacher=vmaf_4k_v0.6.1")
     assert export_models(cfg) == 0
-    model, _ = model_from_run(cfg, run.info.run_id)
+    model, _, params = model_from_run(cfg, run.info.run_id)
     x = np.random.default_rng(0).uniform(0, 1, (50, 6)).astype(np.float32)
     with torch.no_grad():
         want = model.predict(torch.from_numpy(x)).numpy()
-    got = ort.InferenceSession(str(tmp_path / "run.onnx")).run(None, {"features": x})[0]
+    session = ort.InferenceSession(str(tmp_path / "run.onnx"))
+    got = session.run(None, {"features": x})[0]
     assert np.abs(got - want).max() <= 1e-3
+    meta = session.get_modelmeta().custom_metadata_map
+    assert (meta["epochs"], meta["teacher"]) == (params["epochs"], params["teacher"]) == ("3", "vmaf_v0.6.1")
 
 
 def libvmaf_log(tmp_path: Path, legacy: bool = False) -> Path:

@@ -81,7 +81,7 @@ def train_on_all_sources(cfg: DictConfig, arch: DictConfig, corpus: Corpus, cach
     return module.model, datamodule.table
 
 
-def loso_metadata(cfg: DictConfig, arch: str) -> dict[str, str]:
+def loso_metadata(cfg: DictConfig, arch: str, teacher: str) -> dict[str, str]:
     """The LOSO metrics of this recipe from a sweep in MLflow (the latest by default)."""
     try:
         client, experiment_id = experiment(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.get("artifact_root"))
@@ -89,7 +89,7 @@ def loso_metadata(cfg: DictConfig, arch: str) -> dict[str, str]:
     except TinyVmafError as exc:
         print(f"warning: no LOSO metrics in the metadata: {exc}")
         return {}
-    digest, _ = aggregate([r for r in runs if r.data.params.get("teacher") == cfg.teacher.model])
+    digest, _ = aggregate([r for r in runs if r.data.params.get("teacher") == teacher])
     if arch not in digest:
         print(f"warning: sweep {sweep} has no finished {arch} runs: no LOSO metrics in the metadata")
         return {}
@@ -98,7 +98,8 @@ def loso_metadata(cfg: DictConfig, arch: str) -> dict[str, str]:
     return {"loso_sweep_id": sweep, **{f"loso_{k}": f"{row[k]:.6f}" for k in keys}, "loso_folds": str(len(row["folds"]))}
 
 
-def model_from_run(cfg: DictConfig, run_id: str) -> tuple[VmafNet, dict]:
+def model_from_run(cfg: DictConfig, run_id: str) -> tuple[VmafNet, dict, dict[str, str]]:
+    """The run's model, its arch config, and its MLflow params (the recipe it was trained with)."""
     client, _ = experiment(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.get("artifact_root"))
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -107,7 +108,7 @@ def model_from_run(cfg: DictConfig, run_id: str) -> tuple[VmafNet, dict]:
             raise TinyVmafError(f"run_id={run_id}: no model.pt artifact ({type(exc).__name__})") from None
     model = VmafNet(instantiate(saved["arch"]["net"]), saved.get("log_motion", False))
     model.load_state_dict(saved["state_dict"])
-    return model, saved["arch"]
+    return model, saved["arch"], client.get_run(run_id).data.params
 
 
 def export_models(cfg: DictConfig) -> int:
@@ -118,21 +119,24 @@ def export_models(cfg: DictConfig) -> int:
     jobs = {Path(cfg.output): None} if cfg.get("run_id") else {Path(e.output): e.arch for e in cfg.exports.values()}
     for output, arch in jobs.items():
         if arch is None:
-            model, arch_cfg = model_from_run(cfg, cfg.run_id)
+            # The metadata describes the run's recipe, not this export config's.
+            model, arch_cfg, params = model_from_run(cfg, cfg.run_id)
+            teacher, epochs = params["teacher"], params["epochs"]
             cache.build(corpus)
             table = cache.load(corpus)
         else:
             model, table = train_on_all_sources(cfg, arch, corpus, cache)
             arch_cfg = OmegaConf.to_container(arch, resolve=True)
+            teacher, epochs = cfg.teacher.model, str(cfg.trainer.max_epochs)
         metadata = {
             "feature_names": json.dumps(list(FEATURE_NAMES)),
-            "teacher": cfg.teacher.model,
+            "teacher": teacher,
             "arch": arch_cfg["name"],
             "n_params": str(count_params(model)),
             "corpus": f"{table.corpus}:{table.manifest[:12]}",
             "libvmaf_version": table.libvmaf_version,
-            "epochs": str(cfg.trainer.max_epochs),
-            **loso_metadata(cfg, arch_cfg["name"]),
+            "epochs": epochs,
+            **loso_metadata(cfg, arch_cfg["name"], teacher),
         }
         to_onnx(model, output, metadata)
         diff = check_onnx(output, model, table.features)
