@@ -19,6 +19,7 @@ from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.teacher import FEATURE_NAMES
 
 N_FEATURES = len(FEATURE_NAMES)
+VMAF_RANGE = (0.0, 100.0)  # the shipped graph clips to it; the censored loss knows it
 
 # Lightning's banners (GPU available, tips) and a deprecation inside Lightning itself repeat on
 # every fold of a sweep and every export.
@@ -65,20 +66,20 @@ class VmafNet(nn.Module):
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         """Scores as shipped: clipped to the VMAF range [0, 100]."""
-        return self.forward(features).clamp(0.0, 100.0)
+        return self.forward(features).clamp(*VMAF_RANGE)
 
 
 class CensoredMSELoss(nn.Module):
-    """MSE that knows both teacher and model are clipped to [low, high].
+    """MSE that knows both teacher and model are clipped to ``VMAF_RANGE``.
 
     Where the teacher sits on a bound and the prediction lies beyond it, the clipped prediction
     is exact, so that residual counts zero: the net need not pin every "worse than 0" or "better
     than 100" feature vector to the bound, and spends its few weights where scores vary.
     """
 
-    def __init__(self, low: float = 0.0, high: float = 100.0) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.low, self.high = low, high
+        self.low, self.high = VMAF_RANGE
 
     def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         beyond = ((target <= self.low) & (prediction <= self.low)) | ((target >= self.high) & (prediction >= self.high))
