@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -34,11 +33,10 @@ class OnnxVmaf:
         if not self.path.is_file():
             raise TinyVmafError(f"{self.path}: no such model file")
         try:
-            proto = onnx.load(str(self.path))
             self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise TinyVmafError(f"{self.path}: not an ONNX model ({type(exc).__name__})") from None
-        self.metadata = {p.key: p.value for p in proto.metadata_props}
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         inputs = self.session.get_inputs()
         if len(inputs) != 1 or inputs[0].shape[-1] != len(FEATURE_NAMES):
             shapes = [i.shape for i in inputs]
