@@ -20,10 +20,6 @@ from mlflow.tracking import MlflowClient
 from tinyvmaf.errors import TinyVmafError
 
 
-def default_uri(mlruns_dir: str | Path) -> str:
-    return f"sqlite:///{Path(mlruns_dir).resolve() / 'mlflow.db'}"
-
-
 @contextmanager
 def _store_lock(uri: str) -> Iterator[None]:
     if uri.startswith("sqlite:///"):
