@@ -15,12 +15,10 @@ from tinyvmaf.corpus.directory import DirectoryCorpus
 from tinyvmaf.data import Augmentation, LosoDataModule
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
-from tinyvmaf.teacher.function import load_teacher
+from tinyvmaf.teacher.function import DOMAIN_HIGH, DOMAIN_LOW, domain_points, load_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["vmaf_v0.6.1", "vmaf_v0.6.1neg", "vmaf_4k_v0.6.1"]
-DOMAIN_LOW = np.zeros(6)
-DOMAIN_HIGH = np.array([1.0, 100.0, 1.0, 1.0, 1.0, 1.0])
 
 
 def default_table():
@@ -93,16 +91,10 @@ def test_augmented_labels_are_the_teacher_function():
     assert x[:, 1].max() > 50  # the across-domain draws reach high motion
 
 
-def domain_points() -> np.ndarray:
-    grid = np.stack(np.meshgrid(*[np.linspace(lo, hi, 5) for lo, hi in zip(DOMAIN_LOW, DOMAIN_HIGH)], indexing="ij"), -1).reshape(-1, 6)
-    random = np.random.default_rng(42).uniform(DOMAIN_LOW, DOMAIN_HIGH, size=(20000, 6))
-    return np.concatenate([grid, random])
-
-
 @pytest.mark.parametrize("name", ["vmaf_tiny_v1", "vmaf_tiny_v1_medium"])
 def test_shipped_models_stay_within_5_vmaf_of_the_teacher_over_the_valid_domain(name):
     session = ort.InferenceSession(str(ROOT / "models" / f"{name}.onnx"), providers=["CPUExecutionProvider"])
-    x = domain_points()
+    x = domain_points(grid_steps=5, n_random=20000, seed=42)
     predicted = session.run(None, {"features": x.astype(np.float32)})[0]
     teacher = load_teacher(session.get_modelmeta().custom_metadata_map["teacher"])(x.astype(np.float32).astype(np.float64))
     assert np.abs(predicted - teacher).max() <= 5.0

@@ -19,6 +19,11 @@ import numpy as np
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.teacher import FEATURE_NAMES
 
+# The box of valid feature values, FEATURE_NAMES order: adm2 and vif in [0, 1], motion2 up to
+# ~100 (synthetic and sports content reach 80). The extrapolation guard is checked over it.
+DOMAIN_LOW = np.zeros(len(FEATURE_NAMES))
+DOMAIN_HIGH = np.array([1.0, 100.0, 1.0, 1.0, 1.0, 1.0])
+
 # libvmaf's options that select a variant of a feature, and how its JSON log names that variant.
 _VARIANTS = {"adm_enhn_gain_limit": "_egl_{:g}", "vif_enhn_gain_limit": "_egl_{:g}"}
 
@@ -107,3 +112,11 @@ def _feature_columns(model: dict) -> tuple[str, ...]:
         suffix = "".join(_VARIANTS[k].format(v) for k, v in opts.items() if k in _VARIANTS)
         columns.append(base + suffix)
     return tuple(columns)
+
+
+def domain_points(grid_steps: int, n_random: int, seed: int) -> np.ndarray:
+    """A ``grid_steps``^6 grid over the valid box (faces and corners included), then ``n_random`` uniform points."""
+    axes = [np.linspace(lo, hi, grid_steps) for lo, hi in zip(DOMAIN_LOW, DOMAIN_HIGH)]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(FEATURE_NAMES))
+    random = np.random.default_rng(seed).uniform(DOMAIN_LOW, DOMAIN_HIGH, size=(n_random, len(FEATURE_NAMES)))
+    return np.concatenate([grid, random])
