@@ -5,8 +5,13 @@ It decodes, scales and encodes every clip, and its ``libvmaf`` filter is the def
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -50,13 +55,26 @@ class VideoInfo:
     n_frames: int
 
 
+def file_arg(path: Path) -> str:
+    """A path as ffmpeg must get it: with ``file:``, so no name is taken for a protocol
+    (``concat:``, ``http:``), an option (``-x``) or a pipe (``-``)."""
+    return f"file:{Path(path).absolute()}"
+
+
+def filter_option(value: str) -> str:
+    """``value`` escaped for one filter option inside a filtergraph (ffmpeg's two levels of
+    escaping), so no character of it can end the option, the filter or the graph."""
+    option_level = re.sub(r"([\\':])", r"\\\1", value)
+    return re.sub(r"([\\'\[\],;])", r"\\\1", option_level)
+
+
 def input_args(path: Path, raw: RawFormat | None) -> list[str]:
     """ffmpeg arguments that open one video, raw YUV or any container."""
     if raw is None:
-        return ["-i", str(path)]
+        return ["-i", file_arg(path)]
     return [
         "-f", "rawvideo", "-pix_fmt", raw.pix_fmt, "-s", f"{raw.width}x{raw.height}",
-        "-r", str(raw.fps), "-i", str(path),
+        "-r", str(raw.fps), "-i", file_arg(path),
     ]  # fmt: skip
 
 
@@ -72,11 +90,9 @@ def probe(path: Path, raw: RawFormat | None = None) -> VideoInfo:
     if raw is not None:
         return _probe_raw(path, raw)
     # Stream copy counts frames from packets: no decoding, so it is fast even for long clips.
-    proc = subprocess.run(
-        [ffmpeg_exe(), "-hide_banner", "-nostdin", *input_args(path, raw),
-         "-map", "0:v:0", "-c", "copy", "-f", "null", "-"],
-        capture_output=True, text=True, errors="replace",
-    )  # fmt: skip
+    proc = run_tool(
+        [ffmpeg_exe(), "-hide_banner", "-nostdin", *input_args(path, raw), "-map", "0:v:0", "-c", "copy", "-f", "null", "-"]
+    )
     stream = _STREAM.search(proc.stderr)
     if proc.returncode != 0 or stream is None:
         raise TinyVmafError(f"{path}: not a decodable video ({last_error_line(proc.stderr)})")
@@ -110,11 +126,70 @@ def last_error_line(stderr: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def run(args: list[str], what: str) -> None:
-    """Run ffmpeg quietly; raise a one-line error naming ``what`` if it fails."""
-    proc = subprocess.run(
-        [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *args],
-        capture_output=True, text=True, errors="replace",
-    )  # fmt: skip
-    if proc.returncode != 0:
+def run(args: list[str], what: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ffmpeg; with ``check``, raise a one-line error naming ``what`` if it fails."""
+    proc = run_tool([ffmpeg_exe(), "-hide_banner", "-nostdin", "-y", *args])
+    if check and proc.returncode != 0:
         raise TinyVmafError(f"{what}: ffmpeg failed ({last_error_line(proc.stderr)})")
+    return proc
+
+
+# -- external tools (ffmpeg, vmaf), stoppable all at once ------------------------------------
+_running: set[subprocess.Popen] = set()
+_running_lock = threading.Lock()
+_stopped = threading.Event()
+
+
+def run_tool(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run an external tool to its end, output captured; ``tools_stopped_on_interrupt`` can end it early."""
+    return run_tools([cmd])[0]
+
+
+def run_tools(cmds: list[list[str]]) -> list[subprocess.CompletedProcess[str]]:
+    """Run tools side by side (a decoder feeding libvmaf through a pipe, say) until all end.
+
+    The first to fail ends the others, which could otherwise wait for ever on a pipe that
+    no process will open. Output goes to files, so a chatty tool never blocks on a full pipe.
+    """
+    with contextlib.ExitStack() as stack:
+        outputs = [(stack.enter_context(tempfile.TemporaryFile()), stack.enter_context(tempfile.TemporaryFile())) for _ in cmds]
+        with _running_lock:
+            if _stopped.is_set():
+                raise TinyVmafError("interrupted")
+            procs = [subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err) for cmd, (out, err) in zip(cmds, outputs)]
+            _running.update(procs)
+        try:
+            while any(p.poll() is None for p in procs):
+                if any(p.returncode for p in procs):
+                    for p in procs:
+                        if p.poll() is None:
+                            p.kill()
+                time.sleep(0.005)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                p.wait()
+            with _running_lock:
+                _running.difference_update(procs)
+        return [subprocess.CompletedProcess(cmd, p.returncode, _text(out), _text(err)) for cmd, p, (out, err) in zip(cmds, procs, outputs)]
+
+
+def _text(file) -> str:
+    file.seek(0)
+    return file.read().decode("utf-8", errors="replace")
+
+
+@contextlib.contextmanager
+def tools_stopped_on_interrupt() -> Iterator[None]:
+    """On Ctrl-C or SIGTERM inside the block, kill every running tool and refuse new ones, so that
+    worker threads end at once and clean up their temporary folders."""
+    _stopped.clear()
+    try:
+        yield
+    except BaseException:
+        with _running_lock:
+            _stopped.set()
+            for proc in _running:
+                proc.kill()
+        raise

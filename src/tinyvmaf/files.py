@@ -1,12 +1,46 @@
-"""File helpers every stage shares."""
+"""File helpers every stage shares: safe file names for user-given names, atomic writes, digests."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import string
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from tinyvmaf.errors import TinyVmafError
+
+# Kept as they are in a file name; every other character is percent-encoded (UTF-8 bytes).
+_KEPT = frozenset(string.ascii_letters + string.digits + "-_.")
+# File systems cap a name at 255 bytes; leave room for an extension and a temporary suffix.
+_MAX_NAME = 120
+
+
+def safe_name(name: str, what: str = "name") -> str:
+    """The form of a user-given name (a corpus, clip, source or sweep) used as one file name.
+
+    Readable names (letters, digits, ``-_.``) are kept as they are; any other character,
+    and a leading dot, is percent-encoded, so the result is never ``.``/``..``, hidden, or
+    holds a separator. Distinct names give distinct results: ``%`` itself is encoded, and a
+    name too long for a file system is cut and ends in ``~`` and a hash, a character no
+    uncut result holds. ``what`` names the option or field in the error for an empty name.
+    """
+    if not isinstance(name, str) or not name:
+        raise TinyVmafError(f"{what}: an empty name cannot be used")
+    encoded = "".join(
+        c if c in _KEPT and not (i == 0 and c == ".") else "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass"))
+        for i, c in enumerate(name)
+    )
+    if len(encoded) <= _MAX_NAME:
+        return encoded
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+    return f"{encoded[: _MAX_NAME - 25]}~{digest}"
+
+
+def inside(folder: Path, name: str, suffix: str = "", what: str = "name") -> Path:
+    """``folder/<safe_name(name)><suffix>``: a path that cannot leave ``folder``."""
+    return folder / f"{safe_name(name, what)}{suffix}"
 
 
 @contextmanager
@@ -16,7 +50,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     An interrupted or failed write therefore never leaves a half-written file under the real name.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    tmp = path.with_name(f".{path.name}.{os.uname().nodename}.{os.getpid()}.partial")
     try:
         yield tmp
         os.replace(tmp, path)

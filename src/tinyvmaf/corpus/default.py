@@ -44,7 +44,7 @@ class SourceRecipe:
         if not (self.package and self.file):
             raise TinyVmafError("a default-corpus source needs either lavfi or package+file")
         path = packaged_file(self.package, self.file)
-        return ["-loop", "1", "-framerate", str(FPS), "-i", str(path)] if self.still else ["-i", str(path)]
+        return ["-loop", "1", "-framerate", str(FPS), "-i", ffmpeg.file_arg(path)] if self.still else ["-i", ffmpeg.file_arg(path)]
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ class DefaultCorpus:
         with atomic_path(path) as tmp:
             ffmpeg.run(
                 [*recipe.input_args(), "-vf", f"{recipe.filter},format=yuv420p",
-                 "-frames:v", str(recipe.frames), "-f", "yuv4mpegpipe", str(tmp)],
+                 "-frames:v", str(recipe.frames), "-f", "yuv4mpegpipe", ffmpeg.file_arg(tmp)],
                 what=f"default corpus source {source}",
             )  # fmt: skip
 
@@ -130,8 +130,8 @@ class DefaultCorpus:
         with atomic_path(path) as tmp:
             # One x264 thread: the same bytes on every machine, hence the same teacher scores.
             ffmpeg.run(
-                ["-i", str(self.reference_path(source)), "-vf", scale, "-c:v", "libx264",
-                 "-preset", "fast", "-crf", str(hrc.crf), "-threads", "1", "-f", "mp4", str(tmp)],
+                [*ffmpeg.input_args(self.reference_path(source), None), "-vf", scale, "-c:v", "libx264",
+                 "-preset", "fast", "-crf", str(hrc.crf), "-threads", "1", "-f", "mp4", ffmpeg.file_arg(tmp)],
                 what=f"default corpus clip {path.name}",
             )  # fmt: skip
 

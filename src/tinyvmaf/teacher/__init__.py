@@ -8,6 +8,7 @@ libvmaf build, as the reference users run it).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -89,6 +90,14 @@ def frame_aligned_graph(geo: PairGeometry) -> tuple[str, str]:
     return f"{scale}{common}", common
 
 
+def checked_result(result: TeacherResult, pair: ClipPair, geo: PairGeometry) -> TeacherResult:
+    """What every backend checks before a result is cached: one score per frame of the pair
+    (libvmaf neither dropped nor repeated a frame), and finite values throughout."""
+    if len(result.features) != geo.n_frames:
+        raise TinyVmafError(f"{pair.distorted.path}: libvmaf scored {len(result.features)} frames, expected {geo.n_frames}")
+    return check_finite(result, pair)
+
+
 def check_finite(result: TeacherResult, pair: ClipPair) -> TeacherResult:
     bad = ~np.isfinite(result.features).all(axis=1)
     for scores in [*result.scores.values(), *result.variants.values()]:
@@ -102,10 +111,21 @@ def check_finite(result: TeacherResult, pair: ClipPair) -> TeacherResult:
     return result
 
 
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 def model_option(models: list[str], separator: str) -> list[str]:
-    """``version=X:name=X`` per model, so each score is logged under its model's name."""
+    """``version=X:name=X`` per model, so each score is logged under its model's name.
+
+    libvmaf's built-in model names are plain words; anything else is refused here, so a model
+    name can never carry options of its own into libvmaf's option string.
+    """
+    for m in models:
+        if not isinstance(m, str) or not _MODEL_NAME.fullmatch(m):
+            raise TinyVmafError(f"cache.models: {m!r} is not a libvmaf model name (letters, digits, '.', '_', '-')")
     return [f"version={m}{separator}name={m}" for m in models]
 
 
-def write_log_path(tmp_dir: str, pair: ClipPair) -> Path:
-    return Path(tmp_dir) / f"{pair.asset}.json"
+def libvmaf_log_path(tmp_dir: str) -> Path:
+    """The JSON log inside a pair's private temporary folder: a fixed name, never a clip's."""
+    return Path(tmp_dir) / "libvmaf.json"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import tempfile
 from functools import cache
 from pathlib import Path
@@ -14,11 +13,11 @@ from tinyvmaf.corpus import ClipPair
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.teacher import (
     TeacherResult,
-    check_finite,
+    checked_result,
     frame_aligned_graph,
+    libvmaf_log_path,
     model_option,
     pair_geometry,
-    write_log_path,
 )
 from tinyvmaf.teacher.log import result_from_log
 
@@ -42,7 +41,7 @@ class FfmpegLibvmaf:
         geo = pair_geometry(pair)
         dis_chain, ref_chain = frame_aligned_graph(geo)
         with tempfile.TemporaryDirectory(prefix="tinyvmaf-") as tmp:
-            log_path = write_log_path(tmp, pair)
+            log_path = libvmaf_log_path(tmp)
             graph = (
                 f"[0:v]{dis_chain}[dis];[1:v]{ref_chain}[ref];"
                 f"[dis][ref]{_libvmaf_filter(log_path, models, self.n_threads)}"
@@ -55,23 +54,16 @@ class FfmpegLibvmaf:
                 what=str(pair.distorted.path),
             )  # fmt: skip
             result = result_from_log(log_path, models)
-        if len(result.features) != geo.n_frames:
-            raise TinyVmafError(
-                f"{pair.distorted.path}: libvmaf scored {len(result.features)} frames, expected {geo.n_frames}"
-            )
-        return check_finite(result, pair)
+        return checked_result(result, pair, geo)
 
 
 def _libvmaf_filter(log_path: Path, models: list[str], n_threads: int) -> str:
-    model = "|".join(model_option(models, separator="\\:"))
-    return f"libvmaf=log_fmt=json:log_path={log_path}:n_threads={n_threads}:model='{model}'"
+    model = ffmpeg.filter_option("|".join(model_option(models, separator=":")))
+    return f"libvmaf=log_fmt=json:log_path={ffmpeg.filter_option(str(log_path))}:n_threads={n_threads}:model={model}"
 
 
 def _run_ffmpeg(args: list[str], what: str) -> None:
-    proc = subprocess.run(
-        [ffmpeg.ffmpeg_exe(), "-hide_banner", "-nostdin", "-y", *args],
-        capture_output=True, text=True, errors="replace",
-    )  # fmt: skip
+    proc = ffmpeg.run(args, what, check=False)
     if proc.returncode != 0:
         unknown = _UNKNOWN_MODEL.search(proc.stderr)
         if unknown:
