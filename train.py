@@ -3,13 +3,13 @@
 import hydra
 from omegaconf import DictConfig
 
-from tinyvmaf.errors import run_job
+from tinyvmaf.errors import run_command
 from tinyvmaf.training import train
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig):
-    return run_job(train, cfg)
+    return run_command(train, cfg)
 
 
 if __name__ == "__main__":

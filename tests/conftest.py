@@ -1,30 +1,95 @@
-"""Tiny real clips, made by real ffmpeg, for tests that run real libvmaf."""
+"""Shared test set-up: tiny real clips made by real ffmpeg, Hydra composition, entry points run as
+real processes, caches on real libvmaf, and a real libvmaf ``vmaf`` tool built from ../shared."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from omegaconf import DictConfig
 
 from tinyvmaf import ffmpeg
+from tinyvmaf.cache import TeacherCache
+from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
 
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
 SIZE = "64x48"
 FRAMES = 8
+MODELS = ["vmaf_v0.6.1", "vmaf_v0.6.1neg"]
 
 
-def make_clip(path: Path, lavfi: str, frames: int = FRAMES, vf: str = "null", codec: list[str] | None = None) -> Path:
+def _make_clip(path: Path, lavfi: str, frames: int = FRAMES, vf: str = "null", codec: list[str] | None = None, size: str = SIZE) -> Path:
     """Encode ``frames`` frames of an ffmpeg lavfi source; format by extension (.y4m, .yuv, .mp4)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fmt = {".y4m": ["-f", "yuv4mpegpipe"], ".yuv": ["-f", "rawvideo"], ".mp4": ["-f", "mp4"]}[path.suffix]
     pix = "yuv420p10le" if "10" in path.stem.split("_")[-1:] else "yuv420p"
     codec = codec or (["-c:v", "libx264", "-threads", "1"] if path.suffix == ".mp4" else [])
     ffmpeg.run(
-        ["-f", "lavfi", "-i", f"{lavfi}=size={SIZE}:rate=25", "-vf", f"{vf},format={pix}",
-         "-frames:v", str(frames), *codec, *fmt, str(path)],
+        ["-f", "lavfi", "-i", f"{lavfi}=size={size}:rate=25", "-vf", f"{vf},format={pix}",
+         "-frames:v", str(frames), *codec, *fmt, ffmpeg.file_arg(path)],
         what=str(path),
     )  # fmt: skip
     return path
+
+
+@pytest.fixture(scope="session")
+def make_clip() -> Callable[..., Path]:
+    return _make_clip
+
+
+@pytest.fixture(scope="session")
+def compose() -> Callable[..., DictConfig]:
+    """``compose("train", "arch=linear", ...)``: a primary config as the entry point would see it."""
+
+    def composed(name: str, *overrides: str) -> DictConfig:
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            return hydra_compose(name, overrides=list(overrides))
+
+    return composed
+
+
+@pytest.fixture
+def run_entry(tmp_path) -> Callable[..., subprocess.CompletedProcess]:
+    """``run_entry("train.py", *overrides)``: the entry point as a real process, its Hydra folders in tmp_path."""
+
+    def run(script: str, *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+        hydra_dirs = [f"hydra.run.dir={tmp_path}/hydra/run", f"hydra.sweep.dir={tmp_path}/hydra/multirun"]
+        return subprocess.run(
+            [sys.executable, str(ROOT / script), *args, *hydra_dirs],
+            capture_output=True, text=True, cwd=cwd or tmp_path, env={**os.environ, **(env or {})}, timeout=timeout,
+        )  # fmt: skip
+
+    return run
+
+
+class CountingLibvmaf(FfmpegLibvmaf):
+    """The real ffmpeg backend, counting the clips it scores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scored: list[str] = []
+
+    def score(self, pair, models):
+        self.scored.append(pair.asset)
+        return super().score(pair, models)
+
+
+@pytest.fixture(scope="session")
+def cache_for() -> Callable[..., TeacherCache]:
+    """``cache_for(folder)``: a teacher cache under ``folder/cache`` on the real ffmpeg backend, counting its libvmaf runs."""
+
+    def cache(folder: Path, models: list[str] = MODELS) -> TeacherCache:
+        return TeacherCache(folder / "cache", CountingLibvmaf(), models, n_jobs=2)
+
+    return cache
 
 
 @pytest.fixture(scope="session")
@@ -32,10 +97,10 @@ def tiny_corpus_master(tmp_path_factory) -> Path:
     """ref/ + dis/ folder: two sources, three distortions each (one at half size)."""
     root = tmp_path_factory.mktemp("tiny_corpus")
     for source, lavfi in (("Bars", "testsrc2"), ("Mandel", "mandelbrot")):
-        make_clip(root / "ref" / f"{source}.y4m", lavfi)
-        make_clip(root / "dis" / f"{source}__crf20.mp4", lavfi, codec=["-c:v", "libx264", "-crf", "20", "-threads", "1"])
-        make_clip(root / "dis" / f"{source}__crf45.mp4", lavfi, codec=["-c:v", "libx264", "-crf", "45", "-threads", "1"])
-        make_clip(root / "dis" / f"{source}__half.mp4", lavfi, vf="scale=32:24")
+        _make_clip(root / "ref" / f"{source}.y4m", lavfi)
+        _make_clip(root / "dis" / f"{source}__crf20.mp4", lavfi, codec=["-c:v", "libx264", "-crf", "20", "-threads", "1"])
+        _make_clip(root / "dis" / f"{source}__crf45.mp4", lavfi, codec=["-c:v", "libx264", "-crf", "45", "-threads", "1"])
+        _make_clip(root / "dis" / f"{source}__half.mp4", lavfi, vf="scale=32:24")
     return root
 
 
@@ -43,3 +108,38 @@ def tiny_corpus_master(tmp_path_factory) -> Path:
 def tiny_corpus(tiny_corpus_master, tmp_path) -> Path:
     """A private copy, so a test may break or change its files."""
     return Path(shutil.copytree(tiny_corpus_master, tmp_path / "corpus"))
+
+
+def tiny_training(corpus: Path, folder: Path) -> list[str]:
+    """Overrides that train on the tiny corpus, cache and MLflow store under ``folder``, 3 epochs."""
+    return [
+        "corpus=directory", f"corpus.root={corpus}", "corpus.name=tiny", "fold.corpus=tiny",
+        f"paths.data_dir={folder}/data", f"tracking.uri=sqlite:///{folder}/mlruns/mlflow.db",
+        f"tracking.artifact_root={folder}/mlruns/artifacts", "trainer.max_epochs=3", "data.batch_size=8",
+        "cache.models=[vmaf_v0.6.1,vmaf_v0.6.1neg]",
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def training_overrides() -> Callable[[Path, Path], list[str]]:
+    return tiny_training
+
+
+@pytest.fixture
+def tiny_overrides(tiny_corpus, tmp_path) -> list[str]:
+    return tiny_training(tiny_corpus, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def vmaf_cli(tmp_path_factory) -> Path:
+    """libvmaf's own ``vmaf`` tool, built once per session from ../shared (about 15 s)."""
+    script = ROOT.parent / "shared" / "tools" / "build-libvmaf.sh"
+    if not script.is_file():
+        reason = f"no libvmaf source to build the vmaf tool from: {script} is absent"
+        if os.environ.get("TINYVMAF_REQUIRE_VMAF_TOOL"):  # CI: the CLI backend's tests must run
+            pytest.fail(reason)
+        pytest.skip(reason)
+    out = tmp_path_factory.mktemp("libvmaf")
+    proc = subprocess.run(["bash", str(script), str(out)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"building libvmaf's vmaf tool failed:\n{proc.stdout}\n{proc.stderr}"
+    return Path(proc.stdout.strip().splitlines()[-1])

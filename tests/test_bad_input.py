@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from conftest import make_clip
-from test_cache import cache_for, run_build_cache
 from tinyvmaf.corpus import ClipPair, Video
 from tinyvmaf.corpus.directory import DirectoryCorpus
 from tinyvmaf.errors import TinyVmafError
-from tinyvmaf.teacher import TeacherResult, check_finite
+from tinyvmaf.ffmpeg import RawFormat
 from tinyvmaf.teacher.vmaf_cli import VmafCli
 
 
-def break_clips(corpus: Path) -> dict[str, str]:
+def break_clips(corpus: Path, make_clip) -> dict[str, str]:
     """Spoil some distorted clips of a tiny corpus; returns asset -> expected message fragment."""
     dis = corpus / "dis"
     (dis / "Bars__crf45.mp4").write_bytes(os.urandom(3000))  # corrupt
@@ -30,8 +28,8 @@ def break_clips(corpus: Path) -> dict[str, str]:
     }
 
 
-def test_bad_clips_fail_alone_with_one_line_errors_and_no_entry(tiny_corpus, tmp_path):
-    expected = break_clips(tiny_corpus)
+def test_bad_clips_fail_alone_with_one_line_errors_and_no_entry(tiny_corpus, tmp_path, cache_for, make_clip):
+    expected = break_clips(tiny_corpus, make_clip)
     corpus = DirectoryCorpus(tiny_corpus)
     cache = cache_for(tmp_path)
     report = cache.build(corpus)
@@ -45,18 +43,16 @@ def test_bad_clips_fail_alone_with_one_line_errors_and_no_entry(tiny_corpus, tmp
     assert len(cache.load(corpus)) == 3 * 8
 
 
-def test_build_cache_command_lists_every_failure_and_exits_non_zero(tiny_corpus, tmp_path):
-    expected = break_clips(tiny_corpus)
-    proc = run_build_cache(tmp_path, "corpus=directory", f"corpus.root={tiny_corpus}")
+def test_build_cache_command_lists_every_failure_and_exits_non_zero(tiny_corpus, tmp_path, run_entry, make_clip):
+    expected = break_clips(tiny_corpus, make_clip)
+    proc = run_entry("build_cache.py", "corpus=directory", f"corpus.root={tiny_corpus}", f"paths.data_dir={tmp_path}/data")
     assert proc.returncode == 1
     for asset, fragment in expected.items():
         assert f"failed {asset}: " in proc.stdout and fragment in proc.stdout
     assert "3 clip(s) failed" in proc.stdout and "3 clip(s) computed" in proc.stdout
 
 
-def raw_pair(tmp_path: Path, ref_bytes: bytes | None, dis_bytes: bytes | None) -> ClipPair:
-    from tinyvmaf.ffmpeg import RawFormat
-
+def raw_pair(make_clip, tmp_path: Path, ref_bytes: bytes | None, dis_bytes: bytes | None) -> ClipPair:
     raw = RawFormat(64, 48)
     ref, dis = tmp_path / "ref.yuv", tmp_path / "dis.yuv"
     make_clip(ref, "testsrc2")
@@ -86,36 +82,26 @@ class OnePairCorpus:
         ("zero_frames", r"dis.yuv: the video has zero frames"),
     ],
 )
-def test_raw_yuv_problems(tmp_path, spoil, message):
-    pair = raw_pair(tmp_path, None, b"\0" * 18000 if spoil == "partial_frame" else b"" if spoil == "zero_frames" else None)
+def test_raw_yuv_problems(tmp_path, spoil, message, make_clip, cache_for):
+    pair = raw_pair(make_clip, tmp_path, None, b"\0" * 18000 if spoil == "partial_frame" else b"" if spoil == "zero_frames" else None)
     if spoil == "missing":
         pair.distorted.path.unlink()
     cache = cache_for(tmp_path)
     report = cache.build(OnePairCorpus(pair))
     assert len(report.failures) == 1
-    assert __import__("re").search(message, report.failures[0].error)
+    assert re.search(message, report.failures[0].error)
     assert not cache.entry_path(OnePairCorpus(pair), "Src__x").exists()
 
 
-def test_non_finite_features_are_refused(tmp_path):
-    pair = raw_pair(tmp_path, None, None)
-    features = np.ones((4, 6))
-    features[2, 1] = np.nan
-    with pytest.raises(TinyVmafError, match=r"dis.yuv: libvmaf returned NaN or infinite values at 1 frame\(s\), first at frame 2"):
-        check_finite(TeacherResult(features, {"vmaf_v0.6.1": np.ones(4)}), pair)
-    with pytest.raises(TinyVmafError, match="first at frame 0"):
-        check_finite(TeacherResult(np.ones((4, 6)), {"vmaf_v0.6.1": np.array([np.inf, 1, 1, 1])}), pair)
-
-
-def test_unknown_teacher_model_is_named(tiny_corpus, tmp_path):
+def test_unknown_teacher_model_is_named(tiny_corpus, tmp_path, cache_for):
     cache = cache_for(tmp_path, models=["vmaf_v0.6.1", "vmaf_v9"])
     with pytest.raises(TinyVmafError, match="unknown teacher model 'vmaf_v9'"):
         cache.build(DirectoryCorpus(tiny_corpus))
     assert not (cache.folder(DirectoryCorpus(tiny_corpus)) / "clips").exists()
 
 
-def test_unknown_teacher_model_from_the_command_line(tiny_corpus, tmp_path):
-    proc = run_build_cache(tmp_path, "corpus=directory", f"corpus.root={tiny_corpus}", "cache.models=[vmaf_v0.6.1,nope]")
+def test_unknown_teacher_model_from_the_command_line(tiny_corpus, tmp_path, run_entry):
+    proc = run_entry("build_cache.py", "corpus=directory", f"corpus.root={tiny_corpus}", "cache.models=[vmaf_v0.6.1,nope]", f"paths.data_dir={tmp_path}/data")
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == "error: unknown teacher model 'nope': libvmaf has no such built-in model"
 
@@ -132,7 +118,7 @@ def test_vmaf_path_that_is_not_libvmaf(tmp_path):
         VmafCli(script).version()
 
 
-def test_directory_corpus_problems(tmp_path):
+def test_directory_corpus_problems(tmp_path, make_clip):
     with pytest.raises(TinyVmafError, match=rf"{tmp_path}/ref: no such folder"):
         DirectoryCorpus(tmp_path).pairs()
     make_clip(tmp_path / "ref" / "A.y4m", "testsrc2")

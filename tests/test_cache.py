@@ -2,42 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
-from conftest import make_clip
-from tinyvmaf.cache import TeacherCache
+from conftest import MODELS
 from tinyvmaf.corpus.dataset_file import DatasetFileCorpus
+from tinyvmaf.corpus.default import DefaultCorpus
 from tinyvmaf.corpus.directory import DirectoryCorpus
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.ffmpeg import ffmpeg_exe
 from tinyvmaf.teacher import FEATURE_NAMES
-from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
-
-MODELS = ["vmaf_v0.6.1", "vmaf_v0.6.1neg"]
-ROOT = Path(__file__).resolve().parents[1]
-
-
-class CountingLibvmaf(FfmpegLibvmaf):
-    """The real ffmpeg backend, counting the clips it scores."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.scored: list[str] = []
-
-    def score(self, pair, models):
-        self.scored.append(pair.asset)
-        return super().score(pair, models)
-
-
-def cache_for(tmp_path: Path, models=MODELS) -> TeacherCache:
-    return TeacherCache(tmp_path / "cache", CountingLibvmaf(), models, n_jobs=2)
 
 
 def direct_libvmaf(ref: Path, dis: Path, log: Path, scale: str = "null") -> dict:
@@ -47,7 +27,7 @@ def direct_libvmaf(ref: Path, dis: Path, log: Path, scale: str = "null") -> dict
     return json.loads(log.read_text())
 
 
-def test_cached_values_equal_a_direct_libvmaf_run(tiny_corpus, tmp_path):
+def test_cached_values_equal_a_direct_libvmaf_run(tiny_corpus, tmp_path, cache_for):
     corpus = DirectoryCorpus(tiny_corpus)
     cache = cache_for(tmp_path)
     report = cache.build(corpus)
@@ -65,7 +45,7 @@ def test_cached_values_equal_a_direct_libvmaf_run(tiny_corpus, tmp_path):
     assert table.scores["vmaf_v0.6.1"][table.clip == table.clips.index("Bars__crf45")].mean() < table.scores["vmaf_v0.6.1"][table.clip == table.clips.index("Bars__crf20")].mean()
 
 
-def test_warm_build_runs_no_libvmaf_and_changes_recompute_only_what_they_touch(tiny_corpus, tmp_path):
+def test_warm_build_runs_no_libvmaf_and_changes_recompute_only_what_they_touch(tiny_corpus, tmp_path, cache_for, make_clip):
     corpus = DirectoryCorpus(tiny_corpus)
     cache_for(tmp_path).build(corpus)
 
@@ -89,7 +69,7 @@ def test_warm_build_runs_no_libvmaf_and_changes_recompute_only_what_they_touch(t
     assert "vmaf_4k_v0.6.1" in new_teachers.load(corpus).scores
 
 
-def test_an_interrupted_build_resumes_where_it_stopped(tiny_corpus, tmp_path):
+def test_an_interrupted_build_resumes_where_it_stopped(tiny_corpus, tmp_path, cache_for):
     corpus = DirectoryCorpus(tiny_corpus)
     cache = cache_for(tmp_path)
     cache.build(corpus)
@@ -103,8 +83,8 @@ def test_an_interrupted_build_resumes_where_it_stopped(tiny_corpus, tmp_path):
     assert len(resumed.load(corpus)) == 48
 
 
-def test_build_cache_command_prints_summary_and_writes_json(tiny_corpus, tmp_path):
-    proc = run_build_cache(tmp_path, "corpus=directory", f"corpus.root={tiny_corpus}")
+def test_build_cache_command_prints_summary_and_writes_json(tiny_corpus, tmp_path, run_entry):
+    proc = run_entry("build_cache.py", "corpus=directory", f"corpus.root={tiny_corpus}", f"paths.data_dir={tmp_path}/data")
     assert proc.returncode == 0, proc.stderr
     assert "Bars" in proc.stdout and "6 clip(s) computed" in proc.stdout
     summary = json.loads((tmp_path / "data" / "cache" / "corpus" / "summary.json").read_text())
@@ -113,17 +93,9 @@ def test_build_cache_command_prints_summary_and_writes_json(tiny_corpus, tmp_pat
     assert summary["libvmaf_version"] and summary["backend"] == "ffmpeg-libvmaf"
 
 
-def run_build_cache(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TINYVMAF_DATA": str(tmp_path / "data")}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "build_cache.py"), *overrides, f"hydra.run.dir={tmp_path}/hydra"],
-        capture_output=True, text=True, env=env, cwd=tmp_path,
-    )
-
-
 # -- dataset files --------------------------------------------------------------------------
 
-def write_dataset(folder: Path, fmt: str, extra: str = "") -> Path:
+def write_dataset(make_clip, folder: Path, fmt: str, extra: str = "") -> Path:
     suffix = "_10" if fmt == "yuv420p10le" else ""
     make_clip(folder / "ref" / f"src{suffix}.yuv", "testsrc2")
     make_clip(folder / "dis" / f"src_noisy{suffix}.yuv", "testsrc2", vf="noise=alls=30")
@@ -151,8 +123,8 @@ dis_videos = [
 
 
 @pytest.mark.parametrize("fmt", ["yuv420p", "yuv420p10le"])
-def test_dataset_file_corpus_8_and_10_bit(tmp_path, fmt):
-    corpus = DatasetFileCorpus(write_dataset(tmp_path, fmt))
+def test_dataset_file_corpus_8_and_10_bit(tmp_path, fmt, make_clip, cache_for):
+    corpus = DatasetFileCorpus(write_dataset(make_clip, tmp_path, fmt))
     pairs = corpus.pairs()
     assert corpus.name == "Tiny" and [p.asset for p in pairs] == ["Src__0", "Src__1"]
     assert pairs[0].dmos == 3.5 and pairs[1].dmos == -1.0
@@ -176,21 +148,15 @@ def test_dataset_file_corpus_8_and_10_bit(tmp_path, fmt):
         ("x = width * 2", "width * 2"),
     ],
 )
-def test_dataset_file_with_anything_but_literal_assignments_is_refused(tmp_path, extra, found):
-    path = write_dataset(tmp_path, "yuv420p", extra)
+def test_dataset_file_with_anything_but_literal_assignments_is_refused(tmp_path, extra, found, make_clip):
+    path = write_dataset(make_clip, tmp_path, "yuv420p", extra)
     with pytest.raises(TinyVmafError, match=rf"{path}:\d+: only literal assignments are allowed, found .*{__import__('re').escape(found)}"):
         DatasetFileCorpus(path)
 
 
-def test_default_corpus_generation_is_byte_for_byte_reproducible(tmp_path):
+def test_default_corpus_generation_is_byte_for_byte_reproducible(tmp_path, compose):
     """Every source and an HRC, generated twice: the same bytes, hence the same teacher scores anywhere."""
-    import hashlib
-
-    import yaml
-
-    from tinyvmaf.corpus.default import DefaultCorpus
-
-    recipe = yaml.safe_load((ROOT / "configs" / "corpus" / "default.yaml").read_text())
+    recipe = OmegaConf.to_container(compose("build_cache").corpus, resolve=True)
     sources = {name: {**spec, "frames": 5} for name, spec in recipe["sources"].items()}
     digests = []
     for run in ("a", "b"):

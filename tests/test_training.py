@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+import yaml
 from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
@@ -23,38 +20,30 @@ from tinyvmaf.model import CensoredMSELoss, count_params
 from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
 from tinyvmaf.training import train
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
 
 
-def compose_train(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
-
-
 @pytest.mark.parametrize("group", ["arch", "fold", "teacher", "trainer", "corpus", "libvmaf", "data", "model", "model/loss", "tracking"])
-def test_every_option_of_every_group_composes(group):
+def test_every_option_of_every_group_composes(group, compose):
     for option in options(group):
         extra = {"corpus": {"directory": ["corpus.root=/x"], "dataset_file": ["corpus.path=/x"]}, "libvmaf": {"cli": ["libvmaf.path=/x"]}}
-        cfg = compose_train(f"{group}={option}", *extra.get(group, {}).get(option, []))
+        cfg = compose("train", f"{group}={option}", *extra.get(group, {}).get(option, []))
         assert OmegaConf.select(cfg, group.replace("/", ".")) is not None
         instantiate(cfg.model.loss)
 
 
 def test_fold_options_are_the_default_corpus_sources():
-    import yaml
-
     sources = yaml.safe_load((CONFIGS / "corpus" / "default.yaml").read_text())["sources"]
     assert options("fold") == sorted(sources)
 
 
 @pytest.mark.parametrize("arch, n_params", [("mlp_small", 257), ("mlp_medium", 2561), ("linear", 7)])
-def test_parameter_counts(arch, n_params):
-    cfg = compose_train(f"arch={arch}")
+def test_parameter_counts(arch, n_params, compose):
+    cfg = compose("train", f"arch={arch}")
     assert count_params(instantiate(cfg.model).model) == n_params
 
 
@@ -91,24 +80,16 @@ def test_standardization_is_fitted_on_the_training_sources_only(tiny_cache):
     assert not np.allclose(dm.standardization.feature_mean, all_mean)
 
 
-def tiny_overrides(tiny_corpus: Path, tmp_path: Path) -> list[str]:
-    return [
-        "corpus=directory", f"corpus.root={tiny_corpus}", "corpus.name=tiny", "fold.corpus=tiny",
-        f"paths.data_dir={tmp_path}/data", f"tracking.uri=sqlite:///{tmp_path}/mlruns/mlflow.db",
-        f"tracking.artifact_root={tmp_path}/mlruns/artifacts", "trainer.max_epochs=3", "data.batch_size=8",
-        "cache.models=[vmaf_v0.6.1,vmaf_v0.6.1neg]",
-    ]  # fmt: skip
-
-
-def test_same_seed_same_metrics(tiny_corpus, tmp_path):
-    cfg = compose_train(*tiny_overrides(tiny_corpus, tmp_path), "fold.heldout=Bars", "sweep_id=a")
-    first, second = train(cfg), train(cfg)
+def test_same_seed_same_metrics(tiny_corpus, tmp_path, tiny_overrides, compose):
+    cfg = compose("train", *tiny_overrides, "fold.heldout=Bars", "sweep_id=a")
+    first = train(cfg)
+    second = train(compose("train", *tiny_overrides, "fold.heldout=Bars", "sweep_id=b"))  # another sweep: trained again
     for name in ("heldout_plcc", "heldout_srocc", "heldout_rmse", "train_loss"):
         assert abs(first[name] - second[name]) <= 1e-6
 
 
-def test_bad_fold_lists_valid_sources_and_marks_the_run_failed(tiny_corpus, tmp_path):
-    cfg = compose_train(*tiny_overrides(tiny_corpus, tmp_path), "fold.heldout=Nope", "sweep_id=bad")
+def test_bad_fold_lists_valid_sources_and_marks_the_run_failed(tiny_corpus, tmp_path, tiny_overrides, compose):
+    cfg = compose("train", *tiny_overrides, "fold.heldout=Nope", "sweep_id=bad")
     with pytest.raises(TinyVmafError, match="fold=Nope: no such source in corpus 'tiny'; valid: Bars, Mandel"):
         train(cfg)
     runs = MlflowClient(cfg.tracking.uri).search_runs([experiment_id(cfg)])
@@ -116,23 +97,23 @@ def test_bad_fold_lists_valid_sources_and_marks_the_run_failed(tiny_corpus, tmp_
     assert "no such source" in runs[0].data.tags["error"]
 
 
-def test_fold_whose_every_clip_failed_says_so(tiny_corpus, tmp_path, capsys):
+def test_fold_whose_every_clip_failed_says_so(tiny_corpus, tmp_path, capsys, tiny_overrides, compose):
     for clip in (tiny_corpus / "dis").glob("Mandel__*.mp4"):
         clip.write_bytes(b"not a video")
-    cfg = compose_train(*tiny_overrides(tiny_corpus, tmp_path), "fold.heldout=Mandel", "sweep_id=failed-source")
+    cfg = compose("train", *tiny_overrides, "fold.heldout=Mandel", "sweep_id=failed-source")
     with pytest.raises(TinyVmafError, match="fold=Mandel: every clip of this source failed to build.*; cached sources: Bars$"):
         train(cfg)
     assert capsys.readouterr().out.count("warning: Mandel__") == 3  # the build's own one-line reasons
 
 
-def test_missing_cache_without_build_is_an_error(tiny_corpus, tmp_path):
-    cfg = compose_train(*tiny_overrides(tiny_corpus, tmp_path), "fold.heldout=Bars", "data.build_cache=false")
+def test_missing_cache_without_build_is_an_error(tiny_corpus, tmp_path, tiny_overrides, compose):
+    cfg = compose("train", *tiny_overrides, "fold.heldout=Bars", "data.build_cache=false")
     with pytest.raises(TinyVmafError, match="frames.npz: the teacher cache of corpus 'tiny' is missing or empty; build it first"):
         train(cfg)
 
 
-def test_nan_loss_is_an_error(tiny_corpus, tmp_path):
-    cfg = compose_train(*tiny_overrides(tiny_corpus, tmp_path), "fold.heldout=Bars", "model.optimizer.lr=1e30", "model.scheduler=null")
+def test_nan_loss_is_an_error(tiny_corpus, tmp_path, tiny_overrides, compose):
+    cfg = compose("train", *tiny_overrides, "fold.heldout=Bars", "model.optimizer.lr=1e30", "model.scheduler=null")
     with pytest.raises(TinyVmafError, match="the training loss became (nan|inf)"):
         train(cfg)
 
@@ -141,21 +122,14 @@ def experiment_id(cfg) -> str:
     return MlflowClient(cfg.tracking.uri).get_experiment_by_name(cfg.tracking.experiment).experiment_id
 
 
-def run_train(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args, f"hydra.sweep.dir={tmp_path}/multirun", f"hydra.run.dir={tmp_path}/run"],
-        capture_output=True, text=True, cwd=tmp_path, env={**os.environ},
-    )  # fmt: skip
-
-
 @pytest.mark.slow
-def test_tiny_multirun_end_to_end_with_one_bad_fold(tiny_corpus, tmp_path):
-    overrides = tiny_overrides(tiny_corpus, tmp_path)
-    proc = run_train(tmp_path, "-m", "arch=mlp_small,linear", "fold.heldout=Bars,Mandel,Ghost", *overrides)
+def test_tiny_multirun_end_to_end_with_one_bad_fold(tiny_corpus, tmp_path, tiny_overrides, compose, run_entry):
+    overrides = tiny_overrides
+    proc = run_entry("train.py", "-m", "arch=mlp_small,linear", "fold.heldout=Bars,Mandel,Ghost", *overrides)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "error: fold=Ghost: no such source in corpus 'tiny'; valid: Bars, Mandel" in proc.stderr
     assert "2 of 6 runs failed" in proc.stderr
-    cfg = compose_train(*overrides)
+    cfg = compose("train", *overrides)
     client = MlflowClient(cfg.tracking.uri)
     runs = client.search_runs([experiment_id(cfg)])
     assert len(runs) == 6 and len({r.data.tags["sweep_id"] for r in runs}) == 1
@@ -178,18 +152,15 @@ def test_tiny_multirun_end_to_end_with_one_bad_fold(tiny_corpus, tmp_path):
     assert {r.data.tags["fold"] for r in failed} == {"Ghost"}
 
 
-def test_unknown_arch_is_refused_before_any_run(tmp_path):
-    proc = run_train(tmp_path, "-m", "arch=mlp_huge", f"tracking.uri=sqlite:///{tmp_path}/mlruns/mlflow.db")
+def test_unknown_arch_is_refused_before_any_run(tmp_path, run_entry):
+    proc = run_entry("train.py", "-m", "arch=mlp_huge", f"tracking.uri=sqlite:///{tmp_path}/mlruns/mlflow.db")
     assert proc.returncode == 1
     assert "Could not find 'arch/mlp_huge'" in proc.stderr
     assert not (tmp_path / "mlruns" / "mlflow.db").exists()
 
 
-def test_make_folds_writes_one_option_per_source(tiny_corpus, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "make_folds.py"), "corpus=directory", f"corpus.root={tiny_corpus}", f"fold_dir={tmp_path}/fold", f"hydra.run.dir={tmp_path}/run"],
-        capture_output=True, text=True, cwd=tmp_path,
-    )  # fmt: skip
+def test_make_folds_writes_one_option_per_source(tiny_corpus, tmp_path, run_entry):
+    proc = run_entry("make_folds.py", "corpus=directory", f"corpus.root={tiny_corpus}", f"fold_dir={tmp_path}/fold")
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (tmp_path / "fold").iterdir()) == ["Bars.yaml", "Mandel.yaml"]
     assert "heldout: Mandel\ncorpus: corpus\n" in (tmp_path / "fold" / "Mandel.yaml").read_text()

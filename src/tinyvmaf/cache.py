@@ -32,7 +32,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from tinyvmaf.corpus import ClipPair, Corpus, Video, sources_of
 from tinyvmaf.errors import TinyVmafError
-from tinyvmaf.files import atomic_path, sha256_file
+from tinyvmaf.ffmpeg import tools_stopped_on_interrupt
+from tinyvmaf.files import atomic_path, inside, sha256_file
 from tinyvmaf.teacher import FEATURE_NAMES, Libvmaf
 
 SCHEMA = 2  # 2: feature variants (e.g. *_egl_1 for vmaf_v0.6.1neg) stored too
@@ -50,6 +51,7 @@ class BuildReport:
     built: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    repaired: list[Failure] = field(default_factory=list)  # damaged entries found and recomputed
 
 
 @dataclass
@@ -96,10 +98,10 @@ class TeacherCache:
         self.n_jobs = n_jobs or os.cpu_count() or 1
 
     def folder(self, corpus: Corpus) -> Path:
-        return self.root / corpus.name
+        return inside(self.root, corpus.name, what="corpus name")
 
     def entry_path(self, corpus: Corpus, asset: str) -> Path:
-        return self.folder(corpus) / "clips" / f"{asset}.json"
+        return inside(self.folder(corpus) / "clips", asset, ".json", what=f"corpus {corpus.name!r}: clip name")
 
     # -- build ------------------------------------------------------------------------------
     def build(self, corpus: Corpus, pairs: list[ClipPair] | None = None) -> BuildReport:
@@ -110,21 +112,27 @@ class TeacherCache:
         version = inputs.probe(self.libvmaf, self.models)
         report = BuildReport(corpus.name)
         todo: list[tuple[ClipPair, str]] = []
+        keys: dict[str, str] = {}
         for pair in pairs:
             try:
-                key = self._key(pair, inputs, version)
+                key = keys[pair.asset] = self._key(pair, inputs, version)
+                path = self.entry_path(corpus, pair.asset)
             except (TinyVmafError, OSError) as exc:
                 report.failures.append(Failure(pair.asset, _one_line(exc)))
                 continue
-            if _stored_key(self.entry_path(corpus, pair.asset)) == key:
+            try:
+                read_entry(path, key, self.models)
                 report.reused.append(pair.asset)
-            else:
+            except StaleEntry:
+                todo.append((pair, key))
+            except DamagedEntry as exc:
+                report.repaired.append(Failure(pair.asset, str(exc)))
                 todo.append((pair, key))
         inputs.save()
         if todo:
             self._compute(corpus, todo, version, report)
-        ok = {p.asset for p in pairs} - {f.asset for f in report.failures}
-        self._consolidate(corpus, [p for p in pairs if p.asset in ok])
+        failed = {f.asset for f in report.failures}
+        self._consolidate(corpus, [(p, keys[p.asset]) for p in pairs if p.asset not in failed], report)
         return report
 
     def _key(self, pair: ClipPair, inputs: "_InputMemo", version: str) -> str:
@@ -140,7 +148,8 @@ class TeacherCache:
 
     def _compute(self, corpus: Corpus, todo: list[tuple[ClipPair, str]], version: str, report: BuildReport) -> None:
         columns = (TextColumn("libvmaf {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, transient=True) as progress, ThreadPoolExecutor(self.n_jobs) as pool:
+        # Tools are stopped before the pool waits for its threads: Ctrl-C or SIGTERM ends at once.
+        with Progress(*columns, transient=True) as progress, ThreadPoolExecutor(self.n_jobs) as pool, tools_stopped_on_interrupt():
             task = progress.add_task(corpus.name, total=len(todo))
             futures = {pool.submit(self._compute_one, corpus, p, k, version): p for p, k in todo}
             for future in as_completed(futures):
@@ -173,34 +182,42 @@ class TeacherCache:
             tmp.write_text(json.dumps(entry))
 
     # -- load -------------------------------------------------------------------------------
-    def _consolidate(self, corpus: Corpus, pairs: list[ClipPair]) -> None:
-        """Rewrite ``frames.npz`` if the set of entries behind it changed."""
+    def _consolidate(self, corpus: Corpus, entries: list[tuple[ClipPair, str]], report: BuildReport) -> None:
+        """Rewrite ``frames.npz`` if the set of entries behind it changed; an entry that cannot be
+        read now becomes a failure of this build, never a crash."""
         folder = self.folder(corpus)
-        keys = [_stored_key(self.entry_path(corpus, p.asset)) for p in pairs]
-        manifest = hashlib.sha256(json.dumps([[p.asset, k] for p, k in zip(pairs, keys)]).encode()).hexdigest()
+        manifest = hashlib.sha256(json.dumps([[p.asset, k] for p, k in entries]).encode()).hexdigest()
         npz = folder / "frames.npz"
         if npz.exists() and _npz_manifest(npz) == manifest:
             return
-        entries = [json.loads(self.entry_path(corpus, p.asset).read_text()) for p in pairs]
-        if not entries:
+        read, pairs = [], []
+        for pair, key in entries:
+            try:
+                read.append(read_entry(self.entry_path(corpus, pair.asset), key, self.models))
+                pairs.append(pair)
+            except (StaleEntry, DamagedEntry) as exc:
+                report.failures.append(Failure(pair.asset, f"its cache entry cannot be used: {exc}"))
+        if len(pairs) < len(entries):
+            manifest = hashlib.sha256(json.dumps([[p.asset, e["key"]] for p, e in zip(pairs, read)]).encode()).hexdigest()
+        if not read:
             return
         arrays = {
             "manifest": np.array(manifest),
             "corpus": np.array(corpus.name),
-            "libvmaf_version": np.array(entries[0]["libvmaf_version"]),
-            "backend": np.array(entries[0]["backend"]),
-            "features": np.concatenate([np.asarray(e["features"]["per_frame"], dtype=np.float64) for e in entries]),
-            "clip": np.concatenate([np.full(e["n_frames"], i, dtype=np.int64) for i, e in enumerate(entries)]),
-            "clips": np.array([e["asset"] for e in entries]),
-            "clip_source": np.array([e["source"] for e in entries]),
+            "libvmaf_version": np.array(read[0]["libvmaf_version"]),
+            "backend": np.array(read[0]["backend"]),
+            "features": np.concatenate([np.asarray(e["features"]["per_frame"], dtype=np.float64) for e in read]),
+            "clip": np.concatenate([np.full(e["n_frames"], i, dtype=np.int64) for i, e in enumerate(read)]),
+            "clips": np.array([e["asset"] for e in read]),
+            "clip_source": np.array([e["source"] for e in read]),
             "sources": np.array(sources_of(pairs)),
             "models": np.array(self.models),
         }
-        shared_variants = set.intersection(*(set(e["variants"]) for e in entries))
+        shared_variants = set.intersection(*(set(e["variants"]) for e in read))
         for name in sorted(shared_variants):
-            arrays[f"variant:{name}"] = np.concatenate([np.asarray(e["variants"][name], dtype=np.float64) for e in entries])
+            arrays[f"variant:{name}"] = np.concatenate([np.asarray(e["variants"][name], dtype=np.float64) for e in read])
         for m in self.models:
-            arrays[f"score:{m}"] = np.concatenate([np.asarray(e["scores"][m], dtype=np.float64) for e in entries])
+            arrays[f"score:{m}"] = np.concatenate([np.asarray(e["scores"][m], dtype=np.float64) for e in read])
         with atomic_path(npz) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
@@ -265,16 +282,39 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
-def _stored_key(path: Path) -> str | None:
-    """The key an entry was written with, or None if there is no readable entry."""
+class StaleEntry(Exception):
+    """No entry, or one computed from other inputs, models or libvmaf: recompute it, silently."""
+
+
+class DamagedEntry(Exception):
+    """An entry that does not parse or disagrees with itself (a truncated file, an edit): recompute it and say so."""
+
+
+def read_entry(path: Path, key: str, models: list[str]) -> dict:
+    """A cache entry, parsed and checked before anything uses it: schema and key as expected, and
+    one finite row of features and of every model's score per frame."""
     try:
-        with open(path) as f:
-            head = f.read(256)  # "schema" and "key" lead every entry: no need to parse the frames
-    except OSError:
-        return None
-    marker = '"key": "'
-    start = head.find(marker)
-    return head[start + len(marker) : start + len(marker) + 64] if start >= 0 else None
+        entry = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise StaleEntry("no entry") from None
+    except (OSError, ValueError) as exc:
+        raise DamagedEntry(f"{path.name} does not parse ({_one_line(exc)})") from None
+    if not isinstance(entry, dict) or entry.get("schema") != SCHEMA or not isinstance(entry.get("key"), str):
+        raise DamagedEntry(f"{path.name} is not a schema-{SCHEMA} cache entry")
+    if entry["key"] != key:
+        raise StaleEntry("computed from other inputs")
+    try:
+        n = entry["n_frames"]
+        features = np.asarray(entry["features"]["per_frame"], dtype=np.float64)
+        columns = [np.asarray(v, dtype=np.float64) for v in (*(entry["scores"][m] for m in models), *entry["variants"].values())]
+        named = entry["features"]["names"] == list(FEATURE_NAMES) and isinstance(entry["asset"], str) and isinstance(entry["source"], str)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise DamagedEntry(f"{path.name} lacks or garbles a field ({_one_line(exc)})") from None
+    if not (named and isinstance(n, int) and n > 0 and features.shape == (n, len(FEATURE_NAMES)) and all(c.shape == (n,) for c in columns)):
+        raise DamagedEntry(f"{path.name}: its frame count, feature names or array shapes disagree")
+    if not (np.isfinite(features).all() and all(np.isfinite(c).all() for c in columns)):
+        raise DamagedEntry(f"{path.name} holds non-finite values")
+    return entry
 
 
 def _npz_manifest(npz: Path) -> str | None:
@@ -346,6 +386,8 @@ def build_cache(cfg: DictConfig) -> int:
         console.print(summary_table(json.loads(summary_path.read_text())))
         console.print(f"summary: {summary_path}")
     console.print(f"{len(report.built)} clip(s) computed, {len(report.reused)} reused from the cache")
+    for damaged in report.repaired:
+        console.print(f"[yellow]repaired[/yellow] {damaged.asset}: {damaged.error}; recomputed", soft_wrap=True)
     for failure in report.failures:
         console.print(f"[red]failed[/red] {failure.asset}: {failure.error}", soft_wrap=True)
     if report.failures:

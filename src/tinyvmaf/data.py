@@ -71,6 +71,22 @@ class Augmentation:
     edge: float = 0.2  # chance that an across coordinate sits on the domain's low or high face
     domain: dict | None = None  # feature name -> [low, high]
 
+    def __post_init__(self) -> None:
+        """Refuse settings that would draw nothing sensible, naming the option."""
+        for name in ("amount", "around", "between", "across", "jitter"):
+            value = getattr(self, name)
+            if not _finite_number(value) or value < 0:
+                raise TinyVmafError(f"data.augment.{name}={value!r}: must be a finite number >= 0")
+        if not 0 <= self.edge <= 1:
+            raise TinyVmafError(f"data.augment.edge={self.edge!r}: must be in [0, 1]")
+        if self.around + self.between + self.across <= 0:
+            raise TinyVmafError("data.augment: around, between and across are all 0; give at least one a share")
+        for name, bounds in (self.domain or {}).items():
+            if name not in FEATURE_NAMES:
+                raise TinyVmafError(f"data.augment.domain.{name}: no such feature; valid: {', '.join(FEATURE_NAMES)}")
+            if not (len(bounds) == 2 and all(_finite_number(b) for b in bounds) and bounds[0] < bounds[1]):
+                raise TinyVmafError(f"data.augment.domain.{name}={list(bounds)!r}: must be [low, high] with low < high")
+
     def sample(self, features: np.ndarray, teacher: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """``amount`` x len(features) labelled vectors; none when augmentation is off."""
         if not self.enabled:
@@ -205,6 +221,10 @@ class LosoDataModule(L.LightningDataModule):
         if not len(self.test_x):
             return []
         return TensorBatches(self.test_x, self.test_y, len(self.test_x), shuffle=False)
+
+
+def _finite_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
 
 
 def _tensors(features: np.ndarray, target: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -32,7 +33,8 @@ from tinyvmaf.cache import FrameTable  # noqa: E402
 from tinyvmaf.errors import TinyVmafError  # noqa: E402
 from tinyvmaf.metrics import METRIC_NAMES, metrics_per_source  # noqa: E402
 from tinyvmaf.teacher.function import load_teacher  # noqa: E402
-from tinyvmaf.tracking import experiment, tracked_run  # noqa: E402
+from tinyvmaf.files import inside  # noqa: E402
+from tinyvmaf.tracking import open_experiment, tracked_run  # noqa: E402
 
 DIGEST_TAG = "tinyvmaf.digest"
 ARCH_ORDER = ("mlp_small", "mlp_medium", "linear")
@@ -53,17 +55,86 @@ def fold_runs(client: MlflowClient, experiment_id: str, sweep_id: str | None) ->
     return str(sweep_id), mine
 
 
-def aggregate(runs: list[Run]) -> tuple[dict, list[dict]]:
-    """Per-arch digest rows from finished runs, and the list of failed runs."""
-    by_arch: dict[str, list[Run]] = defaultdict(list)
-    failed = []
-    for r in runs:
-        if r.info.status == "FINISHED" and all(f"heldout_{m}" in r.data.metrics for m in METRIC_NAMES):
-            by_arch[r.data.params["arch"]].append(r)
+@dataclass
+class SweepStatus:
+    """What a sweep holds against what a LOSO sweep should: every arch seen x every source of its corpus."""
+
+    finished: dict[tuple[str, str], Run]  # (arch, fold) -> the latest finished run
+    failed: list[dict]  # (arch, fold) pairs with no finished run whose latest run FAILED or was KILLED
+    running: list[dict]  # ... whose latest run is still RUNNING (or whose process died: a kill -9)
+    missing: list[tuple[str, str]]  # pairs no run of the sweep ever started
+    duplicates: list[dict]  # pairs finished more than once: only the latest counts
+    archs: list[str]
+    folds: list[str]
+
+    @property
+    def expected(self) -> int:
+        return len(self.archs) * len(self.folds)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.finished) == self.expected
+
+
+def sweep_status(runs: list[Run]) -> SweepStatus:
+    """Group a sweep's runs by (arch, fold); the folds expected are the sources of the corpus the runs trained on."""
+    by_pair: dict[tuple[str, str], list[Run]] = defaultdict(list)
+    sources: dict[str, None] = {}
+    for r in sorted(runs, key=lambda r: r.info.start_time or 0, reverse=True):
+        by_pair[(r.data.tags.get("arch", "?"), r.data.tags.get("fold", "?"))].append(r)
+        sources.update(dict.fromkeys(json.loads(r.data.tags.get("corpus_sources", "[]"))))
+    archs = sorted({a for a, _ in by_pair}, key=lambda a: (ARCH_ORDER.index(a) if a in ARCH_ORDER else 99, a))
+    folds = sorted(set(sources) | {f for _, f in by_pair})
+    finished, failed, running, duplicates = {}, [], [], []
+    for (arch, fold), pair_runs in by_pair.items():
+        done = [r for r in pair_runs if r.info.status == "FINISHED" and all(f"heldout_{m}" in r.data.metrics for m in METRIC_NAMES)]
+        if done:
+            finished[(arch, fold)] = done[0]
+            if len(done) > 1:
+                duplicates.append({"arch": arch, "fold": fold, "runs": len(done), "counted": done[0].info.run_id})
+            continue
+        latest = pair_runs[0]
+        row = {"arch": arch, "fold": fold, "status": latest.info.status, "run_id": latest.info.run_id, "error": latest.data.tags.get("error", "")}
+        if latest.info.status == "RUNNING":
+            row["process"] = process_state(latest)
+            running.append(row)
         else:
-            failed.append({"arch": r.data.tags.get("arch"), "fold": r.data.tags.get("fold"), "status": r.info.status, "error": r.data.tags.get("error", "")})
+            failed.append(row)
+    missing = [(a, f) for a in archs for f in folds if (a, f) not in by_pair]
+    return SweepStatus(finished, failed, running, missing, duplicates, archs, folds)
+
+
+def process_state(run: Run) -> str:
+    """Whether a RUNNING run's process is alive; only a process on this host can be asked."""
+    host, pid = run.data.tags.get("host"), run.data.tags.get("pid", "")
+    if host != os.uname().nodename or not pid.isdigit():
+        return f"on host {host or 'unknown'}: cannot tell from here"
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return f"process {pid} is gone (killed): it will never finish"
+    except PermissionError:
+        pass
+    return f"process {pid} is still alive"
+
+
+def mark_running_failed(client: MlflowClient, status: SweepStatus) -> None:
+    """``fail_running=true``: what the user declares dead is marked FAILED, with that said in its error tag."""
+    for row in status.running:
+        client.set_tag(row["run_id"], "error", f"marked failed by evaluate.py fail_running=true ({row['process']})")
+        client.set_terminated(row["run_id"], "FAILED")
+        row["status"] = "FAILED"
+        status.failed.append(row)
+    status.running = []
+
+
+def aggregate(status: SweepStatus) -> dict:
+    """Per-arch digest rows over the latest finished run of each (arch, fold)."""
+    by_arch: dict[str, list[Run]] = defaultdict(list)
+    for (arch, _), run in status.finished.items():
+        by_arch[arch].append(run)
     digest = {}
-    for arch in sorted(by_arch, key=lambda a: (ARCH_ORDER.index(a) if a in ARCH_ORDER else 99, a)):
+    for arch in [a for a in status.archs if a in by_arch]:
         folds = sorted(by_arch[arch], key=lambda r: r.data.params["fold"])
         row: dict = {"params": int(folds[0].data.params["n_params"])}
         for m in METRIC_NAMES:
@@ -82,7 +153,35 @@ def aggregate(runs: list[Run]) -> tuple[dict, list[dict]]:
             for r in folds
         ]
         digest[arch] = row
-    return digest, failed
+    return digest
+
+
+def completeness(status: SweepStatus) -> dict:
+    return {
+        "expected": status.expected,
+        "finished": len(status.finished),
+        "failed": len(status.failed),
+        "running": len(status.running),
+        "missing": len(status.missing),
+        "duplicates": status.duplicates,
+    }
+
+
+def completeness_lines(status: SweepStatus) -> list[str]:
+    """The digest's statement of what it averages over, and what it lacks."""
+    lines = [
+        "",
+        "## Completeness",
+        "",
+        f"{len(status.archs)} arch(s) x {len(status.folds)} fold(s) = {status.expected} runs expected: "
+        f"{len(status.finished)} finished, {len(status.failed)} failed, {len(status.running)} still RUNNING, {len(status.missing)} missing."
+        + ("" if status.complete else " **Incomplete: the means above cover the finished folds only.**"),
+    ]
+    lines += [f"- failed: {f['arch']} fold {f['fold']}: {f['status']} {f['error']}" for f in status.failed]
+    lines += [f"- RUNNING: {r['arch']} fold {r['fold']} (run {r['run_id']}): {r['process']}" for r in status.running]
+    lines += [f"- missing: {a} fold {f} (never started; rerun the sweep with the same sweep_id to train only what is missing)" for a, f in status.missing]
+    lines += [f"- duplicates: {d['arch']} fold {d['fold']} finished {d['runs']} times; only the latest (run {d['counted']}) counts" for d in status.duplicates]
+    return lines
 
 
 def teacher_function_row(table: FrameTable, teacher: str) -> dict:
@@ -113,8 +212,8 @@ def comparison(digest: dict, other: dict, sweep: str, other_sweep: str) -> list[
     return lines
 
 
-def markdown(sweep_id: str, digest: dict, failed: list[dict], runs: list[Run]) -> str:
-    p0 = runs[0].data.params
+def markdown(sweep_id: str, digest: dict, status: SweepStatus) -> str:
+    p0 = next(iter(status.finished.values())).data.params
     lines = [
         f"# tinyvmaf digest: sweep {sweep_id}",
         "",
@@ -139,10 +238,8 @@ def markdown(sweep_id: str, digest: dict, failed: list[dict], runs: list[Run]) -
         )
         lines += ["", f"The teacher-function row is libvmaf's `{p0.get('teacher')}` model JSON evaluated in numpy from the cached features, "
                   f"scored against the values libvmaf logged (max |difference| {tf['max_abs']:.1e} over {sum(f['n'] for f in tf['folds']):,} frames)."]
+    lines += completeness_lines(status)
     lines += digest.get("_extra", {}).get("comparison", [])
-    if failed:
-        lines += ["", f"**{len(failed)} run(s) failed and are left out of the tables above:**", ""]
-        lines += [f"- {f['arch']} fold {f['fold']}: {f['status']} {f['error']}" for f in failed]
     for arch, row in _archs(digest).items():
         lines += ["", f"## {arch}", "", "| fold | n | teacher mean | teacher std | PLCC | SROCC | RMSE |", "|---|---:|---:|---:|---:|---:|---:|"]
         for f in row["folds"]:
@@ -193,12 +290,15 @@ def rmse_figure(digest: dict, path: Path) -> None:
 
 def write_digest(cfg: DictConfig) -> int:
     """``evaluate.py``: the digest of one sweep, on disk and in MLflow."""
-    client, experiment_id = experiment(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.get("artifact_root"))
+    client, experiment_id = open_experiment(cfg.tracking.uri, cfg.tracking.experiment)
     sweep, runs = fold_runs(client, experiment_id, cfg.get("sweep_id"))
-    archs, failed = aggregate(runs)
+    status = sweep_status(runs)
+    if cfg.get("fail_running") and status.running:
+        mark_running_failed(client, status)
+    archs = aggregate(status)
     if not archs:
         raise TinyVmafError(f"sweep_id={sweep}: none of its {len(runs)} runs finished")
-    document: dict = {"sweep_id": sweep, "archs": archs, "failed_runs": failed}
+    document: dict = {"sweep_id": sweep, "archs": archs, "completeness": completeness(status), "failed_runs": status.failed, "running_runs": status.running}
     extra: dict = {}
     if cfg.get("teacher_function_row", True):
         corpus, cache = instantiate(cfg.corpus), instantiate(cfg.cache)
@@ -207,20 +307,21 @@ def write_digest(cfg: DictConfig) -> int:
         document["teacher_function"] = extra["teacher function"] = teacher_function_row(cache.load(corpus), teacher)
     if cfg.get("compare_sweep_id"):
         other_sweep, other_runs = fold_runs(client, experiment_id, cfg.compare_sweep_id)
-        other = aggregate(other_runs)[0]
+        other = aggregate(sweep_status(other_runs))
         document["compared_with"] = {"sweep_id": other_sweep, "archs": other}
         extra["comparison"] = comparison(archs, other, sweep, other_sweep)
-    out = Path(cfg.reports_dir) / sweep
+    out = inside(Path(cfg.reports_dir), sweep, what="sweep_id")
     out.mkdir(parents=True, exist_ok=True)
     (out / "digest.json").write_text(json.dumps(document, indent=2))
-    (out / "digest.md").write_text(markdown(sweep, {**archs, "_extra": extra}, failed, runs))
+    (out / "digest.md").write_text(markdown(sweep, {**archs, "_extra": extra}, status))
     scatter_figure(client, archs, out / "scatter.png")
     rmse_figure(archs, out / "rmse_per_fold.png")
     with tracked_run(client, experiment_id, f"digest-{sweep}", {"sweep_id": sweep, DIGEST_TAG: "1"}) as run:
         for name in ("digest.md", "digest.json", "scatter.png", "rmse_per_fold.png"):
             run.log_artifact(out / name)
     print((out / "digest.md").read_text().split("\n## ")[1])
-    for f in failed:
-        print(f"warning: {f['arch']} fold {f['fold']} {f['status']}, left out of the digest: {f['error']}")
+    print("\n".join(completeness_lines(status)[2:]))
+    if status.running:
+        print("warning: runs still RUNNING are left out; if their processes are gone, mark them failed with fail_running=true")
     print(f"digest: {out}/digest.md")
     return 0

@@ -22,12 +22,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from tinyvmaf.cache import FrameTable, TeacherCache
 from tinyvmaf.corpus import Corpus
-from tinyvmaf.digest import aggregate, fold_runs
+from tinyvmaf.digest import aggregate, fold_runs, sweep_status
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.model import ClippedVmaf, VmafNet, count_params
 from tinyvmaf.teacher import FEATURE_NAMES
-from tinyvmaf.tracking import experiment
-from tinyvmaf.training import prepare_fit
+from tinyvmaf.tracking import open_experiment, run_by_id
+from tinyvmaf.training import check_options, prepare_fit
 
 # The exporter logs every optimisation pass at INFO, and Hydra shows INFO.
 for _name in ("onnx_ir", "onnxscript", "torch.onnx"):
@@ -84,12 +84,12 @@ def train_on_all_sources(cfg: DictConfig, arch: DictConfig, corpus: Corpus, cach
 def loso_metadata(cfg: DictConfig, arch: str, teacher: str) -> dict[str, str]:
     """The LOSO metrics of this recipe from a sweep in MLflow (the latest by default)."""
     try:
-        client, experiment_id = experiment(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.get("artifact_root"))
+        client, experiment_id = open_experiment(cfg.tracking.uri, cfg.tracking.experiment)
         sweep, runs = fold_runs(client, experiment_id, cfg.get("loso_sweep_id"))
     except TinyVmafError as exc:
         print(f"warning: no LOSO metrics in the metadata: {exc}")
         return {}
-    digest, _ = aggregate([r for r in runs if r.data.params.get("teacher") == teacher])
+    digest = aggregate(sweep_status([r for r in runs if r.data.params.get("teacher") == teacher]))
     if arch not in digest:
         print(f"warning: sweep {sweep} has no finished {arch} runs: no LOSO metrics in the metadata")
         return {}
@@ -100,7 +100,8 @@ def loso_metadata(cfg: DictConfig, arch: str, teacher: str) -> dict[str, str]:
 
 def model_from_run(cfg: DictConfig, run_id: str) -> tuple[VmafNet, dict, dict[str, str]]:
     """The run's model, its arch config, and its MLflow params (the recipe it was trained with)."""
-    client, _ = experiment(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.get("artifact_root"))
+    client, _ = open_experiment(cfg.tracking.uri, cfg.tracking.experiment)
+    params = run_by_id(client, run_id).data.params
     with tempfile.TemporaryDirectory() as tmp:
         try:
             saved = torch.load(client.download_artifacts(run_id, "model.pt", tmp), weights_only=False)
@@ -108,11 +109,13 @@ def model_from_run(cfg: DictConfig, run_id: str) -> tuple[VmafNet, dict, dict[st
             raise TinyVmafError(f"run_id={run_id}: no model.pt artifact ({type(exc).__name__})") from None
     model = VmafNet(instantiate(saved["arch"]["net"]), saved.get("log_motion", False))
     model.load_state_dict(saved["state_dict"])
-    return model, saved["arch"], client.get_run(run_id).data.params
+    return model, saved["arch"], params
 
 
 def export_models(cfg: DictConfig) -> int:
     """``export.py``: train each shipping model on every source (or take a run's) and write it."""
+    if not cfg.get("run_id"):
+        check_options(cfg)
     torch.set_num_threads(cfg.torch_threads)
     corpus = instantiate(cfg.corpus)
     cache: TeacherCache = instantiate(cfg.cache)

@@ -20,7 +20,7 @@ from tinyvmaf.corpus import ClipPair, Video
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.metrics import metrics_per_source
 from tinyvmaf.teacher import FEATURE_NAMES
-from tinyvmaf.teacher.log import LEGACY_NAMES, features_from_log, read_log
+from tinyvmaf.teacher.log import LEGACY_NAMES, column, features_from_log, read_log
 
 LIBVMAF_MODEL = "vmaf_v0.6.1"
 
@@ -70,7 +70,7 @@ def score_log(model: OnnxVmaf, log_path: Path) -> dict:
     features = features_from_log(log, log_path)
     metrics = log["frames"][0]["metrics"]
     own = next((k for k in ("vmaf", LIBVMAF_MODEL) if k in metrics), None)
-    libvmaf = np.array([f["metrics"][own] for f in log["frames"]]) if own else None
+    libvmaf = column(log, own, log_path) if own else None
     return result(model, features, libvmaf)
 
 
@@ -93,7 +93,7 @@ def result(model: OnnxVmaf, features: np.ndarray, libvmaf: np.ndarray | None) ->
 
 def render(scored: dict, fmt: str) -> str:
     if fmt == "json":
-        return json.dumps(scored, indent=2)
+        return json.dumps(scored, indent=2, allow_nan=False)
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(scored["frames"][0]))

@@ -14,7 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from filelock import FileLock
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from tinyvmaf.errors import TinyVmafError
@@ -45,6 +46,37 @@ def experiment(uri: str, name: str, artifact_root: str | Path | None = None) -> 
         return client, client.create_experiment(name, artifact_location=location)
 
 
+def open_experiment(uri: str, name: str) -> tuple[MlflowClient, str]:
+    """An existing store and experiment, for commands that only read: never creates either."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        if not db.is_file():
+            raise TinyVmafError(f"tracking.uri={uri}: no MLflow store at {db}")
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        found = client.get_experiment_by_name(name)
+    except Exception as exc:
+        raise TinyVmafError(f"tracking.uri={uri}: cannot open the MLflow store ({type(exc).__name__}: {exc})") from None
+    if found is None:
+        raise TinyVmafError(f"tracking.experiment={name}: no such experiment in {uri}; run train.py first")
+    return client, found.experiment_id
+
+
+def quoted(value: str, what: str) -> str:
+    """``value`` as a string literal of MLflow's search syntax, which has no escape character."""
+    for quote in ("'", '"'):
+        if quote not in value:
+            return f"{quote}{value}{quote}"
+    raise TinyVmafError(f"{what}={value!r}: cannot hold both ' and \" (MLflow cannot search for it)")
+
+
+def run_by_id(client: MlflowClient, run_id: str) -> Run:
+    try:
+        return client.get_run(run_id)
+    except MlflowException:
+        raise TinyVmafError(f"run_id={run_id}: no such run in {client.tracking_uri}") from None
+
+
 class TrackedRun:
     """One MLflow run; params, metrics and tags go out in batches to keep per-run overhead small."""
 
@@ -53,6 +85,9 @@ class TrackedRun:
 
     def log_params(self, params: dict[str, object]) -> None:
         self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+
+    def log_tags(self, tags: dict[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_metrics(self, rows: list[dict[str, float]], step_key: str = "epoch") -> None:
         """Each row is one step; every other key of the row is a metric."""

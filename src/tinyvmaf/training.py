@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -12,15 +16,17 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from tinyvmaf.cache import TeacherCache
 from tinyvmaf.corpus import Corpus
-from tinyvmaf.data import LosoDataModule
+from tinyvmaf.data import Augmentation, LosoDataModule
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.metrics import HeldoutHistory
 from tinyvmaf.model import TinyVmafModule
-from tinyvmaf.tracking import experiment, tracked_run
+from tinyvmaf.tracking import experiment, quoted, tracked_run
 
 
 def sweep_id(cfg: DictConfig) -> str:
@@ -54,12 +60,69 @@ def prepare_fit(
     return datamodule, module, trainer
 
 
+def _positive_int(cfg: DictConfig, key: str) -> None:
+    value = OmegaConf.select(cfg, key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise TinyVmafError(f"{key}={value!r}: must be an integer >= 1")
+
+
+def _finite(cfg: DictConfig, key: str, low: float, low_included: bool) -> None:
+    value = OmegaConf.select(cfg, key)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < low or (value == low and not low_included):
+        raise TinyVmafError(f"{key}={value!r}: must be a finite number {'>=' if low_included else '>'} {low:g}")
+
+
+def check_options(cfg: DictConfig) -> None:
+    """The training options a typo can break, checked before anything is logged: one line naming the option."""
+    for key in ("trainer.max_epochs", "data.batch_size", "data.group", "torch_threads"):
+        _positive_int(cfg, key)
+    _finite(cfg, "model.optimizer.lr", 0.0, low_included=False)
+    _finite(cfg, "model.optimizer.weight_decay", 0.0, low_included=True)
+    Augmentation(**OmegaConf.to_container(cfg.data.augment, resolve=True))
+
+
+# What makes two runs of one (arch, fold) the same experiment: the recipe, not where it ran.
+RECIPE_KEYS = ("arch", "fold", "teacher", "trainer", "data", "model", "seed")
+
+
+def recipe_hash(cfg: DictConfig) -> str:
+    recipe = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in RECIPE_KEYS}
+    recipe["corpus"] = cfg.corpus.get("name")
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def finished_run(client: MlflowClient, experiment_id: str, sweep: str, arch: str, heldout: str) -> Run | None:
+    """The latest finished run of (arch, fold) in the sweep, if there is one: a rerun sweep skips it."""
+    query = f"tags.sweep_id = {quoted(sweep, 'sweep_id')} and attributes.status = 'FINISHED'"
+    runs = client.search_runs([experiment_id], query, max_results=50000, order_by=["attributes.start_time DESC"])
+    return next((r for r in runs if r.data.tags.get("arch") == arch and r.data.tags.get("fold") == heldout), None)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Train one fold as configured; returns the final held-out metrics."""
+    """Train one fold as configured; returns the final held-out metrics.
+
+    A fold that the sweep (``sweep_id``) already finished with the same recipe is not trained
+    again: an interrupted or preempted sweep is resumed by running the same command.
+    """
+    check_options(cfg)
     torch.set_num_threads(cfg.torch_threads)
     client, experiment_id = experiment(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.get("artifact_root"))
-    arch, heldout = cfg.arch.name, cfg.fold.heldout
-    tags = {"sweep_id": sweep_id(cfg), "arch": arch, "fold": heldout, "teacher": cfg.teacher.model}
+    arch, heldout, sweep, recipe = cfg.arch.name, str(cfg.fold.heldout), sweep_id(cfg), recipe_hash(cfg)
+    done = finished_run(client, experiment_id, sweep, arch, heldout)
+    if done is not None:
+        if done.data.tags.get("recipe") != recipe:
+            raise TinyVmafError(
+                f"sweep_id={sweep}: {arch} fold={heldout} already finished there with another recipe (run {done.info.run_id}); "
+                "give a new sweep_id to train this one"
+            )
+        print(f"{arch} fold={heldout}: finished earlier in sweep {sweep} (run {done.info.run_id}); not trained again")
+        return {k: v for k, v in done.data.metrics.items() if k.startswith("heldout_") or k == "train_loss"}
+    tags = {
+        "sweep_id": sweep, "arch": arch, "fold": heldout, "teacher": cfg.teacher.model, "recipe": recipe,
+        # Where the run's process lives: evaluate.py tells a killed run from one still going.
+        "host": os.uname().nodename, "pid": str(os.getpid()),
+    }  # fmt: skip
     with tracked_run(client, experiment_id, f"{arch}-{heldout}", tags) as run:
         corpus = instantiate(cfg.corpus)
         if cfg.fold.get("corpus") not in (None, corpus.name):
@@ -71,6 +134,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         history = HeldoutHistory()
         datamodule, module, trainer = prepare_fit(cfg, corpus, cache, heldout, callbacks=[history])
         table = datamodule.table
+        run.log_tags({"corpus_sources": json.dumps(table.sources)})
         run.log_params(
             {
                 "arch": arch,
@@ -97,6 +161,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             }
         )
         trainer.fit(module, datamodule=datamodule)
+        if not history.history:
+            raise TinyVmafError(f"{arch} fold={heldout}: training ended without a single held-out evaluation")
         run.log_metrics(history.history)
         with tempfile.TemporaryDirectory(prefix="tinyvmaf-run-") as tmp:
             (Path(tmp) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -22,7 +22,7 @@ from tinyvmaf import ffmpeg
 from tinyvmaf.corpus import ClipPair
 from tinyvmaf.corpus.directory import SEPARATOR, DirectoryCorpus
 from tinyvmaf.errors import TinyVmafError
-from tinyvmaf.files import atomic_path
+from tinyvmaf.files import atomic_path, inside, safe_name
 
 FPS = 25
 
@@ -84,7 +84,7 @@ class DefaultCorpus:
 
     def pairs(self) -> list[ClipPair]:
         self.generate()
-        wanted = {f"{s}{SEPARATOR}{h.name}" for s in self.sources for h in self.hrcs}
+        wanted = {safe_name(f"{s}{SEPARATOR}{h.name}") for s in self.sources for h in self.hrcs}
         return [p for p in DirectoryCorpus(self.root, self.name).pairs() if p.asset in wanted]
 
     def generate(self) -> None:
@@ -110,10 +110,10 @@ class DefaultCorpus:
         return not reference.exists() or distorted.stat().st_mtime_ns < reference.stat().st_mtime_ns
 
     def reference_path(self, source: str) -> Path:
-        return self.root / "ref" / f"{source}.y4m"
+        return inside(self.root / "ref", source, ".y4m", what="corpus.sources")
 
     def distorted_path(self, source: str, hrc: Hrc) -> Path:
-        return self.root / "dis" / f"{source}{SEPARATOR}{hrc.name}.mp4"
+        return inside(self.root / "dis", f"{source}{SEPARATOR}{hrc.name}", ".mp4", what="corpus.hrcs")
 
     def _write_reference(self, source: str, path: Path) -> None:
         recipe = self.sources[source]

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from tinyvmaf.corpus import Corpus, sources_of
+from tinyvmaf.files import inside
 
 HEADER = "# written by make_folds.py for corpus {corpus!r}; rerun it for another corpus\n"
 
@@ -22,7 +24,8 @@ def write_fold_options(corpus: Corpus, folder: Path) -> list[str]:
     for old in folder.glob("*.yaml"):
         old.unlink()
     for source in sources:
-        (folder / f"{source}.yaml").write_text(HEADER.format(corpus=corpus.name) + f"heldout: {source}\ncorpus: {corpus.name}\n")
+        body = yaml.safe_dump({"heldout": source, "corpus": corpus.name}, allow_unicode=True, sort_keys=False)
+        inside(folder, source, ".yaml", what="source name").write_text(HEADER.format(corpus=corpus.name) + body)
     return sources
 
 
