@@ -4,7 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 from tinyvmaf.cache import build_cache
-from tinyvmaf.errors import run_command
+from tinyvmaf.cli import run_command
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="build_cache")

@@ -3,8 +3,8 @@
 import hydra
 from omegaconf import DictConfig
 
+from tinyvmaf.cli import run_command
 from tinyvmaf.digest import write_digest
-from tinyvmaf.errors import run_command
 from tinyvmaf.score import evaluate_onnx
 
 

@@ -3,8 +3,8 @@
 import hydra
 from omegaconf import DictConfig
 
+from tinyvmaf.cli import run_command
 from tinyvmaf.corpus.folds import make_folds
-from tinyvmaf.errors import run_command
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="make_folds")

@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from tinyvmaf.errors import run_command
+from tinyvmaf.cli import run_command
 from tinyvmaf.training import train
 
 

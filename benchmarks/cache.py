@@ -23,7 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def timed_command(data: str) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "build_cache.py", f"paths.data_dir={data}", f"hydra.run.dir={data}/hydra"], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "build_cache.py", f"paths.data_dir={data}", f"hydra.run.dir={data}/hydra"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     return time.perf_counter() - start
 
 

@@ -44,7 +44,9 @@ def main() -> None:
     for name in ("vmaf_tiny_v1", "vmaf_tiny_v1_medium"):
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
-        session = ort.InferenceSession(str(ROOT / "models" / f"{name}.onnx"), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            str(ROOT / "models" / f"{name}.onnx"), options, providers=["CPUExecutionProvider"]
+        )
         rows = [big[i : i + 1] for i in range(2000)]
         single = frames_per_second(lambda: [session.run(None, {"features": r}) for r in rows], len(rows))
         batch = frames_per_second(lambda: session.run(None, {"features": big}), len(big))

@@ -26,14 +26,22 @@ FRAMES = 8
 MODELS = ["vmaf_v0.6.1", "vmaf_v0.6.1neg"]
 
 
-def _make_clip(path: Path, lavfi: str, frames: int = FRAMES, vf: str = "null", codec: list[str] | None = None, size: str = SIZE) -> Path:
+def _make_clip(
+    path: Path,
+    lavfi: str,
+    frames: int = FRAMES,
+    vf: str = "null",
+    codec: list[str] | None = None,
+    size: str = SIZE,
+    rate: str = "25",
+) -> Path:
     """Encode ``frames`` frames of an ffmpeg lavfi source; format by extension (.y4m, .yuv, .mp4)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fmt = {".y4m": ["-f", "yuv4mpegpipe"], ".yuv": ["-f", "rawvideo"], ".mp4": ["-f", "mp4"]}[path.suffix]
     pix = "yuv420p10le" if "10" in path.stem.split("_")[-1:] else "yuv420p"
     codec = codec or (["-c:v", "libx264", "-threads", "1"] if path.suffix == ".mp4" else [])
     ffmpeg.run(
-        ["-f", "lavfi", "-i", f"{lavfi}=size={size}:rate=25", "-vf", f"{vf},format={pix}",
+        ["-f", "lavfi", "-i", f"{lavfi}=size={size}:rate={rate}", "-vf", f"{vf},format={pix}",
          "-frames:v", str(frames), *codec, *fmt, ffmpeg.file_arg(path)],
         what=str(path),
     )  # fmt: skip
@@ -60,7 +68,9 @@ def compose() -> Callable[..., DictConfig]:
 def run_entry(tmp_path) -> Callable[..., subprocess.CompletedProcess]:
     """``run_entry("train.py", *overrides)``: the entry point as a real process, its Hydra folders in tmp_path."""
 
-    def run(script: str, *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    def run(
+        script: str, *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600
+    ) -> subprocess.CompletedProcess:
         hydra_dirs = [f"hydra.run.dir={tmp_path}/hydra/run", f"hydra.sweep.dir={tmp_path}/hydra/multirun"]
         return subprocess.run(
             [sys.executable, str(ROOT / script), *args, *hydra_dirs],
@@ -98,8 +108,12 @@ def tiny_corpus_master(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny_corpus")
     for source, lavfi in (("Bars", "testsrc2"), ("Mandel", "mandelbrot")):
         _make_clip(root / "ref" / f"{source}.y4m", lavfi)
-        _make_clip(root / "dis" / f"{source}__crf20.mp4", lavfi, codec=["-c:v", "libx264", "-crf", "20", "-threads", "1"])
-        _make_clip(root / "dis" / f"{source}__crf45.mp4", lavfi, codec=["-c:v", "libx264", "-crf", "45", "-threads", "1"])
+        _make_clip(
+            root / "dis" / f"{source}__crf20.mp4", lavfi, codec=["-c:v", "libx264", "-crf", "20", "-threads", "1"]
+        )
+        _make_clip(
+            root / "dis" / f"{source}__crf45.mp4", lavfi, codec=["-c:v", "libx264", "-crf", "45", "-threads", "1"]
+        )
         _make_clip(root / "dis" / f"{source}__half.mp4", lavfi, vf="scale=32:24")
     return root
 

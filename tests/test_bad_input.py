@@ -45,7 +45,9 @@ def test_bad_clips_fail_alone_with_one_line_errors_and_no_entry(tiny_corpus, tmp
 
 def test_build_cache_command_lists_every_failure_and_exits_non_zero(tiny_corpus, tmp_path, run_entry, make_clip):
     expected = break_clips(tiny_corpus, make_clip)
-    proc = run_entry("build_cache.py", "corpus=directory", f"corpus.root={tiny_corpus}", f"paths.data_dir={tmp_path}/data")
+    proc = run_entry(
+        "build_cache.py", "corpus=directory", f"corpus.root={tiny_corpus}", f"paths.data_dir={tmp_path}/data"
+    )
     assert proc.returncode == 1
     for asset, fragment in expected.items():
         assert f"failed {asset}: " in proc.stdout and fragment in proc.stdout
@@ -78,12 +80,20 @@ class OnePairCorpus:
     "spoil, message",
     [
         ("missing", r"dis.yuv: no such file"),
-        ("partial_frame", r"dis.yuv: size 18000 bytes is not a whole number of 64x48 yuv420p frames \(4608 bytes each\)"),
+        (
+            "partial_frame",
+            r"dis.yuv: size 18000 bytes is not a whole number of 64x48 yuv420p frames \(4608 bytes each\)",
+        ),
         ("zero_frames", r"dis.yuv: the video has zero frames"),
     ],
 )
 def test_raw_yuv_problems(tmp_path, spoil, message, make_clip, cache_for):
-    pair = raw_pair(make_clip, tmp_path, None, b"\0" * 18000 if spoil == "partial_frame" else b"" if spoil == "zero_frames" else None)
+    pair = raw_pair(
+        make_clip,
+        tmp_path,
+        None,
+        b"\0" * 18000 if spoil == "partial_frame" else b"" if spoil == "zero_frames" else None,
+    )
     if spoil == "missing":
         pair.distorted.path.unlink()
     cache = cache_for(tmp_path)
@@ -101,9 +111,18 @@ def test_unknown_teacher_model_is_named(tiny_corpus, tmp_path, cache_for):
 
 
 def test_unknown_teacher_model_from_the_command_line(tiny_corpus, tmp_path, run_entry):
-    proc = run_entry("build_cache.py", "corpus=directory", f"corpus.root={tiny_corpus}", "cache.models=[vmaf_v0.6.1,nope]", f"paths.data_dir={tmp_path}/data")
+    proc = run_entry(
+        "build_cache.py",
+        "corpus=directory",
+        f"corpus.root={tiny_corpus}",
+        "cache.models=[vmaf_v0.6.1,nope]",
+        f"paths.data_dir={tmp_path}/data",
+    )
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1] == "error: unknown teacher model 'nope': libvmaf has no such built-in model"
+    assert (
+        proc.stderr.strip().splitlines()[-1]
+        == "error: unknown teacher model 'nope': libvmaf has no such built-in model"
+    )
 
 
 def test_vmaf_path_that_is_not_libvmaf(tmp_path):

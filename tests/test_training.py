@@ -27,10 +27,15 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("group", ["arch", "fold", "teacher", "trainer", "corpus", "libvmaf", "data", "model", "model/loss", "tracking"])
+@pytest.mark.parametrize(
+    "group", ["arch", "fold", "teacher", "trainer", "corpus", "libvmaf", "data", "model", "model/loss", "tracking"]
+)
 def test_every_option_of_every_group_composes(group, compose):
     for option in options(group):
-        extra = {"corpus": {"directory": ["corpus.root=/x"], "dataset_file": ["corpus.path=/x"]}, "libvmaf": {"cli": ["libvmaf.path=/x"]}}
+        extra = {
+            "corpus": {"directory": ["corpus.root=/x"], "dataset_file": ["corpus.path=/x"]},
+            "libvmaf": {"cli": ["libvmaf.path=/x"]},
+        }
         cfg = compose("train", f"{group}={option}", *extra.get(group, {}).get(option, []))
         assert OmegaConf.select(cfg, group.replace("/", ".")) is not None
         instantiate(cfg.model.loss)
@@ -73,7 +78,10 @@ def test_standardization_is_fitted_on_the_training_sources_only(tiny_cache):
     table = cache.load(corpus)
     train_rows = table.source_of_frame == table.sources.index("Bars")
     np.testing.assert_allclose(dm.standardization.feature_mean, table.features[train_rows].mean(axis=0))
-    np.testing.assert_allclose(dm.standardization.feature_std, np.where(table.features[train_rows].std(axis=0) > 0, table.features[train_rows].std(axis=0), 1))
+    np.testing.assert_allclose(
+        dm.standardization.feature_std,
+        np.where(table.features[train_rows].std(axis=0) > 0, table.features[train_rows].std(axis=0), 1),
+    )
     assert dm.standardization.target_mean == pytest.approx(table.scores["vmaf_v0.6.1"][train_rows].mean())
     assert len(dm.train_x) == 24 and len(dm.test_x) == 24
     all_mean = table.features.mean(axis=0)
@@ -101,14 +109,18 @@ def test_fold_whose_every_clip_failed_says_so(tiny_corpus, tmp_path, capsys, tin
     for clip in (tiny_corpus / "dis").glob("Mandel__*.mp4"):
         clip.write_bytes(b"not a video")
     cfg = compose("train", *tiny_overrides, "fold.heldout=Mandel", "sweep_id=failed-source")
-    with pytest.raises(TinyVmafError, match="fold=Mandel: every clip of this source failed to build.*; cached sources: Bars$"):
+    with pytest.raises(
+        TinyVmafError, match="fold=Mandel: every clip of this source failed to build.*; cached sources: Bars$"
+    ):
         train(cfg)
     assert capsys.readouterr().out.count("warning: Mandel__") == 3  # the build's own one-line reasons
 
 
 def test_missing_cache_without_build_is_an_error(tiny_corpus, tmp_path, tiny_overrides, compose):
     cfg = compose("train", *tiny_overrides, "fold.heldout=Bars", "data.build_cache=false")
-    with pytest.raises(TinyVmafError, match="frames.npz: the teacher cache of corpus 'tiny' is missing or empty; build it first"):
+    with pytest.raises(
+        TinyVmafError, match="frames.npz: the teacher cache of corpus 'tiny' is missing or empty; build it first"
+    ):
         train(cfg)
 
 
@@ -135,7 +147,10 @@ def test_tiny_multirun_end_to_end_with_one_bad_fold(tiny_corpus, tmp_path, tiny_
     assert len(runs) == 6 and len({r.data.tags["sweep_id"] for r in runs}) == 1
     finished = [r for r in runs if r.info.status == "FINISHED"]
     assert sorted((r.data.params["arch"], r.data.params["fold"]) for r in finished) == [
-        ("linear", "Bars"), ("linear", "Mandel"), ("mlp_small", "Bars"), ("mlp_small", "Mandel")
+        ("linear", "Bars"),
+        ("linear", "Mandel"),
+        ("mlp_small", "Bars"),
+        ("mlp_small", "Mandel"),
     ]
     for r in finished:
         p, m = r.data.params, r.data.metrics

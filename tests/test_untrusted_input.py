@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ast
 import json
-import math
 import os
 import signal
 import subprocess
@@ -18,18 +17,18 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
-from tinyvmaf.cache import TeacherCache
 from tinyvmaf.corpus.dataset_file import DatasetFileCorpus, read_dataset_file
 from tinyvmaf.corpus.directory import DirectoryCorpus
 from tinyvmaf.digest import sweep_status
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.files import safe_name
 from tinyvmaf.score import OnnxVmaf, score_log
-from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
 from tinyvmaf.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
-HOSTILE = st.text(alphabet=st.sampled_from(list("ab./\\'\":,;[]=%\n\t ~.-_é中\x00")) | st.characters(), min_size=1, max_size=300)
+HOSTILE = st.text(
+    alphabet=st.sampled_from(list("ab./\\'\":,;[]=%\n\t ~.-_é中\x00")) | st.characters(), min_size=1, max_size=300
+)
 
 
 def hydra_string(value: str) -> str:
@@ -75,8 +74,16 @@ def test_clip_names_with_quotes_colons_commas_and_brackets_work_end_to_end(tmp_p
     make_clip(odd / "ref" / "Src's [1], a;b.y4m", "testsrc2")
     make_clip(plain / "ref" / "Src.y4m", "testsrc2")
     for i, name in enumerate(names):
-        make_clip(odd / "dis" / f"Src's [1], a;b__{name}.mp4", "testsrc2", codec=["-c:v", "libx264", "-crf", str(20 + 8 * i), "-threads", "1"])
-        make_clip(plain / "dis" / f"Src__{i}.mp4", "testsrc2", codec=["-c:v", "libx264", "-crf", str(20 + 8 * i), "-threads", "1"])
+        make_clip(
+            odd / "dis" / f"Src's [1], a;b__{name}.mp4",
+            "testsrc2",
+            codec=["-c:v", "libx264", "-crf", str(20 + 8 * i), "-threads", "1"],
+        )
+        make_clip(
+            plain / "dis" / f"Src__{i}.mp4",
+            "testsrc2",
+            codec=["-c:v", "libx264", "-crf", str(20 + 8 * i), "-threads", "1"],
+        )
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
@@ -88,19 +95,35 @@ def test_clip_names_with_quotes_colons_commas_and_brackets_work_end_to_end(tmp_p
         assert not report.failures, report.failures
         tables.append(cache.load(DirectoryCorpus(root)))
     odd_table, plain_table = tables
-    assert odd_table.sources == ["Src's [1], a;b"] and sorted(odd_table.clips) == sorted(f"Src's [1], a;b__{n}" for n in names)
+    assert odd_table.sources == ["Src's [1], a;b"] and sorted(odd_table.clips) == sorted(
+        f"Src's [1], a;b__{n}" for n in names
+    )
     for i, name in enumerate(names):
         rows = odd_table.clip == odd_table.clips.index(f"Src's [1], a;b__{name}")
-        np.testing.assert_array_equal(odd_table.features[rows], plain_table.features[plain_table.clip == plain_table.clips.index(f"Src__{i}")])
+        np.testing.assert_array_equal(
+            odd_table.features[rows], plain_table.features[plain_table.clip == plain_table.clips.index(f"Src__{i}")]
+        )
     written = files_under(tmp_path) - before
-    assert written and all(p.is_relative_to(tmp_path / "odd" / "cache") or p.is_relative_to(tmp_path / "plain" / "cache") for p in written)
+    assert written and all(
+        p.is_relative_to(tmp_path / "odd" / "cache") or p.is_relative_to(tmp_path / "plain" / "cache") for p in written
+    )
     assert not list(work.iterdir())  # no x.json from a name parsed as a filter option
 
 
 def test_score_command_takes_a_hostile_pair_name(tmp_path, make_clip, run_entry):
     ref = make_clip(tmp_path / "in" / "Bob's ref [1].y4m", "testsrc2")
-    dis = make_clip(tmp_path / "in" / "S__z:log_path=x, a;b.mp4", "testsrc2", codec=["-c:v", "libx264", "-crf", "35", "-threads", "1"])
-    proc = run_entry("score.py", f"reference={hydra_string(str(ref))}", f"distorted={hydra_string(str(dis))}", "format=json", f"onnx={ROOT}/models/vmaf_tiny_v1.onnx")
+    dis = make_clip(
+        tmp_path / "in" / "S__z:log_path=x, a;b.mp4",
+        "testsrc2",
+        codec=["-c:v", "libx264", "-crf", "35", "-threads", "1"],
+    )
+    proc = run_entry(
+        "score.py",
+        f"reference={hydra_string(str(ref))}",
+        f"distorted={hydra_string(str(dis))}",
+        "format=json",
+        f"onnx={ROOT}/models/vmaf_tiny_v1.onnx",
+    )
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads(proc.stdout)["frames"]) == 8
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hydra", "in"]
@@ -158,7 +181,11 @@ def test_dataset_file_size_is_capped(tmp_path):
 
 
 LITERALS = st.recursive(
-    st.none() | st.booleans() | st.integers(-(10**30), 10**30) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**30), 10**30)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=5) | st.integers(), inner, max_size=5),
     max_leaves=30,
 )
@@ -180,10 +207,19 @@ def test_literal_files_read_as_python_reads_them(tmp_path_factory, value):
         ("width = True", r"d.py:3: width must be int, found True"),
         ("yuv_fmt = 'rgb24'", r"d.py:2: yuv_fmt 'rgb24' is not supported; use one of yuv420p, yuv420p10le"),
         ("dataset_name = ''", r"d.py:1: dataset_name is empty"),
-        ("ref_videos = [{'content_id': 0, 'content_name': 'S', 'path': 7}]", r"d.py:\d+: ref_videos\[0\]: path must be str, found 7"),
+        (
+            "ref_videos = [{'content_id': 0, 'content_name': 'S', 'path': 7}]",
+            r"d.py:\d+: ref_videos\[0\]: path must be str, found 7",
+        ),
         ("dis_videos = ['x']", r"d.py:\d+: dis_videos\[0\]: must be a dict, found 'x'"),
-        ("dis_videos = [{'content_id': 5, 'path': 'd.yuv'}]", r"d.py:\d+: dis_videos\[0\]: content_id 5 names no ref_videos entry"),
-        ("dis_videos = [{'content_id': 0, 'path': 'd.yuv', 'dmos': 'good'}]", r"d.py:\d+: dis_videos\[0\]: dmos must be int or float or NoneType, found 'good'"),
+        (
+            "dis_videos = [{'content_id': 5, 'path': 'd.yuv'}]",
+            r"d.py:\d+: dis_videos\[0\]: content_id 5 names no ref_videos entry",
+        ),
+        (
+            "dis_videos = [{'content_id': 0, 'path': 'd.yuv', 'dmos': 'good'}]",
+            r"d.py:\d+: dis_videos\[0\]: dmos must be int or float or NoneType, found 'good'",
+        ),
     ],
 )
 def test_dataset_fields_are_type_checked(tmp_path, change, message):
@@ -200,10 +236,15 @@ def test_dataset_fields_are_type_checked(tmp_path, change, message):
 
 
 def test_entry_points_print_errors_raised_inside_instantiate_as_one_line(tmp_path, run_entry):
-    proc = run_entry("build_cache.py", "corpus=dataset_file", f"corpus.path={tmp_path}/missing.py", f"paths.data_dir={tmp_path}/data")
+    proc = run_entry(
+        "build_cache.py", "corpus=dataset_file", f"corpus.path={tmp_path}/missing.py", f"paths.data_dir={tmp_path}/data"
+    )
     assert proc.returncode == 1 and proc.stderr.strip() == f"error: {tmp_path}/missing.py: no such dataset file"
     proc = run_entry("build_cache.py", "corpus=directory", f"paths.data_dir={tmp_path}/data")
-    assert proc.returncode == 1 and proc.stderr.strip() == "error: corpus.root: missing value; give it on the command line (corpus.root=...)"
+    assert (
+        proc.returncode == 1
+        and proc.stderr.strip() == "error: corpus.root: missing value; give it on the command line (corpus.root=...)"
+    )
 
 
 # -- training options ----------------------------------------------------------------------
@@ -220,7 +261,6 @@ def test_entry_points_print_errors_raised_inside_instantiate_as_one_line(tmp_pat
         ("model.optimizer.lr=0", "model.optimizer.lr=0: must be a finite number > 0"),
         ("data.augment.edge=1.5", r"data.augment.edge=1.5: must be in \[0, 1\]"),
         ("data.augment.amount=-1", "data.augment.amount=-1: must be a finite number >= 0"),
-        ("data.augment.domain.integer_adm2=[1,0]", r"data.augment.domain.integer_adm2=\[1, 0\]: must be \[low, high\] with low < high"),
     ],
 )
 def test_training_options_are_checked_before_anything_is_logged(tiny_overrides, compose, tmp_path, option, message):
@@ -266,7 +306,10 @@ def test_build_cache_command_says_what_it_repaired(tiny_corpus, tmp_path, run_en
     entry.write_bytes(entry.read_bytes()[:100])
     proc = run_entry(*args)
     assert proc.returncode == 0, proc.stderr
-    assert "repaired Mandel__half: Mandel__half.json does not parse" in proc.stdout and "1 clip(s) computed, 5 reused" in proc.stdout
+    assert (
+        "repaired Mandel__half: Mandel__half.json does not parse" in proc.stdout
+        and "1 clip(s) computed, 5 reused" in proc.stdout
+    )
 
 
 # -- interrupted builds and sweeps ---------------------------------------------------------
@@ -289,12 +332,32 @@ def test_sigterm_stops_a_cache_build_its_ffmpeg_children_and_their_temporary_fol
     root = tmp_path / "corpus"
     make_clip(root / "ref" / "Big.y4m", "testsrc2", frames=300, size="640x360")
     for i in range(6):
-        make_clip(root / "dis" / f"Big__{i}.mp4", "testsrc2", frames=300, size="640x360", codec=["-c:v", "libx264", "-preset", "ultrafast", "-crf", str(20 + 4 * i), "-threads", "1"])
+        make_clip(
+            root / "dis" / f"Big__{i}.mp4",
+            "testsrc2",
+            frames=300,
+            size="640x360",
+            codec=["-c:v", "libx264", "-preset", "ultrafast", "-crf", str(20 + 4 * i), "-threads", "1"],
+        )
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    args = ["build_cache.py", "corpus=directory", f"corpus.root={root}", f"paths.data_dir={tmp_path}/data", "n_jobs=2", "cache.models=[vmaf_v0.6.1]"]
+    args = [
+        "build_cache.py",
+        "corpus=directory",
+        f"corpus.root={root}",
+        f"paths.data_dir={tmp_path}/data",
+        "n_jobs=2",
+        "cache.models=[vmaf_v0.6.1]",
+    ]
     env = {**os.environ, "TMPDIR": str(tmp)}
-    proc = subprocess.Popen([os.sys.executable, str(ROOT / args[0]), *args[1:], f"hydra.run.dir={tmp_path}/h"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [os.sys.executable, str(ROOT / args[0]), *args[1:], f"hydra.run.dir={tmp_path}/h"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     tools: set[int] = set()
     while time.monotonic() < deadline and not (len(tools) >= 2 and list(tmp.glob("tinyvmaf-*"))):
@@ -308,7 +371,13 @@ def test_sigterm_stops_a_cache_build_its_ffmpeg_children_and_their_temporary_fol
     assert not list(tmp.iterdir())
     finished = list((tmp_path / "data" / "cache" / "corpus" / "clips").glob("*.json"))
     assert len(finished) < 6, "the build went on after SIGTERM"
-    rerun = subprocess.run([os.sys.executable, str(ROOT / args[0]), *args[1:], f"hydra.run.dir={tmp_path}/h"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    rerun = subprocess.run(
+        [os.sys.executable, str(ROOT / args[0]), *args[1:], f"hydra.run.dir={tmp_path}/h"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert rerun.returncode == 0 and "repaired" not in rerun.stdout
     assert f"{6 - len(finished)} clip(s) computed, {len(finished)} reused" in rerun.stdout
 
@@ -349,10 +418,18 @@ def test_the_digest_states_missing_killed_and_duplicate_runs(tiny_overrides, com
     assert (status.expected, len(status.finished), len(status.running), len(status.missing)) == (2, 1, 1, 0)
     assert status.finished[("linear", "Bars")].info.run_id == twin.info.run_id
     assert "is gone (killed)" in status.running[0]["process"]
-    evaluate = ["evaluate.py", *[o for o in tiny_overrides if o.startswith(("tracking.", "corpus", "paths.", "cache."))], "sweep_id=K", f"reports_dir={tmp_path}/reports"]
+    evaluate = [
+        "evaluate.py",
+        *[o for o in tiny_overrides if o.startswith(("tracking.", "corpus", "paths.", "cache."))],
+        "sweep_id=K",
+        f"reports_dir={tmp_path}/reports",
+    ]
     proc = run_entry(*evaluate)
     assert proc.returncode == 0, proc.stderr
-    assert "1 finished, 0 failed, 1 still RUNNING, 0 missing. **Incomplete: the means above cover the finished folds only.**" in proc.stdout
+    assert (
+        "1 finished, 0 failed, 1 still RUNNING, 0 missing. **Incomplete: the means above cover the finished folds only.**"
+        in proc.stdout
+    )
     assert "duplicates: linear fold Bars finished 2 times; only the latest" in proc.stdout
     digest = json.loads((tmp_path / "reports" / "K" / "digest.json").read_text())
     assert [f["rmse"] for f in digest["archs"]["linear"]["folds"]] == [finished.data.metrics["heldout_rmse"] + 1.0]
@@ -368,10 +445,19 @@ def test_the_digest_states_missing_killed_and_duplicate_runs(tiny_overrides, com
     "spoil, message",
     [
         (lambda log: log["frames"][3]["metrics"].update(integer_adm2=None), "frame 3: integer_adm2 is null"),
-        (lambda log: log["frames"][0]["metrics"].update(integer_motion2=float("nan")), r"frame 0: integer_motion2 is not finite \(nan\)"),
-        (lambda log: log["frames"][2]["metrics"].update(integer_vif_scale1="0.5"), r"frame 2: integer_vif_scale1 is not a number \('0.5'\)"),
+        (
+            lambda log: log["frames"][0]["metrics"].update(integer_motion2=float("nan")),
+            r"frame 0: integer_motion2 is not finite \(nan\)",
+        ),
+        (
+            lambda log: log["frames"][2]["metrics"].update(integer_vif_scale1="0.5"),
+            r"frame 2: integer_vif_scale1 is not a number \('0.5'\)",
+        ),
         (lambda log: log["frames"][5]["metrics"].pop("integer_vif_scale3"), "frame 5: integer_vif_scale3 is missing"),
-        (lambda log: log["frames"].__setitem__(1, "oops"), "frame 1 of the libvmaf log is not an object with 'metrics'"),
+        (
+            lambda log: log["frames"].__setitem__(1, "oops"),
+            "frame 1 of the libvmaf log is not an object with 'metrics'",
+        ),
         (lambda log: log["frames"][4]["metrics"].update(vmaf=float("inf")), r"frame 4: vmaf is not finite \(inf\)"),
     ],
 )
@@ -388,7 +474,11 @@ def test_a_damaged_libvmaf_log_is_one_line_naming_frame_and_feature(tmp_path, sp
 
 def test_read_only_commands_create_no_store(tmp_path, run_entry):
     proc = run_entry("evaluate.py", f"tracking.uri=sqlite:///{tmp_path}/nowhere/x/mlflow.db")
-    assert proc.returncode == 1 and proc.stderr.strip() == f"error: tracking.uri=sqlite:///{tmp_path}/nowhere/x/mlflow.db: no MLflow store at {tmp_path}/nowhere/x/mlflow.db"
+    assert (
+        proc.returncode == 1
+        and proc.stderr.strip()
+        == f"error: tracking.uri=sqlite:///{tmp_path}/nowhere/x/mlflow.db: no MLflow store at {tmp_path}/nowhere/x/mlflow.db"
+    )
     assert not (tmp_path / "nowhere").exists()
     store = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     MlflowClient(store).create_experiment("tinyvmaf-loso")

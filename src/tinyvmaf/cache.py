@@ -24,14 +24,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from rich.console import Console
-from rich.table import Table
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from tinyvmaf.corpus import ClipPair, Corpus, Video, sources_of
-from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.errors import TinyVmafError, instantiate_checked
 from tinyvmaf.ffmpeg import tools_stopped_on_interrupt
 from tinyvmaf.files import atomic_path, inside, sha256_file
 from tinyvmaf.teacher import FEATURE_NAMES, Libvmaf
@@ -52,6 +51,11 @@ class BuildReport:
     reused: list[str] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     repaired: list[Failure] = field(default_factory=list)  # damaged entries found and recomputed
+
+    def warn_left_out(self) -> None:
+        """For commands that go on with the clips that did build."""
+        for failure in self.failures:
+            print(f"warning: {failure.asset} left out of the cache: {failure.error}")
 
 
 @dataclass
@@ -75,7 +79,9 @@ class FrameTable:
         index = {n: i for i, n in enumerate(FEATURE_NAMES)}
         missing = [n for n in names if n not in index and n not in self.variants]
         if missing:
-            raise TinyVmafError(f"the cache of corpus {self.corpus!r} holds no {', '.join(missing)}; add the model that needs them to cache.models")
+            raise TinyVmafError(
+                f"the cache of corpus {self.corpus!r} holds no {', '.join(missing)}; add the model that needs them to cache.models"
+            )
         return np.stack([self.features[:, index[n]] if n in index else self.variants[n] for n in names], axis=1)
 
     @property
@@ -86,6 +92,11 @@ class FrameTable:
 
     def __len__(self) -> int:
         return len(self.features)
+
+    @property
+    def label(self) -> str:
+        """``corpus:hash``: which corpus, and exactly which data (recorded with runs and models)."""
+        return f"{self.corpus}:{self.manifest[:12]}"
 
 
 class TeacherCache:
@@ -135,7 +146,7 @@ class TeacherCache:
         self._consolidate(corpus, [(p, keys[p.asset]) for p in pairs if p.asset not in failed], report)
         return report
 
-    def _key(self, pair: ClipPair, inputs: "_InputMemo", version: str) -> str:
+    def _key(self, pair: ClipPair, inputs: _InputMemo, version: str) -> str:
         described = {
             "schema": SCHEMA,
             "reference": _describe(pair.reference, inputs),
@@ -149,7 +160,11 @@ class TeacherCache:
     def _compute(self, corpus: Corpus, todo: list[tuple[ClipPair, str]], version: str, report: BuildReport) -> None:
         columns = (TextColumn("libvmaf {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         # Tools are stopped before the pool waits for its threads: Ctrl-C or SIGTERM ends at once.
-        with Progress(*columns, transient=True) as progress, ThreadPoolExecutor(self.n_jobs) as pool, tools_stopped_on_interrupt():
+        with (
+            Progress(*columns, transient=True) as progress,
+            ThreadPoolExecutor(self.n_jobs) as pool,
+            tools_stopped_on_interrupt(),
+        ):
             task = progress.add_task(corpus.name, total=len(todo))
             futures = {pool.submit(self._compute_one, corpus, p, k, version): p for p, k in todo}
             for future in as_completed(futures):
@@ -198,7 +213,9 @@ class TeacherCache:
             except (StaleEntry, DamagedEntry) as exc:
                 report.failures.append(Failure(pair.asset, f"its cache entry cannot be used: {exc}"))
         if len(pairs) < len(entries):
-            manifest = hashlib.sha256(json.dumps([[p.asset, e["key"]] for p, e in zip(pairs, read)]).encode()).hexdigest()
+            manifest = hashlib.sha256(
+                json.dumps([[p.asset, e["key"]] for p, e in zip(pairs, read)]).encode()
+            ).hexdigest()
         if not read:
             return
         arrays = {
@@ -215,7 +232,9 @@ class TeacherCache:
         }
         shared_variants = set.intersection(*(set(e["variants"]) for e in read))
         for name in sorted(shared_variants):
-            arrays[f"variant:{name}"] = np.concatenate([np.asarray(e["variants"][name], dtype=np.float64) for e in read])
+            arrays[f"variant:{name}"] = np.concatenate(
+                [np.asarray(e["variants"][name], dtype=np.float64) for e in read]
+            )
         for m in self.models:
             arrays[f"score:{m}"] = np.concatenate([np.asarray(e["scores"][m], dtype=np.float64) for e in read])
         with atomic_path(npz) as tmp:
@@ -223,11 +242,18 @@ class TeacherCache:
                 np.savez(f, **arrays)
         self._write_summary(corpus, self.load(corpus))
 
+    def ready(self, corpus: Corpus) -> FrameTable:
+        """The corpus's frames, after building whatever is missing; clips that fail are left out with a warning."""
+        self.build(corpus).warn_left_out()
+        return self.load(corpus)
+
     def load(self, corpus: Corpus) -> FrameTable:
         """The consolidated frames of ``corpus``; raises if the cache was never built."""
         npz = self.folder(corpus) / "frames.npz"
         if not npz.exists():
-            raise TinyVmafError(f"{npz}: the teacher cache of corpus {corpus.name!r} is missing or empty; build it first")
+            raise TinyVmafError(
+                f"{npz}: the teacher cache of corpus {corpus.name!r} is missing or empty; build it first"
+            )
         with np.load(npz) as z:
             models = [str(m) for m in z["models"]]
             return FrameTable(
@@ -306,11 +332,24 @@ def read_entry(path: Path, key: str, models: list[str]) -> dict:
     try:
         n = entry["n_frames"]
         features = np.asarray(entry["features"]["per_frame"], dtype=np.float64)
-        columns = [np.asarray(v, dtype=np.float64) for v in (*(entry["scores"][m] for m in models), *entry["variants"].values())]
-        named = entry["features"]["names"] == list(FEATURE_NAMES) and isinstance(entry["asset"], str) and isinstance(entry["source"], str)
+        columns = [
+            np.asarray(v, dtype=np.float64)
+            for v in (*(entry["scores"][m] for m in models), *entry["variants"].values())
+        ]
+        named = (
+            entry["features"]["names"] == list(FEATURE_NAMES)
+            and isinstance(entry["asset"], str)
+            and isinstance(entry["source"], str)
+        )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise DamagedEntry(f"{path.name} lacks or garbles a field ({_one_line(exc)})") from None
-    if not (named and isinstance(n, int) and n > 0 and features.shape == (n, len(FEATURE_NAMES)) and all(c.shape == (n,) for c in columns)):
+    if not (
+        named
+        and isinstance(n, int)
+        and n > 0
+        and features.shape == (n, len(FEATURE_NAMES))
+        and all(c.shape == (n,) for c in columns)
+    ):
         raise DamagedEntry(f"{path.name}: its frame count, feature names or array shapes disagree")
     if not (np.isfinite(features).all() and all(np.isfinite(c).all() for c in columns)):
         raise DamagedEntry(f"{path.name} holds non-finite values")
@@ -325,7 +364,7 @@ def _npz_manifest(npz: Path) -> str | None:
         return None
 
 
-def _describe(video: Video, inputs: "_InputMemo") -> dict:
+def _describe(video: Video, inputs: _InputMemo) -> dict:
     return {"sha256": inputs.digest(video.path), "raw": asdict(video.raw) if video.raw else None}
 
 
@@ -371,14 +410,13 @@ class _InputMemo:
             tmp.write_text(json.dumps(self.data))
 
 
-
 def build_cache(cfg: DictConfig) -> int:
     """``build_cache.py``: build the cache of the configured corpus, print and save its summary.
 
     Exit status 1 if any clip failed; the failures are listed last, the other clips are kept.
     """
-    corpus = instantiate(cfg.corpus)
-    cache: TeacherCache = instantiate(cfg.cache)
+    corpus = instantiate_checked(cfg.corpus)
+    cache: TeacherCache = instantiate_checked(cfg.cache)
     report = cache.build(corpus)
     console = Console()
     summary_path = cache.folder(corpus) / "summary.json"
@@ -398,7 +436,9 @@ def build_cache(cfg: DictConfig) -> int:
 
 def summary_table(summary: dict) -> Table:
     models = list(summary["total"]["teachers"])[:1]  # the primary teacher; summary.json has them all
-    table = Table(title=f"teacher cache: {summary['corpus']} (libvmaf {summary['libvmaf_version']}, {summary['backend']})")
+    table = Table(
+        title=f"teacher cache: {summary['corpus']} (libvmaf {summary['libvmaf_version']}, {summary['backend']})"
+    )
     table.add_column("source")
     table.add_column("clips", justify="right")
     table.add_column("frames", justify="right")
@@ -406,6 +446,9 @@ def summary_table(summary: dict) -> Table:
         table.add_column(f"{m} mean [min, max]", justify="right")
     rows = [*summary["sources"].items(), ("total", summary["total"])]
     for name, row in rows:
-        stats = [f"{row['teachers'][m]['mean']:.2f} [{row['teachers'][m]['min']:.2f}, {row['teachers'][m]['max']:.2f}]" for m in models]
+        stats = [
+            f"{row['teachers'][m]['mean']:.2f} [{row['teachers'][m]['min']:.2f}, {row['teachers'][m]['max']:.2f}]"
+            for m in models
+        ]
         table.add_row(name, str(row["clips"]), str(row["frames"]), *stats, end_section=name == rows[-2][0])
     return table

@@ -18,7 +18,7 @@ from tinyvmaf.cache import FrameTable, TeacherCache
 from tinyvmaf.corpus import Corpus, sources_of
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.teacher import FEATURE_NAMES
-from tinyvmaf.teacher.function import load_teacher
+from tinyvmaf.teacher.function import DOMAIN_HIGH, DOMAIN_LOW, load_teacher
 
 MOTION = FEATURE_NAMES.index("integer_motion2")
 
@@ -35,7 +35,7 @@ class Standardization:
     target_std: float
 
     @classmethod
-    def fit(cls, features: np.ndarray, target: np.ndarray) -> "Standardization":
+    def fit(cls, features: np.ndarray, target: np.ndarray) -> Standardization:
         std = features.std(axis=0)
         return cls(features.mean(axis=0), np.where(std > 0, std, 1.0), float(target.mean()), float(target.std() or 1.0))
 
@@ -58,7 +58,8 @@ class Augmentation:
 
     ``amount`` synthetic vectors per real training frame, split into: ``around`` (a real frame
     plus Gaussian noise of ``jitter`` feature standard deviations), ``between`` (a random convex
-    mix of two real frames) and ``across`` (uniform over ``domain``, some coordinates on its faces). Only
+    mix of two real frames) and ``across`` (uniform over the valid feature box of
+    ``tinyvmaf.teacher.function``, some coordinates on its faces). Only
     the training sources' frames are used: the held-out source is never touched.
     """
 
@@ -68,8 +69,7 @@ class Augmentation:
     between: float = 0.4
     across: float = 0.2
     jitter: float = 0.3
-    edge: float = 0.2  # chance that an across coordinate sits on the domain's low or high face
-    domain: dict | None = None  # feature name -> [low, high]
+    edge: float = 0.2  # chance that an across coordinate sits on the box's low or high face
 
     def __post_init__(self) -> None:
         """Refuse settings that would draw nothing sensible, naming the option."""
@@ -81,11 +81,6 @@ class Augmentation:
             raise TinyVmafError(f"data.augment.edge={self.edge!r}: must be in [0, 1]")
         if self.around + self.between + self.across <= 0:
             raise TinyVmafError("data.augment: around, between and across are all 0; give at least one a share")
-        for name, bounds in (self.domain or {}).items():
-            if name not in FEATURE_NAMES:
-                raise TinyVmafError(f"data.augment.domain.{name}: no such feature; valid: {', '.join(FEATURE_NAMES)}")
-            if not (len(bounds) == 2 and all(_finite_number(b) for b in bounds) and bounds[0] < bounds[1]):
-                raise TinyVmafError(f"data.augment.domain.{name}={list(bounds)!r}: must be [low, high] with low < high")
 
     def sample(self, features: np.ndarray, teacher: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """``amount`` x len(features) labelled vectors; none when augmentation is off."""
@@ -93,13 +88,15 @@ class Augmentation:
             return np.zeros((0, len(FEATURE_NAMES))), np.zeros(0)
         function = load_teacher(teacher)
         if tuple(function.feature_columns) != FEATURE_NAMES:
-            raise TinyVmafError(f"data.augment: teacher {teacher} reads {function.feature_columns}, not the six features the models take")
+            raise TinyVmafError(
+                f"data.augment: teacher {teacher} reads {function.feature_columns}, not the six features the models take"
+            )
         rng = np.random.default_rng(seed)
         n = int(self.amount * len(features))
         shares = np.array([self.around, self.between, self.across], dtype=np.float64)
         n_around, n_between = (n * shares[:2] / shares.sum()).astype(int)
         n_across = n - n_around - n_between
-        low, high = self._bounds()
+        low, high = DOMAIN_LOW, DOMAIN_HIGH
         around = features[rng.integers(len(features), size=n_around)]
         around = around + rng.normal(size=around.shape) * features.std(axis=0) * self.jitter
         a, b = features[rng.integers(len(features), size=(2, n_between))]
@@ -111,11 +108,6 @@ class Augmentation:
         across = np.where(on_face, np.where(rng.uniform(size=across.shape) < 0.5, low, high), across)
         synthetic = np.clip(np.concatenate([around, between, across]), low, high)
         return synthetic, function(synthetic)
-
-    def _bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        domain = self.domain or {}
-        bounds = np.array([domain.get(name, (0.0, 1.0)) for name in FEATURE_NAMES], dtype=np.float64)
-        return bounds[:, 0], bounds[:, 1]
 
 
 class TensorBatches:
@@ -158,12 +150,12 @@ class LosoDataModule(L.LightningDataModule):
         batch_size: int = 256,
         seed: int = 0,
         build_cache: bool = True,
-        augment: Augmentation | dict | None = None,
+        augment: Augmentation | None = None,
         log_motion: bool = False,
         group: int = 1,
     ) -> None:
         super().__init__()
-        self.augment = Augmentation(**augment) if isinstance(augment, dict) else augment or Augmentation()
+        self.augment = augment or Augmentation()
         self.log_motion = log_motion
         self.group = group
         self.corpus, self.cache, self.teacher, self.heldout = corpus, cache, teacher, heldout
@@ -175,9 +167,7 @@ class LosoDataModule(L.LightningDataModule):
         key = (str(self.cache.root), self.corpus.name)
         if not self.build_cache or key in _BUILT:
             return
-        report = self.cache.build(self.corpus)
-        for failure in report.failures:
-            print(f"warning: {failure.asset} left out of the cache: {failure.error}")
+        self.cache.build(self.corpus).warn_left_out()
         _BUILT.add(key)
 
     def setup(self, stage: str | None = None) -> None:
@@ -185,7 +175,9 @@ class LosoDataModule(L.LightningDataModule):
             return
         table = self.cache.load(self.corpus)
         if self.teacher not in table.scores:
-            raise TinyVmafError(f"teacher={self.teacher}: not in the cache (it holds {', '.join(table.scores)}); add it to cache.models")
+            raise TinyVmafError(
+                f"teacher={self.teacher}: not in the cache (it holds {', '.join(table.scores)}); add it to cache.models"
+            )
         if self.heldout is not None and self.heldout not in table.sources:
             self._refuse_uncached_source(table)
         held = table.source_of_frame == (table.sources.index(self.heldout) if self.heldout else -1)
@@ -205,7 +197,9 @@ class LosoDataModule(L.LightningDataModule):
                 f"fold={self.heldout}: every clip of this source failed to build, so the cache holds none of its frames "
                 f"(python build_cache.py lists why); cached sources: {', '.join(table.sources)}"
             )
-        raise TinyVmafError(f"fold={self.heldout}: no such source in corpus {table.corpus!r}; valid: {', '.join(table.sources)}")
+        raise TinyVmafError(
+            f"fold={self.heldout}: no such source in corpus {table.corpus!r}; valid: {', '.join(table.sources)}"
+        )
 
     @property
     def minibatches_per_epoch(self) -> int:

@@ -16,28 +16,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig
 
-matplotlib.use("Agg")
-# One progress bar per downloaded heldout.npz would drown the digest.
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from mlflow.entities import Run  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from hydra.utils import instantiate  # noqa: E402
-
-from tinyvmaf.cache import FrameTable  # noqa: E402
-from tinyvmaf.errors import TinyVmafError  # noqa: E402
-from tinyvmaf.metrics import METRIC_NAMES, metrics_per_source  # noqa: E402
-from tinyvmaf.teacher.function import load_teacher  # noqa: E402
-from tinyvmaf.files import inside  # noqa: E402
-from tinyvmaf.tracking import open_experiment, tracked_run  # noqa: E402
+from tinyvmaf.cache import FrameTable
+from tinyvmaf.errors import TinyVmafError, instantiate_checked
+from tinyvmaf.files import inside
+from tinyvmaf.metrics import METRIC_NAMES, metrics_per_source
+from tinyvmaf.teacher.function import load_teacher
+from tinyvmaf.tracking import tracked_run
 
 DIGEST_TAG = "tinyvmaf.digest"
-ARCH_ORDER = ("mlp_small", "mlp_medium", "linear")
 
 
 def fold_runs(client: MlflowClient, experiment_id: str, sweep_id: str | None) -> tuple[str, list[Run]]:
@@ -83,18 +76,31 @@ def sweep_status(runs: list[Run]) -> SweepStatus:
     for r in sorted(runs, key=lambda r: r.info.start_time or 0, reverse=True):
         by_pair[(r.data.tags.get("arch", "?"), r.data.tags.get("fold", "?"))].append(r)
         sources.update(dict.fromkeys(json.loads(r.data.tags.get("corpus_sources", "[]"))))
-    archs = sorted({a for a, _ in by_pair}, key=lambda a: (ARCH_ORDER.index(a) if a in ARCH_ORDER else 99, a))
+    # in the order the sweep started them: the user's order on the command line
+    archs = list(
+        dict.fromkeys(r.data.tags.get("arch", "?") for r in sorted(runs, key=lambda r: r.info.start_time or 0))
+    )
     folds = sorted(set(sources) | {f for _, f in by_pair})
     finished, failed, running, duplicates = {}, [], [], []
     for (arch, fold), pair_runs in by_pair.items():
-        done = [r for r in pair_runs if r.info.status == "FINISHED" and all(f"heldout_{m}" in r.data.metrics for m in METRIC_NAMES)]
+        done = [
+            r
+            for r in pair_runs
+            if r.info.status == "FINISHED" and all(f"heldout_{m}" in r.data.metrics for m in METRIC_NAMES)
+        ]
         if done:
             finished[(arch, fold)] = done[0]
             if len(done) > 1:
                 duplicates.append({"arch": arch, "fold": fold, "runs": len(done), "counted": done[0].info.run_id})
             continue
         latest = pair_runs[0]
-        row = {"arch": arch, "fold": fold, "status": latest.info.status, "run_id": latest.info.run_id, "error": latest.data.tags.get("error", "")}
+        row = {
+            "arch": arch,
+            "fold": fold,
+            "status": latest.info.status,
+            "run_id": latest.info.run_id,
+            "error": latest.data.tags.get("error", ""),
+        }
         if latest.info.status == "RUNNING":
             row["process"] = process_state(latest)
             running.append(row)
@@ -179,8 +185,14 @@ def completeness_lines(status: SweepStatus) -> list[str]:
     ]
     lines += [f"- failed: {f['arch']} fold {f['fold']}: {f['status']} {f['error']}" for f in status.failed]
     lines += [f"- RUNNING: {r['arch']} fold {r['fold']} (run {r['run_id']}): {r['process']}" for r in status.running]
-    lines += [f"- missing: {a} fold {f} (never started; rerun the sweep with the same sweep_id to train only what is missing)" for a, f in status.missing]
-    lines += [f"- duplicates: {d['arch']} fold {d['fold']} finished {d['runs']} times; only the latest (run {d['counted']}) counts" for d in status.duplicates]
+    lines += [
+        f"- missing: {a} fold {f} (never started; rerun the sweep with the same sweep_id to train only what is missing)"
+        for a, f in status.missing
+    ]
+    lines += [
+        f"- duplicates: {d['arch']} fold {d['fold']} finished {d['runs']} times; only the latest (run {d['counted']}) counts"
+        for d in status.duplicates
+    ]
     return lines
 
 
@@ -203,12 +215,20 @@ def teacher_function_row(table: FrameTable, teacher: str) -> dict:
 
 
 def comparison(digest: dict, other: dict, sweep: str, other_sweep: str) -> list[str]:
-    lines = ["", f"## {sweep} vs {other_sweep}", "", f"| arch | RMSE {sweep} | RMSE {other_sweep} | worst fold {sweep} | worst fold {other_sweep} | PLCC {sweep} | PLCC {other_sweep} |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "",
+        f"## {sweep} vs {other_sweep}",
+        "",
+        f"| arch | RMSE {sweep} | RMSE {other_sweep} | worst fold {sweep} | worst fold {other_sweep} | PLCC {sweep} | PLCC {other_sweep} |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for arch in digest:
         if arch in other:
             a, b = digest[arch], other[arch]
             worst_a, worst_b = (max(f["rmse"] for f in r["folds"]) for r in (a, b))
-            lines.append(f"| {arch} | {a['rmse_mean']:.3f} | {b['rmse_mean']:.3f} | {worst_a:.3f} | {worst_b:.3f} | {a['plcc_mean']:.4f} | {b['plcc_mean']:.4f} |")
+            lines.append(
+                f"| {arch} | {a['rmse_mean']:.3f} | {b['rmse_mean']:.3f} | {worst_a:.3f} | {worst_b:.3f} | {a['plcc_mean']:.4f} | {b['plcc_mean']:.4f} |"
+            )
     return lines
 
 
@@ -228,7 +248,12 @@ def markdown(sweep_id: str, digest: dict, status: SweepStatus) -> str:
         "|---|---:|---:|---:|---:|",
     ]
     for arch, row in _archs(digest).items():
-        cells = [f"{row[f'{m}_mean']:.4f} ± {row[f'{m}_std']:.4f}" if m != "rmse" else f"{row['rmse_mean']:.3f} ± {row['rmse_std']:.3f}" for m in METRIC_NAMES]
+        cells = [
+            f"{row[f'{m}_mean']:.4f} ± {row[f'{m}_std']:.4f}"
+            if m != "rmse"
+            else f"{row['rmse_mean']:.3f} ± {row['rmse_std']:.3f}"
+            for m in METRIC_NAMES
+        ]
         lines.append(f"| {arch} | {row['params']:,} | " + " | ".join(cells) + " |")
     if "teacher function" in digest.get("_extra", {}):
         tf = digest["_extra"]["teacher function"]
@@ -236,17 +261,34 @@ def markdown(sweep_id: str, digest: dict, status: SweepStatus) -> str:
             f"| teacher function | 0 | {tf['plcc_mean']:.6f} ± {tf['plcc_std']:.6f} | {tf['srocc_mean']:.6f} ± {tf['srocc_std']:.6f} "
             f"| {tf['rmse_mean']:.6f} ± {tf['rmse_std']:.6f} |"
         )
-        lines += ["", f"The teacher-function row is libvmaf's `{p0.get('teacher')}` model JSON evaluated in numpy from the cached features, "
-                  f"scored against the values libvmaf logged (max |difference| {tf['max_abs']:.1e} over {sum(f['n'] for f in tf['folds']):,} frames)."]
+        lines += [
+            "",
+            f"The teacher-function row is libvmaf's `{p0.get('teacher')}` model JSON evaluated in numpy from the cached features, "
+            f"scored against the values libvmaf logged (max |difference| {tf['max_abs']:.1e} over {sum(f['n'] for f in tf['folds']):,} frames).",
+        ]
     lines += completeness_lines(status)
     lines += digest.get("_extra", {}).get("comparison", [])
     for arch, row in _archs(digest).items():
-        lines += ["", f"## {arch}", "", "| fold | n | teacher mean | teacher std | PLCC | SROCC | RMSE |", "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            f"## {arch}",
+            "",
+            "| fold | n | teacher mean | teacher std | PLCC | SROCC | RMSE |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for f in row["folds"]:
             lines.append(
                 f"| {f['fold']} | {f['n']:,} | {f['teacher_mean']:.2f} | {f['teacher_std']:.2f} | {f['plcc']:.4f} | {f['srocc']:.4f} | {f['rmse']:.3f} |"
             )
-    lines += ["", "## Figures", "", "![predicted vs teacher](scatter.png)", "", "![per-fold RMSE](rmse_per_fold.png)", ""]
+    lines += [
+        "",
+        "## Figures",
+        "",
+        "![predicted vs teacher](scatter.png)",
+        "",
+        "![per-fold RMSE](rmse_per_fold.png)",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -255,27 +297,38 @@ def _archs(digest: dict) -> dict:
 
 
 def scatter_figure(client: MlflowClient, digest: dict, path: Path) -> None:
-    fig, axes = plt.subplots(1, len(digest), figsize=(5 * len(digest), 5), squeeze=False)
+    # Figure, not pyplot: no global backend or figure registry, so importing this module changes nothing.
+    fig = Figure(figsize=(5 * len(digest), 5))
+    axes = fig.subplots(1, len(digest), squeeze=False)
+    colours = matplotlib.colormaps["tab10"]
     with tempfile.TemporaryDirectory() as tmp:
         for ax, (arch, row) in zip(axes[0], digest.items()):
             for i, f in enumerate(row["folds"]):
                 try:
                     data = np.load(client.download_artifacts(f["run_id"], "heldout.npz", tmp))
                 except MlflowException:
-                    print(f"warning: run {f['run_id']} ({arch} {f['fold']}) has no heldout.npz: left out of the scatter plot")
+                    print(
+                        f"warning: run {f['run_id']} ({arch} {f['fold']}) has no heldout.npz: left out of the scatter plot"
+                    )
                     continue
-                ax.scatter(data["teacher"], data["predicted"], s=3, alpha=0.5, color=plt.cm.tab10(i % 10), label=f["fold"])
+                ax.scatter(data["teacher"], data["predicted"], s=3, alpha=0.5, color=colours(i % 10), label=f["fold"])
             ax.plot([0, 100], [0, 100], color="black", lw=0.8)
-            ax.set(title=f"{arch}: held-out predictions", xlabel="teacher VMAF", ylabel="predicted VMAF", xlim=(0, 100), ylim=(0, 100))
+            ax.set(
+                title=f"{arch}: held-out predictions",
+                xlabel="teacher VMAF",
+                ylabel="predicted VMAF",
+                xlim=(0, 100),
+                ylim=(0, 100),
+            )
         axes[0][-1].legend(markerscale=4, fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def rmse_figure(digest: dict, path: Path) -> None:
     folds = sorted({f["fold"] for row in digest.values() for f in row["folds"]})
-    fig, ax = plt.subplots(figsize=(max(8, len(folds) * 1.1), 4.5))
+    fig = Figure(figsize=(max(8, len(folds) * 1.1), 4.5))
+    ax = fig.subplots()
     width = 0.8 / max(1, len(digest))
     for i, (arch, row) in enumerate(digest.items()):
         rmse = {f["fold"]: f["rmse"] for f in row["folds"]}
@@ -285,12 +338,11 @@ def rmse_figure(digest: dict, path: Path) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def write_digest(cfg: DictConfig) -> int:
     """``evaluate.py``: the digest of one sweep, on disk and in MLflow."""
-    client, experiment_id = open_experiment(cfg.tracking.uri, cfg.tracking.experiment)
+    client, experiment_id = instantiate_checked(cfg.tracking).existing_experiment()
     sweep, runs = fold_runs(client, experiment_id, cfg.get("sweep_id"))
     status = sweep_status(runs)
     if cfg.get("fail_running") and status.running:
@@ -298,13 +350,18 @@ def write_digest(cfg: DictConfig) -> int:
     archs = aggregate(status)
     if not archs:
         raise TinyVmafError(f"sweep_id={sweep}: none of its {len(runs)} runs finished")
-    document: dict = {"sweep_id": sweep, "archs": archs, "completeness": completeness(status), "failed_runs": status.failed, "running_runs": status.running}
+    document: dict = {
+        "sweep_id": sweep,
+        "archs": archs,
+        "completeness": completeness(status),
+        "failed_runs": status.failed,
+        "running_runs": status.running,
+    }
     extra: dict = {}
     if cfg.get("teacher_function_row", True):
-        corpus, cache = instantiate(cfg.corpus), instantiate(cfg.cache)
-        cache.build(corpus)
+        corpus, cache = instantiate_checked(cfg.corpus), instantiate_checked(cfg.cache)
         teacher = runs[0].data.params.get("teacher", "vmaf_v0.6.1")
-        document["teacher_function"] = extra["teacher function"] = teacher_function_row(cache.load(corpus), teacher)
+        document["teacher_function"] = extra["teacher function"] = teacher_function_row(cache.ready(corpus), teacher)
     if cfg.get("compare_sweep_id"):
         other_sweep, other_runs = fold_runs(client, experiment_id, cfg.compare_sweep_id)
         other = aggregate(sweep_status(other_runs))
@@ -322,6 +379,8 @@ def write_digest(cfg: DictConfig) -> int:
     print((out / "digest.md").read_text().split("\n## ")[1])
     print("\n".join(completeness_lines(status)[2:]))
     if status.running:
-        print("warning: runs still RUNNING are left out; if their processes are gone, mark them failed with fail_running=true")
+        print(
+            "warning: runs still RUNNING are left out; if their processes are gone, mark them failed with fail_running=true"
+        )
     print(f"digest: {out}/digest.md")
     return 0

@@ -9,7 +9,6 @@ and the LOSO metrics of the recipe.
 from __future__ import annotations
 
 import json
-import logging
 import tempfile
 from pathlib import Path
 
@@ -17,23 +16,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from tinyvmaf.cache import FrameTable, TeacherCache
 from tinyvmaf.corpus import Corpus
 from tinyvmaf.digest import aggregate, fold_runs, sweep_status
-from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.errors import TinyVmafError, instantiate_checked
 from tinyvmaf.model import ClippedVmaf, VmafNet, count_params
 from tinyvmaf.teacher import FEATURE_NAMES
-from tinyvmaf.tracking import open_experiment, run_by_id
+from tinyvmaf.tracking import run_by_id
 from tinyvmaf.training import check_options, prepare_fit
-
-# The exporter logs every optimisation pass at INFO, and Hydra shows INFO.
-for _name in ("onnx_ir", "onnxscript", "torch.onnx"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
-# ... and warns that torchvision's detection ops are missing, which an MLP never uses.
-logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 PARITY_TOLERANCE = 1e-3  # VMAF points, ONNX Runtime vs torch, over the whole corpus
 
@@ -71,11 +63,15 @@ def check_onnx(path: Path, model: VmafNet, features: np.ndarray) -> float:
         want = model.eval().predict(torch.from_numpy(x)).numpy()
     diff = float(np.abs(got - want).max())
     if got.shape != (len(x),) or diff > PARITY_TOLERANCE:
-        raise TinyVmafError(f"{path}: ONNX Runtime disagrees with torch (max |diff| {diff:.2e} > {PARITY_TOLERANCE}, shape {got.shape})")
+        raise TinyVmafError(
+            f"{path}: ONNX Runtime disagrees with torch (max |diff| {diff:.2e} > {PARITY_TOLERANCE}, shape {got.shape})"
+        )
     return diff
 
 
-def train_on_all_sources(cfg: DictConfig, arch: DictConfig, corpus: Corpus, cache: TeacherCache) -> tuple[VmafNet, FrameTable]:
+def train_on_all_sources(
+    cfg: DictConfig, arch: DictConfig, corpus: Corpus, cache: TeacherCache
+) -> tuple[VmafNet, FrameTable]:
     datamodule, module, trainer = prepare_fit(cfg, corpus, cache, heldout=None, net=arch.net, limit_val_batches=0)
     trainer.fit(module, datamodule=datamodule)
     return module.model, datamodule.table
@@ -84,7 +80,7 @@ def train_on_all_sources(cfg: DictConfig, arch: DictConfig, corpus: Corpus, cach
 def loso_metadata(cfg: DictConfig, arch: str, teacher: str) -> dict[str, str]:
     """The LOSO metrics of this recipe from a sweep in MLflow (the latest by default)."""
     try:
-        client, experiment_id = open_experiment(cfg.tracking.uri, cfg.tracking.experiment)
+        client, experiment_id = instantiate_checked(cfg.tracking).existing_experiment()
         sweep, runs = fold_runs(client, experiment_id, cfg.get("loso_sweep_id"))
     except TinyVmafError as exc:
         print(f"warning: no LOSO metrics in the metadata: {exc}")
@@ -95,19 +91,23 @@ def loso_metadata(cfg: DictConfig, arch: str, teacher: str) -> dict[str, str]:
         return {}
     row = digest[arch]
     keys = [f"{m}_{s}" for m in ("plcc", "srocc", "rmse") for s in ("mean", "std")]
-    return {"loso_sweep_id": sweep, **{f"loso_{k}": f"{row[k]:.6f}" for k in keys}, "loso_folds": str(len(row["folds"]))}
+    return {
+        "loso_sweep_id": sweep,
+        **{f"loso_{k}": f"{row[k]:.6f}" for k in keys},
+        "loso_folds": str(len(row["folds"])),
+    }
 
 
 def model_from_run(cfg: DictConfig, run_id: str) -> tuple[VmafNet, dict, dict[str, str]]:
     """The run's model, its arch config, and its MLflow params (the recipe it was trained with)."""
-    client, _ = open_experiment(cfg.tracking.uri, cfg.tracking.experiment)
+    client, _ = instantiate_checked(cfg.tracking).existing_experiment()
     params = run_by_id(client, run_id).data.params
     with tempfile.TemporaryDirectory() as tmp:
         try:
             saved = torch.load(client.download_artifacts(run_id, "model.pt", tmp), weights_only=False)
         except Exception as exc:
             raise TinyVmafError(f"run_id={run_id}: no model.pt artifact ({type(exc).__name__})") from None
-    model = VmafNet(instantiate(saved["arch"]["net"]), saved.get("log_motion", False))
+    model = VmafNet(instantiate_checked(saved["arch"]["net"]), saved.get("log_motion", False))
     model.load_state_dict(saved["state_dict"])
     return model, saved["arch"], params
 
@@ -117,16 +117,15 @@ def export_models(cfg: DictConfig) -> int:
     if not cfg.get("run_id"):
         check_options(cfg)
     torch.set_num_threads(cfg.torch_threads)
-    corpus = instantiate(cfg.corpus)
-    cache: TeacherCache = instantiate(cfg.cache)
+    corpus = instantiate_checked(cfg.corpus)
+    cache: TeacherCache = instantiate_checked(cfg.cache)
     jobs = {Path(cfg.output): None} if cfg.get("run_id") else {Path(e.output): e.arch for e in cfg.exports.values()}
     for output, arch in jobs.items():
         if arch is None:
             # The metadata describes the run's recipe, not this export config's.
             model, arch_cfg, params = model_from_run(cfg, cfg.run_id)
             teacher, epochs = params["teacher"], params["epochs"]
-            cache.build(corpus)
-            table = cache.load(corpus)
+            table = cache.ready(corpus)
         else:
             model, table = train_on_all_sources(cfg, arch, corpus, cache)
             arch_cfg = OmegaConf.to_container(arch, resolve=True)
@@ -136,12 +135,14 @@ def export_models(cfg: DictConfig) -> int:
             "teacher": teacher,
             "arch": arch_cfg["name"],
             "n_params": str(count_params(model)),
-            "corpus": f"{table.corpus}:{table.manifest[:12]}",
+            "corpus": table.label,
             "libvmaf_version": table.libvmaf_version,
             "epochs": epochs,
             **loso_metadata(cfg, arch_cfg["name"], teacher),
         }
         to_onnx(model, output, metadata)
         diff = check_onnx(output, model, table.features)
-        print(f"{output}: {arch_cfg['name']}, {metadata['n_params']} params, ONNX Runtime vs torch max |diff| {diff:.1e} on {len(table)} frames")
+        print(
+            f"{output}: {arch_cfg['name']}, {metadata['n_params']} params, ONNX Runtime vs torch max |diff| {diff:.1e} on {len(table)} frames"
+        )
     return 0

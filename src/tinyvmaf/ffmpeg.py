@@ -41,9 +41,7 @@ class RawFormat:
     @property
     def frame_bytes(self) -> int:
         if self.pix_fmt not in RAW_BYTES_PER_PIXEL:
-            raise TinyVmafError(
-                f"pix_fmt {self.pix_fmt!r} is not supported; use one of {sorted(RAW_BYTES_PER_PIXEL)}"
-            )
+            raise TinyVmafError(f"pix_fmt {self.pix_fmt!r} is not supported; use one of {sorted(RAW_BYTES_PER_PIXEL)}")
         return int(self.width * self.height * RAW_BYTES_PER_PIXEL[self.pix_fmt])
 
 
@@ -91,7 +89,19 @@ def probe(path: Path, raw: RawFormat | None = None) -> VideoInfo:
         return _probe_raw(path, raw)
     # Stream copy counts frames from packets: no decoding, so it is fast even for long clips.
     proc = run_tool(
-        [ffmpeg_exe(), "-hide_banner", "-nostdin", *input_args(path, raw), "-map", "0:v:0", "-c", "copy", "-f", "null", "-"]
+        [
+            ffmpeg_exe(),
+            "-hide_banner",
+            "-nostdin",
+            *input_args(path, raw),
+            "-map",
+            "0:v:0",
+            "-c",
+            "copy",
+            "-f",
+            "null",
+            "-",
+        ]
     )
     stream = _STREAM.search(proc.stderr)
     if proc.returncode != 0 or stream is None:
@@ -152,11 +162,16 @@ def run_tools(cmds: list[list[str]]) -> list[subprocess.CompletedProcess[str]]:
     no process will open. Output goes to files, so a chatty tool never blocks on a full pipe.
     """
     with contextlib.ExitStack() as stack:
-        outputs = [(stack.enter_context(tempfile.TemporaryFile()), stack.enter_context(tempfile.TemporaryFile())) for _ in cmds]
+        outputs = [
+            (stack.enter_context(tempfile.TemporaryFile()), stack.enter_context(tempfile.TemporaryFile())) for _ in cmds
+        ]
         with _running_lock:
             if _stopped.is_set():
                 raise TinyVmafError("interrupted")
-            procs = [subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err) for cmd, (out, err) in zip(cmds, outputs)]
+            procs = [
+                subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+                for cmd, (out, err) in zip(cmds, outputs)
+            ]
             _running.update(procs)
         try:
             while any(p.poll() is None for p in procs):
@@ -172,7 +187,10 @@ def run_tools(cmds: list[list[str]]) -> list[subprocess.CompletedProcess[str]]:
                 p.wait()
             with _running_lock:
                 _running.difference_update(procs)
-        return [subprocess.CompletedProcess(cmd, p.returncode, _text(out), _text(err)) for cmd, p, (out, err) in zip(cmds, procs, outputs)]
+        return [
+            subprocess.CompletedProcess(cmd, p.returncode, _text(out), _text(err))
+            for cmd, p, (out, err) in zip(cmds, procs, outputs)
+        ]
 
 
 def _text(file) -> str:

@@ -29,7 +29,9 @@ def safe_name(name: str, what: str = "name") -> str:
     if not isinstance(name, str) or not name:
         raise TinyVmafError(f"{what}: an empty name cannot be used")
     encoded = "".join(
-        c if c in _KEPT and not (i == 0 and c == ".") else "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass"))
+        c
+        if c in _KEPT and not (i == 0 and c == ".")
+        else "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass"))
         for i, c in enumerate(name)
     )
     if len(encoded) <= _MAX_NAME:

@@ -5,8 +5,6 @@ float64 because ``PearsonCorrCoef`` in float32 can return NaN on data with an ou
 
 from __future__ import annotations
 
-import warnings
-
 import lightning as L
 import numpy as np
 import torch
@@ -15,8 +13,6 @@ from torchmetrics import MeanSquaredError, MetricCollection, PearsonCorrCoef, Sp
 from tinyvmaf.model import TinyVmafModule
 
 METRIC_NAMES = ("plcc", "srocc", "rmse")
-# SROCC needs every prediction in memory by nature; a few thousand frames are nothing.
-warnings.filterwarnings("ignore", message=".*SpearmanCorrcoef` will save all targets.*")
 
 
 def heldout_metrics() -> MetricCollection:
@@ -32,7 +28,9 @@ def score_metrics(predicted: torch.Tensor, teacher: torch.Tensor) -> dict[str, f
     return {name: float(values[name]) for name in METRIC_NAMES}
 
 
-def metrics_per_source(predicted: np.ndarray, reference: np.ndarray, source_of_frame: np.ndarray, sources: list[str]) -> list[dict]:
+def metrics_per_source(
+    predicted: np.ndarray, reference: np.ndarray, source_of_frame: np.ndarray, sources: list[str]
+) -> list[dict]:
     """``{"source", "n", "plcc", "srocc", "rmse"}`` for each source, in ``sources`` order."""
     rows = []
     for i, source in enumerate(sources):

@@ -6,8 +6,6 @@ libvmaf features and returns VMAF-scale scores; ``n_params`` counts the trainabl
 
 from __future__ import annotations
 
-import logging
-import warnings
 from collections.abc import Callable
 
 import lightning as L
@@ -20,11 +18,6 @@ from tinyvmaf.teacher import FEATURE_NAMES
 
 N_FEATURES = len(FEATURE_NAMES)
 VMAF_RANGE = (0.0, 100.0)  # the shipped graph clips to it; the censored loss knows it
-
-# Lightning's banners (GPU available, tips) and a deprecation inside Lightning itself repeat on
-# every fold of a sweep and every export.
-logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
 
 
 def mlp(hidden: list[int], activation: str = "ReLU") -> nn.Sequential:
@@ -127,7 +120,10 @@ class TinyVmafModule(L.LightningModule):
     @property
     def activation(self) -> str:
         """The hidden layers' activation, ``none`` for the linear control."""
-        return next((type(m).__name__ for m in self.model.net.modules() if not isinstance(m, (nn.Linear, nn.Sequential))), "none")
+        return next(
+            (type(m).__name__ for m in self.model.net.modules() if not isinstance(m, (nn.Linear, nn.Sequential))),
+            "none",
+        )
 
     def setup(self, stage: str) -> None:
         self.model.set_standardization(self.trainer.datamodule.standardization)
@@ -143,7 +139,9 @@ class TinyVmafModule(L.LightningModule):
             # Divided by the target's variance: lr then means the same for every teacher.
             loss = self.loss(m(x), y) / m.target_std.square()
             if not torch.isfinite(loss):
-                raise TinyVmafError(f"the training loss became {loss.item()} at epoch {self.current_epoch}; lower model.optimizer.lr")
+                raise TinyVmafError(
+                    f"the training loss became {loss.item()} at epoch {self.current_epoch}; lower model.optimizer.lr"
+                )
             loss.backward()  # single-device fp32: nothing for Lightning's precision plugins to do
             optimizer.step()
             if scheduler is not None:
@@ -161,4 +159,10 @@ class TinyVmafModule(L.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         total = self.trainer.max_epochs * self.trainer.datamodule.minibatches_per_epoch
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer, total_steps=int(total)), "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": self.scheduler_factory(optimizer, total_steps=int(total)),
+                "interval": "step",
+            },
+        }

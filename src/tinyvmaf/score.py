@@ -10,14 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
 from tinyvmaf.cache import TeacherCache
 from tinyvmaf.corpus import ClipPair, Video
-from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.errors import TinyVmafError, instantiate_checked
 from tinyvmaf.metrics import metrics_per_source
 from tinyvmaf.teacher import FEATURE_NAMES
 from tinyvmaf.teacher.log import LEGACY_NAMES, column, features_from_log, read_log
@@ -40,7 +39,9 @@ class OnnxVmaf:
         inputs = self.session.get_inputs()
         if len(inputs) != 1 or inputs[0].shape[-1] != len(FEATURE_NAMES):
             shapes = [i.shape for i in inputs]
-            raise TinyVmafError(f"{self.path}: expects input {shapes}, not one [N, {len(FEATURE_NAMES)}] feature tensor")
+            raise TinyVmafError(
+                f"{self.path}: expects input {shapes}, not one [N, {len(FEATURE_NAMES)}] feature tensor"
+            )
         self.input_name = inputs[0].name
         self.feature_names = self._feature_names()
 
@@ -82,7 +83,11 @@ def score_pair(model: OnnxVmaf, libvmaf, reference: Path, distorted: Path) -> di
 
 def result(model: OnnxVmaf, features: np.ndarray, libvmaf: np.ndarray | None) -> dict:
     tiny = model.predict(features)
-    out = {"model": str(model.path), "frames": [{"frame": i, "tiny": float(t)} for i, t in enumerate(tiny)], "pooled": {"tiny_mean": float(tiny.mean())}}
+    out = {
+        "model": str(model.path),
+        "frames": [{"frame": i, "tiny": float(t)} for i, t in enumerate(tiny)],
+        "pooled": {"tiny_mean": float(tiny.mean())},
+    }
     if libvmaf is not None:
         for row, v in zip(out["frames"], libvmaf):
             row[LIBVMAF_MODEL] = float(v)
@@ -103,8 +108,8 @@ def render(scored: dict, fmt: str) -> str:
     if fmt != "table":
         raise TinyVmafError(f"format={fmt}: use table, json or csv")
     table = Table(title=f"{scored['model']}")
-    for column in scored["frames"][0]:
-        table.add_column(column, justify="right")
+    for name in scored["frames"][0]:
+        table.add_column(name, justify="right")
     for row in scored["frames"]:
         table.add_row(*(str(v) if isinstance(v, int) else f"{v:.3f}" for v in row.values()))
     buffer = io.StringIO()
@@ -120,7 +125,7 @@ def score_command(cfg: DictConfig) -> int:
     if cfg.get("log"):
         scored = score_log(model, Path(cfg.log))
     elif cfg.get("reference") and cfg.get("distorted"):
-        scored = score_pair(model, instantiate(cfg.libvmaf), Path(cfg.reference), Path(cfg.distorted))
+        scored = score_pair(model, instantiate_checked(cfg.libvmaf), Path(cfg.reference), Path(cfg.distorted))
     else:
         raise TinyVmafError("give log=LIBVMAF_JSON, or reference=REF distorted=DIS")
     print(render(scored, cfg.format), end="")
@@ -130,18 +135,24 @@ def score_command(cfg: DictConfig) -> int:
 def evaluate_onnx(cfg: DictConfig) -> int:
     """``evaluate.py onnx=MODEL``: PLCC/SROCC/RMSE of a shipped model over a corpus's cache."""
     model = OnnxVmaf(cfg.onnx)
-    corpus = instantiate(cfg.corpus)
-    cache: TeacherCache = instantiate(cfg.cache)
-    cache.build(corpus)
-    table = cache.load(corpus)
+    corpus = instantiate_checked(cfg.corpus)
+    cache: TeacherCache = instantiate_checked(cfg.cache)
+    table = cache.ready(corpus)
     teacher = table.scores[cfg.teacher.model]
     predicted = model.predict(table.features)
     rows = Table(title=f"{model.path} on corpus {table.corpus} (teacher {cfg.teacher.model})")
-    for column in ("source", "n", "PLCC", "SROCC", "RMSE"):
-        rows.add_column(column, justify="right")
+    for name in ("source", "n", "PLCC", "SROCC", "RMSE"):
+        rows.add_column(name, justify="right")
     per_source = metrics_per_source(predicted, teacher, table.source_of_frame, table.sources)
     everything = metrics_per_source(predicted, teacher, np.zeros(len(table), dtype=np.int64), ["all"])
     for m in [*per_source, *everything]:
-        rows.add_row(m["source"], str(m["n"]), f"{m['plcc']:.4f}", f"{m['srocc']:.4f}", f"{m['rmse']:.3f}", end_section=m is per_source[-1])
+        rows.add_row(
+            m["source"],
+            str(m["n"]),
+            f"{m['plcc']:.4f}",
+            f"{m['srocc']:.4f}",
+            f"{m['rmse']:.3f}",
+            end_section=m is per_source[-1],
+        )
     Console().print(rows)
     return 0

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from filelock import FileLock
-from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
+from mlflow.entities import Experiment, Metric, Param, Run, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -32,34 +32,44 @@ def _store_lock(uri: str) -> Iterator[None]:
         yield
 
 
-def experiment(uri: str, name: str, artifact_root: str | Path | None = None) -> tuple[MlflowClient, str]:
-    """Client and experiment id, creating store and experiment once, under a lock."""
-    with _store_lock(uri):
-        client = MlflowClient(tracking_uri=uri)
+class Tracking:
+    """The MLflow store and experiment of ``configs/tracking/``: runs are written with
+    ``experiment()``, which creates store and experiment on first use; commands that only read
+    use ``existing_experiment()``, which never creates either."""
+
+    def __init__(self, uri: str, experiment: str, artifact_root: str | Path | None = None) -> None:
+        self.uri, self.name, self.artifact_root = uri, experiment, artifact_root
+
+    def experiment(self) -> tuple[MlflowClient, str]:
+        """Client and experiment id, creating store and experiment once, under a lock."""
+        with _store_lock(self.uri):
+            client = MlflowClient(tracking_uri=self.uri)
+            found = self._find(client)
+            if found is not None:
+                return client, found.experiment_id
+            location = Path(self.artifact_root).resolve().as_uri() if self.artifact_root else None
+            return client, client.create_experiment(self.name, artifact_location=location)
+
+    def existing_experiment(self) -> tuple[MlflowClient, str]:
+        if self.uri.startswith("sqlite:///"):
+            db = Path(self.uri.removeprefix("sqlite:///"))
+            if not db.is_file():
+                raise TinyVmafError(f"tracking.uri={self.uri}: no MLflow store at {db}")
+        client = MlflowClient(tracking_uri=self.uri)
+        found = self._find(client)
+        if found is None:
+            raise TinyVmafError(
+                f"tracking.experiment={self.name}: no such experiment in {self.uri}; run train.py first"
+            )
+        return client, found.experiment_id
+
+    def _find(self, client: MlflowClient) -> Experiment | None:
         try:
-            found = client.get_experiment_by_name(name)
+            return client.get_experiment_by_name(self.name)
         except Exception as exc:
-            raise TinyVmafError(f"tracking.uri={uri}: cannot open the MLflow store ({type(exc).__name__}: {exc})") from None
-        if found is not None:
-            return client, found.experiment_id
-        location = Path(artifact_root).resolve().as_uri() if artifact_root else None
-        return client, client.create_experiment(name, artifact_location=location)
-
-
-def open_experiment(uri: str, name: str) -> tuple[MlflowClient, str]:
-    """An existing store and experiment, for commands that only read: never creates either."""
-    if uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///"))
-        if not db.is_file():
-            raise TinyVmafError(f"tracking.uri={uri}: no MLflow store at {db}")
-    client = MlflowClient(tracking_uri=uri)
-    try:
-        found = client.get_experiment_by_name(name)
-    except Exception as exc:
-        raise TinyVmafError(f"tracking.uri={uri}: cannot open the MLflow store ({type(exc).__name__}: {exc})") from None
-    if found is None:
-        raise TinyVmafError(f"tracking.experiment={name}: no such experiment in {uri}; run train.py first")
-    return client, found.experiment_id
+            raise TinyVmafError(
+                f"tracking.uri={self.uri}: cannot open the MLflow store ({type(exc).__name__}: {exc})"
+            ) from None
 
 
 def quoted(value: str, what: str) -> str:
@@ -92,7 +102,9 @@ class TrackedRun:
     def log_metrics(self, rows: list[dict[str, float]], step_key: str = "epoch") -> None:
         """Each row is one step; every other key of the row is a metric."""
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, int(row[step_key])) for row in rows for k, v in row.items() if k != step_key]
+        metrics = [
+            Metric(k, float(v), now, int(row[step_key])) for row in rows for k, v in row.items() if k != step_key
+        ]
         for start in range(0, len(metrics), 1000):  # MLflow's per-batch limit
             self.client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
 

@@ -15,18 +15,17 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from tinyvmaf.cache import TeacherCache
 from tinyvmaf.corpus import Corpus
-from tinyvmaf.data import Augmentation, LosoDataModule
-from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.data import LosoDataModule
+from tinyvmaf.errors import TinyVmafError, instantiate_checked
 from tinyvmaf.metrics import HeldoutHistory
 from tinyvmaf.model import TinyVmafModule
-from tinyvmaf.tracking import experiment, quoted, tracked_run
+from tinyvmaf.tracking import quoted, tracked_run
 
 
 def sweep_id(cfg: DictConfig) -> str:
@@ -45,18 +44,25 @@ def target_name(node: DictConfig | None) -> str:
 
 
 def prepare_fit(
-    cfg: DictConfig, corpus: Corpus, cache: TeacherCache, heldout: str | None, net: DictConfig | None = None, **trainer_options: Any
+    cfg: DictConfig,
+    corpus: Corpus,
+    cache: TeacherCache,
+    heldout: str | None,
+    net: DictConfig | None = None,
+    **trainer_options: Any,
 ) -> tuple[LosoDataModule, TinyVmafModule, L.Trainer]:
     """Data (cache built if needed), seeded model and Trainer, as configured; ``heldout=None``
     trains on every source. ``net`` overrides the arch's network (export builds several)."""
-    datamodule: LosoDataModule = instantiate(
+    datamodule: LosoDataModule = instantiate_checked(
         cfg.data, corpus=corpus, cache=cache, teacher=cfg.teacher.model, heldout=heldout, seed=cfg.seed
     )
     datamodule.prepare_data()
     datamodule.setup("fit")
     L.seed_everything(cfg.seed, verbose=False)
-    module: TinyVmafModule = instantiate(cfg.model, **({"net": instantiate(net)} if net is not None else {}))
-    trainer: L.Trainer = instantiate(cfg.trainer, **trainer_options)
+    module: TinyVmafModule = instantiate_checked(
+        cfg.model, **({"net": instantiate_checked(net)} if net is not None else {})
+    )
+    trainer: L.Trainer = instantiate_checked(cfg.trainer, **trainer_options)
     return datamodule, module, trainer
 
 
@@ -79,7 +85,7 @@ def check_options(cfg: DictConfig) -> None:
         _positive_int(cfg, key)
     _finite(cfg, "model.optimizer.lr", 0.0, low_included=False)
     _finite(cfg, "model.optimizer.weight_decay", 0.0, low_included=True)
-    Augmentation(**OmegaConf.to_container(cfg.data.augment, resolve=True))
+    instantiate_checked(cfg.data.augment)
 
 
 # What makes two runs of one (arch, fold) the same experiment: the recipe, not where it ran.
@@ -87,7 +93,9 @@ RECIPE_KEYS = ("arch", "fold", "teacher", "trainer", "data", "model", "seed")
 
 
 def recipe_hash(cfg: DictConfig) -> str:
-    recipe = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in RECIPE_KEYS}
+    recipe = {
+        k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in RECIPE_KEYS
+    }
     recipe["corpus"] = cfg.corpus.get("name")
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -107,7 +115,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     check_options(cfg)
     torch.set_num_threads(cfg.torch_threads)
-    client, experiment_id = experiment(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.get("artifact_root"))
+    client, experiment_id = instantiate_checked(cfg.tracking).experiment()
     arch, heldout, sweep, recipe = cfg.arch.name, str(cfg.fold.heldout), sweep_id(cfg), recipe_hash(cfg)
     done = finished_run(client, experiment_id, sweep, arch, heldout)
     if done is not None:
@@ -124,13 +132,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         "host": os.uname().nodename, "pid": str(os.getpid()),
     }  # fmt: skip
     with tracked_run(client, experiment_id, f"{arch}-{heldout}", tags) as run:
-        corpus = instantiate(cfg.corpus)
+        corpus = instantiate_checked(cfg.corpus)
         if cfg.fold.get("corpus") not in (None, corpus.name):
             raise TinyVmafError(
                 f"fold={heldout} belongs to corpus {cfg.fold.corpus!r}, not {corpus.name!r}: "
                 f"run python make_folds.py with the same corpus options first"
             )
-        cache: TeacherCache = instantiate(cfg.cache)
+        cache: TeacherCache = instantiate_checked(cfg.cache)
         history = HeldoutHistory()
         datamodule, module, trainer = prepare_fit(cfg, corpus, cache, heldout, callbacks=[history])
         table = datamodule.table
@@ -152,7 +160,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 "augment_amount": cfg.data.augment.amount if cfg.data.augment.enabled else 0,
                 "batch_size": cfg.data.batch_size,
                 "seed": cfg.seed,
-                "corpus": f"{table.corpus}:{table.manifest[:12]}",
+                "corpus": table.label,
                 "libvmaf_version": table.libvmaf_version,
                 "n_train_frames": len(datamodule.train_x),
                 "n_heldout_frames": len(datamodule.test_x),
@@ -167,7 +175,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         with tempfile.TemporaryDirectory(prefix="tinyvmaf-run-") as tmp:
             (Path(tmp) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
             torch.save(
-                {"state_dict": module.model.state_dict(), "arch": OmegaConf.to_container(cfg.arch, resolve=True), "log_motion": module.model.log_motion},
+                {
+                    "state_dict": module.model.state_dict(),
+                    "arch": OmegaConf.to_container(cfg.arch, resolve=True),
+                    "log_motion": module.model.log_motion,
+                },
                 Path(tmp) / "model.pt",
             )
             with torch.no_grad():

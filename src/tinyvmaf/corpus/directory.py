@@ -32,9 +32,7 @@ class DirectoryCorpus:
                 raise TinyVmafError(f"{dis}: name must be <source>{SEPARATOR}<name>.<ext>")
             if source not in refs:
                 raise TinyVmafError(f"{dis}: no reference {ref_dir}/{source}.* for source {source!r}")
-            pairs.append(
-                ClipPair(source, dis.stem, self._video(refs[source]), self._video(dis))
-            )
+            pairs.append(ClipPair(source, dis.stem, self._video(refs[source]), self._video(dis)))
         if not pairs:
             raise TinyVmafError(f"{dis_dir}: no distorted clips")
         return pairs

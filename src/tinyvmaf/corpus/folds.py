@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from tinyvmaf.corpus import Corpus, sources_of
+from tinyvmaf.errors import instantiate_checked
 from tinyvmaf.files import inside
 
 HEADER = "# written by make_folds.py for corpus {corpus!r}; rerun it for another corpus\n"
@@ -32,6 +32,6 @@ def write_fold_options(corpus: Corpus, folder: Path) -> list[str]:
 def make_folds(cfg: DictConfig) -> int:
     """``make_folds.py``: point the ``fold`` group at the configured corpus's sources."""
     folder = Path(cfg.fold_dir)
-    sources = write_fold_options(instantiate(cfg.corpus), folder)
+    sources = write_fold_options(instantiate_checked(cfg.corpus), folder)
     print(f"{folder}: {len(sources)} fold options: {', '.join(sources)}")
     return 0

@@ -71,8 +71,7 @@ def pair_geometry(pair: ClipPair) -> PairGeometry:
     dis = ffmpeg.probe(pair.distorted.path, pair.distorted.raw)
     if ref.n_frames != dis.n_frames:
         raise TinyVmafError(
-            f"{pair.distorted.path}: {dis.n_frames} frames, but its reference "
-            f"{pair.reference.path} has {ref.n_frames}"
+            f"{pair.distorted.path}: {dis.n_frames} frames, but its reference {pair.reference.path} has {ref.n_frames}"
         )
     pix_fmt = ref.pix_fmt if ref.pix_fmt in LIBVMAF_PIX_FMTS else "yuv420p"
     rescale = (dis.width, dis.height) != (ref.width, ref.height)
@@ -94,7 +93,9 @@ def checked_result(result: TeacherResult, pair: ClipPair, geo: PairGeometry) -> 
     """What every backend checks before a result is cached: one score per frame of the pair
     (libvmaf neither dropped nor repeated a frame). Reading the log checked that every value is finite."""
     if len(result.features) != geo.n_frames:
-        raise TinyVmafError(f"{pair.distorted.path}: libvmaf scored {len(result.features)} frames, expected {geo.n_frames}")
+        raise TinyVmafError(
+            f"{pair.distorted.path}: libvmaf scored {len(result.features)} frames, expected {geo.n_frames}"
+        )
     return result
 
 

@@ -67,7 +67,9 @@ def _run_ffmpeg(args: list[str], what: str) -> None:
     if proc.returncode != 0:
         unknown = _UNKNOWN_MODEL.search(proc.stderr)
         if unknown:
-            raise TinyVmafError(f"unknown teacher model {unknown.group(1) or unknown.group(2)!r}: libvmaf has no such built-in model")
+            raise TinyVmafError(
+                f"unknown teacher model {unknown.group(1) or unknown.group(2)!r}: libvmaf has no such built-in model"
+            )
         raise TinyVmafError(f"{what}: libvmaf failed ({ffmpeg.last_error_line(proc.stderr)})")
 
 

@@ -45,8 +45,13 @@ class SvrTeacher:
         """vmaf scores of ``features`` [N, 6] (raw libvmaf values, ``feature_columns`` order)."""
         features = np.asarray(features, dtype=np.float64)
         if features.ndim != 2 or features.shape[1] != len(FEATURE_NAMES):
-            raise TinyVmafError(f"teacher {self.name}: features must be [N, {len(FEATURE_NAMES)}], got {list(features.shape)}")
-        return np.concatenate([self._score(features[i : i + chunk], enable_transform) for i in range(0, len(features), chunk)] or [np.zeros(0)])
+            raise TinyVmafError(
+                f"teacher {self.name}: features must be [N, {len(FEATURE_NAMES)}], got {list(features.shape)}"
+            )
+        return np.concatenate(
+            [self._score(features[i : i + chunk], enable_transform) for i in range(0, len(features), chunk)]
+            or [np.zeros(0)]
+        )
 
     def _score(self, x: np.ndarray, enable_transform: bool) -> np.ndarray:
         z = x * self.slopes[1:] + self.intercepts[1:]
@@ -62,7 +67,9 @@ class SvrTeacher:
         if enable_transform and self.transform:
             t = self.transform
             transformed = t.get("p0", 0.0) + t.get("p1", 0.0) * score + t.get("p2", 0.0) * score**2
-            score = np.maximum(transformed, score) if str(t.get("out_gte_in", "false")).lower() == "true" else transformed
+            score = (
+                np.maximum(transformed, score) if str(t.get("out_gte_in", "false")).lower() == "true" else transformed
+            )
         return np.clip(score, *self.clip)
 
 
@@ -71,7 +78,11 @@ def load_teacher(name: str) -> SvrTeacher:
     """A libvmaf model shipped with tinyvmaf, by name (``vmaf_v0.6.1``, ``vmaf_v0.6.1neg``, ...)."""
     path = resources.files("tinyvmaf.teacher") / "libvmaf_models" / f"{name}.json"
     if not path.is_file():
-        shipped = sorted(p.name.removesuffix(".json") for p in (resources.files("tinyvmaf.teacher") / "libvmaf_models").iterdir() if p.name.endswith(".json"))
+        shipped = sorted(
+            p.name.removesuffix(".json")
+            for p in (resources.files("tinyvmaf.teacher") / "libvmaf_models").iterdir()
+            if p.name.endswith(".json")
+        )
         raise TinyVmafError(f"teacher {name!r}: no such libvmaf model JSON; shipped: {', '.join(shipped)}")
     return parse_model(name, json.loads(path.read_text()))
 

@@ -59,13 +59,27 @@ class VmafCli:
             decoders, inputs = _inputs(pair, geo, Path(tmp))
             models_args = [a for m in model_option(models, ":") for a in ("--model", m)]
             gpu_args = ["--gpumask", str(self.gpumask)] if self.gpumask is not None else []
-            vmaf = [self.path, *inputs, *models_args, "--threads", str(self.n_threads), *gpu_args, "--json", "-o", str(log_path), "-q"]
+            vmaf = [
+                self.path,
+                *inputs,
+                *models_args,
+                "--threads",
+                str(self.n_threads),
+                *gpu_args,
+                "--json",
+                "-o",
+                str(log_path),
+                "-q",
+            ]
             *decoded, scored = ffmpeg.run_tools([*decoders, vmaf])
-            for proc, side in zip(decoded, ("reference", "distorted")):
-                if proc.returncode != 0:
-                    raise TinyVmafError(f"{getattr(pair, side).path}: ffmpeg failed ({ffmpeg.last_error_line(proc.stderr)})")
+            # The tool's own failure first: a decoder it left then fails only on a broken pipe.
             if scored.returncode != 0:
-                raise TinyVmafError(f"{pair.distorted.path}: vmaf CLI failed ({ffmpeg.last_error_line(scored.stderr + scored.stdout)})")
+                raise TinyVmafError(
+                    f"{pair.distorted.path}: vmaf CLI failed ({ffmpeg.last_error_line(scored.stderr + scored.stdout)})"
+                )
+            for proc, side in zip(decoded, (pair.reference, pair.distorted)):
+                if proc.returncode != 0:
+                    raise TinyVmafError(f"{side.path}: ffmpeg failed ({ffmpeg.last_error_line(proc.stderr)})")
             result = result_from_log(log_path, models)
         return checked_result(result, pair, geo)
 
@@ -78,7 +92,13 @@ def _inputs(pair: ClipPair, geo: PairGeometry, tmp: Path) -> tuple[list[list[str
     """
     ref, dis = pair.reference, pair.distorted
     if ref.raw is not None and ref.raw == dis.raw and ref.raw.pix_fmt in _RAW_ARGS:
-        return [], ["-r", str(ref.path), "-d", str(dis.path), *_geometry_args(ref.raw.width, ref.raw.height, ref.raw.pix_fmt)]
+        return [], [
+            "-r",
+            str(ref.path),
+            "-d",
+            str(dis.path),
+            *_geometry_args(ref.raw.width, ref.raw.height, ref.raw.pix_fmt),
+        ]
     dis_chain, ref_chain = frame_aligned_graph(geo)
     pipes = tmp / "ref.pipe", tmp / "dis.pipe"
     for pipe in pipes:
