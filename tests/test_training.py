@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
 import yaml
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
@@ -27,18 +29,40 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
 
 
+def targets(node, key: str = ""):
+    """Every (key, dict) below ``node`` (plain containers) that has a ``_target_``."""
+    if isinstance(node, dict):
+        if "_target_" in node:
+            yield key, node
+        for k, v in node.items():
+            yield from targets(v, f"{key}.{k}".strip("."))
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from targets(item, f"{key}[{i}]")
+
+
 @pytest.mark.parametrize(
-    "group", ["arch", "fold", "teacher", "trainer", "corpus", "libvmaf", "data", "model", "model/loss", "tracking"]
+    "group", ["arch", "fold", "teacher", "trainer", "corpus", "libvmaf", "data", "model", "model/loss", "tracking", "experiment"]
 )
-def test_every_option_of_every_group_composes(group, compose):
+def test_every_option_of_every_group_composes_and_names_real_targets(group, compose):
+    """Each ``_target_`` imports, and its options are parameters it takes: a typo in either fails here."""
     for option in options(group):
         extra = {
             "corpus": {"directory": ["corpus.root=/x"], "dataset_file": ["corpus.path=/x"]},
             "libvmaf": {"cli": ["libvmaf.path=/x"]},
         }
         cfg = compose("train", f"{group}={option}", *extra.get(group, {}).get(option, []))
-        assert OmegaConf.select(cfg, group.replace("/", ".")) is not None
-        instantiate(cfg.model.loss)
+        if group != "experiment":
+            assert OmegaConf.select(cfg, group.replace("/", ".")) is not None
+        found = list(targets(OmegaConf.to_container(cfg, resolve=True)))
+        assert len(found) >= 8  # corpus, libvmaf, cache, data, augment, model, loss, optimizer, trainer, tracking...
+        for key, node in found:
+            target = get_object(node["_target_"])
+            options_given = {k: None for k in node if not str(k).startswith("_")}
+            try:
+                inspect.signature(target).bind_partial(**options_given)
+            except TypeError as exc:
+                pytest.fail(f"{group}={option}: {key} ({node['_target_']}) does not take {sorted(options_given)}: {exc}")
 
 
 def test_fold_options_are_the_default_corpus_sources():

@@ -33,12 +33,17 @@ from tinyvmaf.tracking import tracked_run
 DIGEST_TAG = "tinyvmaf.digest"
 
 
-def fold_runs(client: MlflowClient, experiment_id: str, sweep_id: str | None) -> tuple[str, list[Run]]:
-    """The fold runs of ``sweep_id``, or of the latest sweep when it is None."""
+def fold_runs(
+    client: MlflowClient, experiment_id: str, sweep_id: str | None, recipe: str | None = None
+) -> tuple[str, list[Run]]:
+    """The fold runs of ``sweep_id``, or of the latest sweep when it is None; with ``recipe``, only
+    runs of that named recipe (``experiment_name``: ``default``, ``shipped``...) count."""
     found = client.search_runs([experiment_id], max_results=50000, order_by=["attributes.start_time DESC"])
     runs = [r for r in found if DIGEST_TAG not in r.data.tags]
+    if recipe is not None:
+        runs = [r for r in runs if r.data.params.get("experiment", "default") == recipe]
     if not runs:
-        raise TinyVmafError("the MLflow experiment holds no fold runs; run train.py first")
+        raise TinyVmafError(f"the MLflow experiment holds no fold runs{f' of experiment={recipe}' if recipe else ''}; run train.py first")
     if sweep_id is None:
         sweep_id = runs[0].data.tags.get("sweep_id")
     mine = [r for r in runs if r.data.tags.get("sweep_id") == sweep_id]

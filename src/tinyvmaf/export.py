@@ -77,11 +77,11 @@ def train_on_all_sources(
     return module.model, datamodule.table
 
 
-def loso_metadata(cfg: DictConfig, arch: str, teacher: str) -> dict[str, str]:
-    """The LOSO metrics of this recipe from a sweep in MLflow (the latest by default)."""
+def loso_metadata(cfg: DictConfig, arch: str, teacher: str, recipe: str) -> dict[str, str]:
+    """The LOSO metrics of a named recipe (``experiment_name``) from a sweep in MLflow (its latest by default)."""
     try:
         client, experiment_id = instantiate_checked(cfg.tracking).existing_experiment()
-        sweep, runs = fold_runs(client, experiment_id, cfg.get("loso_sweep_id"))
+        sweep, runs = fold_runs(client, experiment_id, cfg.get("loso_sweep_id"), recipe=recipe)
     except TinyVmafError as exc:
         print(f"warning: no LOSO metrics in the metadata: {exc}")
         return {}
@@ -124,12 +124,12 @@ def export_models(cfg: DictConfig) -> int:
         if arch is None:
             # The metadata describes the run's recipe, not this export config's.
             model, arch_cfg, params = model_from_run(cfg, cfg.run_id)
-            teacher, epochs = params["teacher"], params["epochs"]
+            teacher, epochs, recipe = params["teacher"], params["epochs"], params.get("experiment", "default")
             table = cache.ready(corpus)
         else:
             model, table = train_on_all_sources(cfg, arch, corpus, cache)
             arch_cfg = OmegaConf.to_container(arch, resolve=True)
-            teacher, epochs = cfg.teacher.model, str(cfg.trainer.max_epochs)
+            teacher, epochs, recipe = cfg.teacher.model, str(cfg.trainer.max_epochs), cfg.experiment_name
         metadata = {
             "feature_names": json.dumps(list(FEATURE_NAMES)),
             "teacher": teacher,
@@ -138,7 +138,8 @@ def export_models(cfg: DictConfig) -> int:
             "corpus": table.label,
             "libvmaf_version": table.libvmaf_version,
             "epochs": epochs,
-            **loso_metadata(cfg, arch_cfg["name"], teacher),
+            "experiment": recipe,
+            **loso_metadata(cfg, arch_cfg["name"], teacher, recipe),
         }
         to_onnx(model, output, metadata)
         diff = check_onnx(output, model, table.features)

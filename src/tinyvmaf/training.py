@@ -89,13 +89,12 @@ def check_options(cfg: DictConfig) -> None:
 
 
 # What makes two runs of one (arch, fold) the same experiment: the recipe, not where it ran.
-RECIPE_KEYS = ("arch", "fold", "teacher", "trainer", "data", "model", "seed")
+RECIPE_KEYS = ("arch", "fold", "teacher", "trainer", "data", "model", "seed", "experiment_name")
 
 
 def recipe_hash(cfg: DictConfig) -> str:
-    recipe = {
-        k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in RECIPE_KEYS
-    }
+    values = {k: cfg.get(k) for k in RECIPE_KEYS}
+    recipe = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in values.items()}
     recipe["corpus"] = cfg.corpus.get("name")
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -119,7 +118,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     arch, heldout, sweep, recipe = cfg.arch.name, str(cfg.fold.heldout), sweep_id(cfg), recipe_hash(cfg)
     done = finished_run(client, experiment_id, sweep, arch, heldout)
     if done is not None:
-        if done.data.tags.get("recipe") != recipe:
+        if done.data.tags.get("recipe_hash") != recipe:
             raise TinyVmafError(
                 f"sweep_id={sweep}: {arch} fold={heldout} already finished there with another recipe (run {done.info.run_id}); "
                 "give a new sweep_id to train this one"
@@ -127,7 +126,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         print(f"{arch} fold={heldout}: finished earlier in sweep {sweep} (run {done.info.run_id}); not trained again")
         return {k: v for k, v in done.data.metrics.items() if k.startswith("heldout_") or k == "train_loss"}
     tags = {
-        "sweep_id": sweep, "arch": arch, "fold": heldout, "teacher": cfg.teacher.model, "recipe": recipe,
+        "sweep_id": sweep, "arch": arch, "fold": heldout, "teacher": cfg.teacher.model, "recipe_hash": recipe,
         # Where the run's process lives: evaluate.py tells a killed run from one still going.
         "host": os.uname().nodename, "pid": str(os.getpid()),
     }  # fmt: skip
@@ -145,6 +144,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         run.log_tags({"corpus_sources": json.dumps(table.sources)})
         run.log_params(
             {
+                "experiment": cfg.get("experiment_name", "default"),
                 "arch": arch,
                 "fold": heldout,
                 "teacher": cfg.teacher.model,
