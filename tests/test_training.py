@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import inspect
@@ -18,6 +21,7 @@ from tinyvmaf.cache import TeacherCache
 from tinyvmaf.corpus.directory import DirectoryCorpus
 from tinyvmaf.data import LosoDataModule
 from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.files import config_key
 from tinyvmaf.model import CensoredMSELoss, count_params
 from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
 from tinyvmaf.training import train
@@ -198,8 +202,23 @@ def test_unknown_arch_is_refused_before_any_run(tmp_path, run_entry):
     assert not (tmp_path / "mlruns" / "mlflow.db").exists()
 
 
-def test_make_folds_writes_one_option_per_source(tiny_corpus, tmp_path, run_entry):
-    proc = run_entry("make_folds.py", "corpus=directory", f"corpus.root={tiny_corpus}", f"fold_dir={tmp_path}/fold")
-    assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in (tmp_path / "fold").iterdir()) == ["Bars.yaml", "Mandel.yaml"]
-    assert "heldout: Mandel\ncorpus: corpus\n" in (tmp_path / "fold" / "Mandel.yaml").read_text()
+@pytest.mark.slow
+def test_make_folds_options_sweep_exactly_the_corpus_and_leave_the_repository_clean(tiny_overrides, run_entry):
+    name = f"tiny make-folds {os.getpid()}"
+    group = CONFIGS / "fold" / config_key(name)
+    corpus = [o for o in tiny_overrides if o.startswith("corpus")] + [f"corpus.name='{name}'"]
+    git_status = ["git", "status", "--porcelain", "--untracked-files=all", "--", str(CONFIGS)]
+    before = subprocess.run(git_status, capture_output=True, text=True, cwd=CONFIGS)
+    try:
+        proc = run_entry("make_folds.py", *corpus)
+        assert proc.returncode == 0, proc.stderr
+        assert sorted(p.name for p in group.iterdir()) == ["Bars.yaml", "Mandel.yaml"]
+        assert f"'+fold/{group.name}=glob(*)'" in proc.stdout
+        after = subprocess.run(git_status, capture_output=True, text=True, cwd=CONFIGS)
+        assert before.returncode == after.returncode == 0 and after.stdout == before.stdout  # nothing tracked or new
+        overrides = [o for o in tiny_overrides if not o.startswith(("corpus", "fold."))]
+        proc = run_entry("train.py", "-m", *overrides, *corpus, f"+fold/{group.name}=glob(*)", "arch=linear", "trainer.max_epochs=1")
+        assert proc.returncode == 0, proc.stderr
+        assert "linear fold=Bars: " in proc.stdout and "linear fold=Mandel: " in proc.stdout and proc.stdout.count("linear fold=") == 2
+    finally:
+        shutil.rmtree(group, ignore_errors=True)

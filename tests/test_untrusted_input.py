@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -21,7 +22,7 @@ from tinyvmaf.corpus.dataset_file import DatasetFileCorpus, read_dataset_file
 from tinyvmaf.corpus.directory import DirectoryCorpus
 from tinyvmaf.digest import sweep_status
 from tinyvmaf.errors import TinyVmafError
-from tinyvmaf.files import safe_name
+from tinyvmaf.files import config_key, safe_name
 from tinyvmaf.score import OnnxVmaf, score_log
 from tinyvmaf.training import train
 
@@ -56,8 +57,9 @@ def test_safe_names_stay_in_their_folder_are_stable_and_never_collide(a, b):
         assert not safe.startswith(".") and len(safe.encode()) <= 200
         folder = Path("/cache/clips")
         assert (folder / f"{safe}.json").resolve().parent == folder
+        assert re.fullmatch(r"[A-Za-z0-9_-]+", config_key(name)) and config_key(name) == config_key(name)
     if a != b:
-        assert safe_name(a) != safe_name(b)
+        assert safe_name(a) != safe_name(b) and config_key(a) != config_key(b)
 
 
 def test_readable_names_are_kept_and_empty_ones_refused():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import string
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +39,20 @@ def safe_name(name: str, what: str = "name") -> str:
         return encoded
     digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:24]
     return f"{encoded[: _MAX_NAME - 25]}~{digest}"
+
+
+def config_key(name: str, what: str = "name") -> str:
+    """The form of a user-given name used as a Hydra config group or key: ``[A-Za-z0-9_-]`` only.
+
+    A name that is already such a key is kept; any other has its other characters replaced by
+    ``_`` and a hash of the whole name added, so two names still never meet.
+    """
+    if not isinstance(name, str) or not name:
+        raise TinyVmafError(f"{what}: an empty name cannot be used")
+    if re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        return name
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    return f"{re.sub(r'[^A-Za-z0-9_-]+', '_', name)[:60]}-{digest}"
 
 
 def inside(folder: Path, name: str, suffix: str = "", what: str = "name") -> Path:

@@ -1,7 +1,9 @@
-"""Fold options: one ``configs/fold/<source>.yaml`` per source of a corpus.
+"""Fold options for a user's corpus: ``configs/fold/<corpus>/<source>.yaml``, one per source.
 
-Hydra's ``fold=glob(*)`` sweeps the options of the primary config folder only, so the fold
-group is rewritten to mirror the configured corpus (the default corpus's ship with tinyvmaf).
+Hydra's ``glob(*)`` lists the options of the primary config folder only (an added search path
+is not listed), so the options are written there, in a subgroup of ``fold`` per corpus that git
+ignores: ``+fold/<corpus>=glob(*)`` then sweeps exactly that corpus's sources, and the tracked
+options of the default corpus (``configs/fold/*.yaml``) are never touched.
 """
 
 from __future__ import annotations
@@ -13,25 +15,29 @@ from omegaconf import DictConfig
 
 from tinyvmaf.corpus import Corpus, sources_of
 from tinyvmaf.errors import instantiate_checked
-from tinyvmaf.files import inside
+from tinyvmaf.files import config_key, inside
 
-HEADER = "# written by make_folds.py for corpus {corpus!r}; rerun it for another corpus\n"
+# Each option sits in the subgroup fold/<corpus> but fills the `fold` node, like the default's.
+HEADER = "# @package fold\n# written by make_folds.py for corpus {corpus!r}; rerun it when the corpus changes\n"
 
 
-def write_fold_options(corpus: Corpus, folder: Path) -> list[str]:
+def write_fold_options(corpus: Corpus, folder: Path) -> tuple[str, list[str]]:
+    """The subgroup's name and the sources it holds options for, in the corpus's order."""
     sources = sources_of(corpus.pairs())
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.yaml"):
+    group = folder / config_key(corpus.name, what="corpus name")  # a Hydra group name: no % or spaces
+    group.mkdir(parents=True, exist_ok=True)
+    for old in group.glob("*.yaml"):
         old.unlink()
     for source in sources:
         body = yaml.safe_dump({"heldout": source, "corpus": corpus.name}, allow_unicode=True, sort_keys=False)
-        inside(folder, source, ".yaml", what="source name").write_text(HEADER.format(corpus=corpus.name) + body)
-    return sources
+        inside(group, source, ".yaml", what="source name").write_text(HEADER.format(corpus=corpus.name) + body)
+    return f"fold/{group.name}", sources
 
 
 def make_folds(cfg: DictConfig) -> int:
-    """``make_folds.py``: point the ``fold`` group at the configured corpus's sources."""
-    folder = Path(cfg.fold_dir)
-    sources = write_fold_options(instantiate_checked(cfg.corpus), folder)
-    print(f"{folder}: {len(sources)} fold options: {', '.join(sources)}")
+    """``make_folds.py``: fold options for the configured corpus, and the sweep command that uses them."""
+    corpus = instantiate_checked(cfg.corpus)
+    group, sources = write_fold_options(corpus, Path(cfg.fold_dir))
+    print(f"{Path(cfg.fold_dir) / group.removeprefix('fold/')}: {len(sources)} fold options: {', '.join(sources)}")
+    print(f"sweep them with: python train.py -m <the same corpus options> '+{group}=glob(*)'")
     return 0
