@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import subprocess
 from pathlib import Path
-
-import inspect
 
 import numpy as np
 import pytest
@@ -46,7 +45,20 @@ def targets(node, key: str = ""):
 
 
 @pytest.mark.parametrize(
-    "group", ["arch", "fold", "teacher", "trainer", "corpus", "libvmaf", "data", "model", "model/loss", "tracking", "experiment"]
+    "group",
+    [
+        "arch",
+        "fold",
+        "teacher",
+        "trainer",
+        "corpus",
+        "libvmaf",
+        "data",
+        "model",
+        "model/loss",
+        "tracking",
+        "experiment",
+    ],
 )
 def test_every_option_of_every_group_composes_and_names_real_targets(group, compose):
     """Each ``_target_`` imports, and its options are parameters it takes: a typo in either fails here."""
@@ -66,7 +78,9 @@ def test_every_option_of_every_group_composes_and_names_real_targets(group, comp
             try:
                 inspect.signature(target).bind_partial(**options_given)
             except TypeError as exc:
-                pytest.fail(f"{group}={option}: {key} ({node['_target_']}) does not take {sorted(options_given)}: {exc}")
+                pytest.fail(
+                    f"{group}={option}: {key} ({node['_target_']}) does not take {sorted(options_given)}: {exc}"
+                )
 
 
 def test_fold_options_are_the_default_corpus_sources():
@@ -217,8 +231,14 @@ def test_make_folds_options_sweep_exactly_the_corpus_and_leave_the_repository_cl
         after = subprocess.run(git_status, capture_output=True, text=True, cwd=CONFIGS)
         assert before.returncode == after.returncode == 0 and after.stdout == before.stdout  # nothing tracked or new
         overrides = [o for o in tiny_overrides if not o.startswith(("corpus", "fold."))]
-        proc = run_entry("train.py", "-m", *overrides, *corpus, f"+fold/{group.name}=glob(*)", "arch=linear", "trainer.max_epochs=1")
+        proc = run_entry(
+            "train.py", "-m", *overrides, *corpus, f"+fold/{group.name}=glob(*)", "arch=linear", "trainer.max_epochs=1"
+        )
         assert proc.returncode == 0, proc.stderr
-        assert "linear fold=Bars: " in proc.stdout and "linear fold=Mandel: " in proc.stdout and proc.stdout.count("linear fold=") == 2
+        assert (
+            "linear fold=Bars: " in proc.stdout
+            and "linear fold=Mandel: " in proc.stdout
+            and proc.stdout.count("linear fold=") == 2
+        )
     finally:
         shutil.rmtree(group, ignore_errors=True)

@@ -43,7 +43,9 @@ def fold_runs(
     if recipe is not None:
         runs = [r for r in runs if r.data.params.get("experiment", "default") == recipe]
     if not runs:
-        raise TinyVmafError(f"the MLflow experiment holds no fold runs{f' of experiment={recipe}' if recipe else ''}; run train.py first")
+        raise TinyVmafError(
+            f"the MLflow experiment holds no fold runs{f' of experiment={recipe}' if recipe else ''}; run train.py first"
+        )
     if sweep_id is None:
         sweep_id = runs[0].data.tags.get("sweep_id")
     mine = [r for r in runs if r.data.tags.get("sweep_id") == sweep_id]
