@@ -119,6 +119,8 @@ def exported(swept, compose):
     overrides = [o for o in base if not o.startswith(("fold.", "data.batch_size"))]
     cfg = compose(
         "export",
+        "~experiment",  # the swept recipe (3 epochs, default augmentation): the metadata must name it
+        "loso_sweep_id=s1",
         *overrides,
         f"exports.vmaf_tiny_v1.output={tmp}/models/a.onnx",
         f"exports.vmaf_tiny_v1_medium.output={tmp}/models/b.onnx",
@@ -146,7 +148,8 @@ def test_exported_files_are_self_contained_and_follow_the_contract(exported, tmp
         assert meta["corpus"].startswith("tiny:") and meta["libvmaf_version"]
         proto = onnx.load(str(lonely), load_external_data=False)
         assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
-    assert "loso_rmse_mean" in ort.InferenceSession(str(tmp / "models" / "a.onnx")).get_modelmeta().custom_metadata_map
+    meta = ort.InferenceSession(str(tmp / "models" / "a.onnx")).get_modelmeta().custom_metadata_map
+    assert meta["experiment"] == "default" and meta["loso_sweep_id"] == "s1" and "loso_rmse_mean" in meta
 
 
 def test_run_model_export_matches_torch(swept, tmp_path, compose):

@@ -242,3 +242,25 @@ def test_make_folds_options_sweep_exactly_the_corpus_and_leave_the_repository_cl
         )
     finally:
         shutil.rmtree(group, ignore_errors=True)
+
+
+def test_module_state_follows_the_module_to_its_device(compose):
+    """What trainer=gpu needs: no tensor of the module is left behind when Lightning moves it."""
+    module = instantiate(compose("train").model)
+    module.to("meta")
+    stray = [name for name, value in vars(module).items() if isinstance(value, torch.Tensor)]
+    assert not stray, f"tensors outside the module's state: {stray}"
+    assert {t.device.type for t in (*module.parameters(), *module.buffers())} == {"meta"}
+    assert all(
+        state.device.type == "meta"
+        for m in module.heldout_metrics.values()
+        for state in m.metric_state.values()
+        if isinstance(state, torch.Tensor)
+    )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_one_fold_on_the_gpu_matches_the_cpu(tiny_overrides, compose):
+    cpu = train(compose("train", *tiny_overrides, "fold.heldout=Bars", "sweep_id=cpu"))
+    gpu = train(compose("train", *tiny_overrides, "fold.heldout=Bars", "sweep_id=gpu", "trainer=gpu"))
+    assert set(gpu) == set(cpu) and abs(gpu["heldout_rmse"] - cpu["heldout_rmse"]) <= 0.05 * cpu["heldout_rmse"] + 1e-3

@@ -47,9 +47,9 @@ class HeldoutHistory(L.Callback):
         self.history: list[dict[str, float]] = []
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: TinyVmafModule) -> None:
-        predicted = torch.cat(pl_module.epoch_predictions)
-        pl_module.epoch_predictions.clear()
-        row = {f"heldout_{k}": v for k, v in score_metrics(predicted, trainer.datamodule.test_y).items()}
+        values = pl_module.heldout_metrics.compute()
+        pl_module.heldout_metrics.reset()
+        row = {f"heldout_{name}": float(values[name]) for name in METRIC_NAMES}
         row["epoch"] = trainer.current_epoch
         self.history.append(row)
 

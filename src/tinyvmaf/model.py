@@ -11,6 +11,7 @@ from collections.abc import Callable
 import lightning as L
 import torch
 from torch import nn
+from torchmetrics import MetricCollection
 
 from tinyvmaf.data import Standardization, transform_features
 from tinyvmaf.errors import TinyVmafError
@@ -100,6 +101,7 @@ class TinyVmafModule(L.LightningModule):
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         log_motion: bool = False,
         loss: nn.Module | None = None,
+        heldout_metrics: MetricCollection | None = None,
     ) -> None:
         super().__init__()
         self.model = VmafNet(net, log_motion)
@@ -109,8 +111,9 @@ class TinyVmafModule(L.LightningModule):
         # Manual optimization: Lightning's automatic loop (closures, hooks) costs more per step
         # than the arithmetic of a 257-parameter MLP.
         self.automatic_optimization = False
-        self.epoch_predictions: list[torch.Tensor] = []
-        self.train_loss_sum = torch.zeros(())
+        # Module state, so that it moves with the module to the Trainer's device (trainer=gpu).
+        self.heldout_metrics = heldout_metrics if heldout_metrics is not None else MetricCollection({})
+        self.register_buffer("train_loss_sum", torch.zeros(()), persistent=False)
         self.train_batches = 0
 
     @property
@@ -151,8 +154,8 @@ class TinyVmafModule(L.LightningModule):
             self.train_batches += 1
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        x, _ = batch
-        self.epoch_predictions.append(self.model.predict(x))
+        x, y = batch
+        self.heldout_metrics.update(self.model.predict(x).double(), y.double())
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())
