@@ -163,7 +163,7 @@ class TeacherCache:
         with (
             Progress(*columns, transient=True) as progress,
             ThreadPoolExecutor(self.n_jobs) as pool,
-            tools_stopped_on_interrupt(),
+            tools_stopped_on_interrupt(pool),
         ):
             task = progress.add_task(corpus.name, total=len(todo))
             futures = {pool.submit(self._compute_one, corpus, p, k, version): p for p, k in todo}

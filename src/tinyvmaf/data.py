@@ -17,39 +17,11 @@ import torch
 from tinyvmaf.cache import FrameTable, TeacherCache
 from tinyvmaf.corpus import Corpus, sources_of
 from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.features import Standardization, transform_features
 from tinyvmaf.teacher import FEATURE_NAMES
 from tinyvmaf.teacher.function import DOMAIN_HIGH, DOMAIN_LOW, load_teacher
 
-MOTION = FEATURE_NAMES.index("integer_motion2")
-
 _BUILT: set[tuple[str, str]] = set()  # (cache root, corpus) built by this process: sweeps check once
-
-
-@dataclass(frozen=True)
-class Standardization:
-    """Mean and standard deviation of the six features and of the teacher score (float64)."""
-
-    feature_mean: np.ndarray
-    feature_std: np.ndarray
-    target_mean: float
-    target_std: float
-
-    @classmethod
-    def fit(cls, features: np.ndarray, target: np.ndarray) -> Standardization:
-        std = features.std(axis=0)
-        return cls(features.mean(axis=0), np.where(std > 0, std, 1.0), float(target.mean()), float(target.std() or 1.0))
-
-
-def transform_features(features: np.ndarray | torch.Tensor, log_motion: bool) -> np.ndarray | torch.Tensor:
-    """The models' input transform: optionally log1p of motion2, whose tail runs to ~100."""
-    if not log_motion:
-        return features
-    if isinstance(features, torch.Tensor):
-        motion = torch.log1p(features[:, MOTION : MOTION + 1].clamp(min=0))
-        return torch.cat([features[:, :MOTION], motion, features[:, MOTION + 1 :]], dim=1)
-    out = features.copy()
-    out[:, MOTION] = np.log1p(np.maximum(features[:, MOTION], 0))
-    return out
 
 
 @dataclass(frozen=True)
@@ -113,7 +85,7 @@ class Augmentation:
 class TensorBatches:
     """Mini-batches sliced from whole tensors: no per-sample Python, no worker processes.
 
-    Each item holds ``group`` consecutive mini-batches, which the model steps through one by
+    Each item holds ``minibatches_per_step`` consecutive mini-batches, which the model steps through one by
     one: the same updates in the same order, at a fraction of Lightning's per-batch overhead.
     """
 
@@ -124,19 +96,20 @@ class TensorBatches:
         batch_size: int,
         shuffle: bool,
         seed: int = 0,
-        group: int = 1,
+        minibatches_per_step: int = 1,
     ) -> None:
-        self.x, self.y, self.batch_size, self.shuffle, self.group = x, y, batch_size, shuffle, group
+        self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
+        self.minibatches_per_step = minibatches_per_step
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
-        return -(-len(self.x) // (self.batch_size * self.group))
+        return -(-len(self.x) // (self.batch_size * self.minibatches_per_step))
 
     def __iter__(self):
         x, y = self.x, self.y
         order = torch.randperm(len(x), generator=self.generator) if self.shuffle else torch.arange(len(x))
-        for start in range(0, len(x), self.batch_size * self.group):
-            idx = order[start : start + self.batch_size * self.group]
+        for start in range(0, len(x), self.batch_size * self.minibatches_per_step):
+            idx = order[start : start + self.batch_size * self.minibatches_per_step]
             yield x[idx], y[idx]
 
 
@@ -152,12 +125,12 @@ class LosoDataModule(L.LightningDataModule):
         build_cache: bool = True,
         augment: Augmentation | None = None,
         log_motion: bool = False,
-        group: int = 1,
+        minibatches_per_step: int = 1,
     ) -> None:
         super().__init__()
         self.augment = augment or Augmentation()
         self.log_motion = log_motion
-        self.group = group
+        self.minibatches_per_step = minibatches_per_step
         self.corpus, self.cache, self.teacher, self.heldout = corpus, cache, teacher, heldout
         self.batch_size, self.seed, self.build_cache = batch_size, seed, build_cache
         self.table: FrameTable | None = None
@@ -208,7 +181,9 @@ class LosoDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> TensorBatches:
         x, y = torch.cat([self.train_x, self.synthetic_x]), torch.cat([self.train_y, self.synthetic_y])
-        return TensorBatches(x, y, self.batch_size, shuffle=True, seed=self.seed, group=self.group)
+        return TensorBatches(
+            x, y, self.batch_size, shuffle=True, seed=self.seed, minibatches_per_step=self.minibatches_per_step
+        )
 
     def val_dataloader(self) -> TensorBatches | list:
         """The held-out source in one batch; nothing when training on every source (export)."""

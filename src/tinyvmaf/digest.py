@@ -239,14 +239,18 @@ def comparison(digest: dict, other: dict, sweep: str, other_sweep: str) -> list[
     return lines
 
 
-def markdown(sweep_id: str, digest: dict, status: SweepStatus) -> str:
-    p0 = next(iter(status.finished.values())).data.params
+def markdown(
+    sweep_id: str, archs: dict, status: SweepStatus, teacher_row: dict | None = None, comparison_lines: list[str] = ()
+) -> str:
+    """digest.md: the recipe, the aggregate table (and the teacher function's row), completeness,
+    a comparison with another sweep when asked, and the per-fold tables."""
+    params = next(iter(status.finished.values())).data.params
     lines = [
         f"# tinyvmaf digest: sweep {sweep_id}",
         "",
-        f"Teacher `{p0.get('teacher')}` (libvmaf {p0.get('libvmaf_version')}), corpus `{p0.get('corpus')}`, "
-        f"{p0.get('epochs')} epochs, lr {p0.get('lr')}, batch {p0.get('batch_size')}, seed {p0.get('seed')}, "
-        f"feature-space augmentation {'x' + p0['augment_amount'] if p0.get('augment') == 'True' else 'off'}. "
+        f"Teacher `{params.get('teacher')}` (libvmaf {params.get('libvmaf_version')}), corpus `{params.get('corpus')}`, "
+        f"{params.get('epochs')} epochs, lr {params.get('lr')}, batch {params.get('batch_size')}, seed {params.get('seed')}, "
+        f"feature-space augmentation {'x' + params['augment_amount'] if params.get('augment') == 'True' else 'off'}. "
         "Leave-one-source-out: each fold trains on every other source and is scored on the held-out one.",
         "",
         "## Aggregate (mean ± sample std across folds)",
@@ -254,7 +258,7 @@ def markdown(sweep_id: str, digest: dict, status: SweepStatus) -> str:
         "| arch | params | PLCC | SROCC | RMSE |",
         "|---|---:|---:|---:|---:|",
     ]
-    for arch, row in _archs(digest).items():
+    for arch, row in archs.items():
         cells = [
             f"{row[f'{m}_mean']:.4f} ± {row[f'{m}_std']:.4f}"
             if m != "rmse"
@@ -262,20 +266,20 @@ def markdown(sweep_id: str, digest: dict, status: SweepStatus) -> str:
             for m in METRIC_NAMES
         ]
         lines.append(f"| {arch} | {row['params']:,} | " + " | ".join(cells) + " |")
-    if "teacher function" in digest.get("_extra", {}):
-        tf = digest["_extra"]["teacher function"]
+    if teacher_row is not None:
+        row = teacher_row
         lines.append(
-            f"| teacher function | 0 | {tf['plcc_mean']:.6f} ± {tf['plcc_std']:.6f} | {tf['srocc_mean']:.6f} ± {tf['srocc_std']:.6f} "
-            f"| {tf['rmse_mean']:.6f} ± {tf['rmse_std']:.6f} |"
+            f"| teacher function | 0 | {row['plcc_mean']:.6f} ± {row['plcc_std']:.6f} | {row['srocc_mean']:.6f} ± {row['srocc_std']:.6f} "
+            f"| {row['rmse_mean']:.6f} ± {row['rmse_std']:.6f} |"
         )
         lines += [
             "",
-            f"The teacher-function row is libvmaf's `{p0.get('teacher')}` model JSON evaluated in numpy from the cached features, "
-            f"scored against the values libvmaf logged (max |difference| {tf['max_abs']:.1e} over {sum(f['n'] for f in tf['folds']):,} frames).",
+            f"The teacher-function row is libvmaf's `{params.get('teacher')}` model JSON evaluated in numpy from the cached features, "
+            f"scored against the values libvmaf logged (max |difference| {row['max_abs']:.1e} over {sum(f['n'] for f in row['folds']):,} frames).",
         ]
     lines += completeness_lines(status)
-    lines += digest.get("_extra", {}).get("comparison", [])
-    for arch, row in _archs(digest).items():
+    lines += comparison_lines
+    for arch, row in archs.items():
         lines += [
             "",
             f"## {arch}",
@@ -297,10 +301,6 @@ def markdown(sweep_id: str, digest: dict, status: SweepStatus) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def _archs(digest: dict) -> dict:
-    return {k: v for k, v in digest.items() if not k.startswith("_")}
 
 
 def scatter_figure(client: MlflowClient, digest: dict, path: Path) -> None:
@@ -364,20 +364,20 @@ def write_digest(cfg: DictConfig) -> int:
         "failed_runs": status.failed,
         "running_runs": status.running,
     }
-    extra: dict = {}
+    teacher_row, comparison_lines = None, []
     if cfg.get("teacher_function_row", True):
         corpus, cache = instantiate_checked(cfg.corpus), instantiate_checked(cfg.cache)
         teacher = runs[0].data.params.get("teacher", "vmaf_v0.6.1")
-        document["teacher_function"] = extra["teacher function"] = teacher_function_row(cache.ready(corpus), teacher)
+        document["teacher_function"] = teacher_row = teacher_function_row(cache.ready(corpus), teacher)
     if cfg.get("compare_sweep_id"):
         other_sweep, other_runs = fold_runs(client, experiment_id, cfg.compare_sweep_id)
         other = aggregate(sweep_status(other_runs))
         document["compared_with"] = {"sweep_id": other_sweep, "archs": other}
-        extra["comparison"] = comparison(archs, other, sweep, other_sweep)
+        comparison_lines = comparison(archs, other, sweep, other_sweep)
     out = inside(Path(cfg.reports_dir), sweep, what="sweep_id")
     out.mkdir(parents=True, exist_ok=True)
     (out / "digest.json").write_text(json.dumps(document, indent=2))
-    (out / "digest.md").write_text(markdown(sweep, {**archs, "_extra": extra}, status))
+    (out / "digest.md").write_text(markdown(sweep, archs, status, teacher_row, comparison_lines))
     scatter_figure(client, archs, out / "scatter.png")
     rmse_figure(archs, out / "rmse_per_fold.png")
     with tracked_run(client, experiment_id, f"digest-{sweep}", {"sweep_id": sweep, DIGEST_TAG: "1"}) as run:

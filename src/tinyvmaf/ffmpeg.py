@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -199,9 +200,10 @@ def _text(file) -> str:
 
 
 @contextlib.contextmanager
-def tools_stopped_on_interrupt() -> Iterator[None]:
-    """On Ctrl-C or SIGTERM inside the block, kill every running tool and refuse new ones, so that
-    worker threads end at once and clean up their temporary folders."""
+def tools_stopped_on_interrupt(pool: Executor) -> Iterator[None]:
+    """On Ctrl-C or SIGTERM (or any error) inside the block, kill every running tool, refuse new
+    ones until ``pool`` has dropped its queue and its threads have ended, so that they end at once
+    and clean up their temporary folders. Tools run normally again afterwards."""
     _stopped.clear()
     try:
         yield
@@ -210,4 +212,7 @@ def tools_stopped_on_interrupt() -> Iterator[None]:
             _stopped.set()
             for proc in _running:
                 proc.kill()
+        pool.shutdown(wait=True, cancel_futures=True)
         raise
+    finally:
+        _stopped.clear()

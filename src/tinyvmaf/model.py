@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torchmetrics import MetricCollection
 
-from tinyvmaf.data import Standardization, transform_features
 from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.features import Standardization, transform_features
 from tinyvmaf.teacher import FEATURE_NAMES
 
 N_FEATURES = len(FEATURE_NAMES)
@@ -132,7 +132,7 @@ class TinyVmafModule(L.LightningModule):
         self.model.set_standardization(self.trainer.datamodule.standardization)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        """One optimizer step per mini-batch of the group the data module hands over."""
+        """One optimizer step per mini-batch of the ``minibatches_per_step`` the data module hands over."""
         optimizer = self.optimizers(use_pl_optimizer=False)
         scheduler = self.lr_schedulers() if self.scheduler_factory is not None else None
         m = self.model

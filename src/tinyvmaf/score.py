@@ -138,15 +138,15 @@ def evaluate_onnx(cfg: DictConfig) -> int:
     corpus = instantiate_checked(cfg.corpus)
     cache: TeacherCache = instantiate_checked(cfg.cache)
     table = cache.ready(corpus)
-    teacher = table.scores[cfg.teacher.model]
+    teacher_scores = table.scores[cfg.teacher.model]
     predicted = model.predict(table.features)
-    rows = Table(title=f"{model.path} on corpus {table.corpus} (teacher {cfg.teacher.model})")
+    report = Table(title=f"{model.path} on corpus {table.corpus} (teacher {cfg.teacher.model})")
     for name in ("source", "n", "PLCC", "SROCC", "RMSE"):
-        rows.add_column(name, justify="right")
-    per_source = metrics_per_source(predicted, teacher, table.source_of_frame, table.sources)
-    everything = metrics_per_source(predicted, teacher, np.zeros(len(table), dtype=np.int64), ["all"])
+        report.add_column(name, justify="right")
+    per_source = metrics_per_source(predicted, teacher_scores, table.source_of_frame, table.sources)
+    everything = metrics_per_source(predicted, teacher_scores, np.zeros(len(table), dtype=np.int64), ["all"])
     for m in [*per_source, *everything]:
-        rows.add_row(
+        report.add_row(
             m["source"],
             str(m["n"]),
             f"{m['plcc']:.4f}",
@@ -154,5 +154,5 @@ def evaluate_onnx(cfg: DictConfig) -> int:
             f"{m['rmse']:.3f}",
             end_section=m is per_source[-1],
         )
-    Console().print(rows)
+    Console().print(report)
     return 0

@@ -81,7 +81,7 @@ def _finite(cfg: DictConfig, key: str, low: float, low_included: bool) -> None:
 
 def check_options(cfg: DictConfig) -> None:
     """The training options a typo can break, checked before anything is logged: one line naming the option."""
-    for key in ("trainer.max_epochs", "data.batch_size", "data.group", "torch_threads"):
+    for key in ("trainer.max_epochs", "data.batch_size", "data.minibatches_per_step", "torch_threads"):
         _positive_int(cfg, key)
     _finite(cfg, "model.optimizer.lr", 0.0, low_included=False)
     _finite(cfg, "model.optimizer.weight_decay", 0.0, low_included=True)
