@@ -15,10 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
+from common import ROOT, compose
 from hydra.utils import instantiate
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def timed_command(data: str) -> float:
@@ -35,8 +33,7 @@ def timed_command(data: str) -> float:
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tinyvmaf-cache-bench-") as data:
         cold, warm = timed_command(data), timed_command(data)
-        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-            cfg = compose("build_cache", overrides=[f"paths.data_dir={data}"])
+        cfg = compose("build_cache", f"paths.data_dir={data}")
         corpus, cache = instantiate(cfg.corpus), instantiate(cfg.cache)
         start = time.perf_counter()
         table = cache.load(corpus)

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from common import ROOT
 
 from tinyvmaf.teacher import FEATURE_NAMES
 from tinyvmaf.teacher.function import domain_points, load_teacher
 
-ROOT = Path(__file__).resolve().parents[1]
 PROBES = {
     "5^6 grid + 20,000 random (the test)": dict(grid_steps=5, n_random=20_000, seed=42),
     "7^6 grid": dict(grid_steps=7, n_random=0, seed=0),

@@ -12,17 +12,14 @@ from __future__ import annotations
 import os
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from hydra import compose, initialize_config_dir
+from common import ROOT, compose
 from hydra.utils import instantiate
 
 from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
 from tinyvmaf.teacher.function import load_teacher
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def frames_per_second(fn, frames: int, repeats: int = 3) -> float:
@@ -35,8 +32,7 @@ def frames_per_second(fn, frames: int, repeats: int = 3) -> float:
 
 
 def main() -> None:
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("build_cache")
+    cfg = compose("build_cache")
     corpus, cache = instantiate(cfg.corpus), instantiate(cfg.cache)
     table = cache.load(corpus)
     big = np.resize(table.features.astype(np.float32), (100_000, 6))

@@ -14,11 +14,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
+from common import ROOT
 from mlflow.tracking import MlflowClient
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(extra: list[str]) -> None:
@@ -41,7 +39,7 @@ def main(extra: list[str]) -> None:
     print(
         f"27-run sweep: {seconds:.1f} s wall ({len(runs)} runs, {sum(r.info.status == 'FINISHED' for r in runs)} finished)"
     )
-    for arch in ("mlp_small", "mlp_medium", "linear"):
+    for arch in dict.fromkeys(r.data.params.get("arch") for r in sorted(runs, key=lambda r: r.info.start_time)):
         mine = [r.data.metrics for r in runs if r.data.params.get("arch") == arch]
         means = {k: sum(m[k] for m in mine) / len(mine) for k in ("heldout_plcc", "heldout_srocc", "heldout_rmse")}
         worst = max(m["heldout_rmse"] for m in mine)

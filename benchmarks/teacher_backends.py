@@ -19,14 +19,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from hydra import compose, initialize_config_dir
+from common import ROOT, compose
 from hydra.utils import instantiate
 
 from tinyvmaf.cache import TeacherCache
 from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
 from tinyvmaf.teacher.vmaf_cli import VmafCli
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def vmaf_tool(scratch: Path) -> str:
@@ -42,8 +40,7 @@ def vmaf_tool(scratch: Path) -> str:
 
 
 def main() -> None:
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("build_cache")
+    cfg = compose("build_cache")
     corpus = instantiate(cfg.corpus)
     pairs = corpus.pairs()  # generates the corpus first if needed: not timed
     models = list(cfg.cache.models)

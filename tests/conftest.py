@@ -49,6 +49,12 @@ def _make_clip(
 
 
 @pytest.fixture(scope="session")
+def repo() -> Path:
+    """The checkout: entry points, configs/ and the shipped models/."""
+    return ROOT
+
+
+@pytest.fixture(scope="session")
 def make_clip() -> Callable[..., Path]:
     return _make_clip
 

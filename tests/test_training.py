@@ -25,11 +25,9 @@ from tinyvmaf.model import CensoredMSELoss, count_params
 from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
 from tinyvmaf.training import train
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
-
-def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+def options(repo: Path, group: str) -> list[str]:
+    return sorted(p.stem for p in (repo / "configs" / group).glob("*.yaml"))
 
 
 def targets(node, key: str = ""):
@@ -60,9 +58,9 @@ def targets(node, key: str = ""):
         "experiment",
     ],
 )
-def test_every_option_of_every_group_composes_and_names_real_targets(group, compose):
+def test_every_option_of_every_group_composes_and_names_real_targets(group, compose, repo):
     """Each ``_target_`` imports, and its options are parameters it takes: a typo in either fails here."""
-    for option in options(group):
+    for option in options(repo, group):
         extra = {
             "corpus": {"directory": ["corpus.root=/x"], "dataset_file": ["corpus.path=/x"]},
             "libvmaf": {"cli": ["libvmaf.path=/x"]},
@@ -83,9 +81,9 @@ def test_every_option_of_every_group_composes_and_names_real_targets(group, comp
                 )
 
 
-def test_fold_options_are_the_default_corpus_sources():
-    sources = yaml.safe_load((CONFIGS / "corpus" / "default.yaml").read_text())["sources"]
-    assert options("fold") == sorted(sources)
+def test_fold_options_are_the_default_corpus_sources(repo):
+    sources = yaml.safe_load((repo / "configs" / "corpus" / "default.yaml").read_text())["sources"]
+    assert options(repo, "fold") == sorted(sources)
 
 
 @pytest.mark.parametrize("arch, n_params", [("mlp_small", 257), ("mlp_medium", 2561), ("linear", 7)])
@@ -217,18 +215,19 @@ def test_unknown_arch_is_refused_before_any_run(tmp_path, run_entry):
 
 
 @pytest.mark.slow
-def test_make_folds_options_sweep_exactly_the_corpus_and_leave_the_repository_clean(tiny_overrides, run_entry):
+def test_make_folds_options_sweep_exactly_the_corpus_and_leave_the_repository_clean(tiny_overrides, run_entry, repo):
+    configs = repo / "configs"
     name = f"tiny make-folds {os.getpid()}"
-    group = CONFIGS / "fold" / config_key(name)
+    group = configs / "fold" / config_key(name)
     corpus = [o for o in tiny_overrides if o.startswith("corpus")] + [f"corpus.name='{name}'"]
-    git_status = ["git", "status", "--porcelain", "--untracked-files=all", "--", str(CONFIGS)]
-    before = subprocess.run(git_status, capture_output=True, text=True, cwd=CONFIGS)
+    git_status = ["git", "status", "--porcelain", "--untracked-files=all", "--", str(configs)]
+    before = subprocess.run(git_status, capture_output=True, text=True, cwd=configs)
     try:
         proc = run_entry("make_folds.py", *corpus)
         assert proc.returncode == 0, proc.stderr
         assert sorted(p.name for p in group.iterdir()) == ["Bars.yaml", "Mandel.yaml"]
         assert f"'+fold/{group.name}=glob(*)'" in proc.stdout
-        after = subprocess.run(git_status, capture_output=True, text=True, cwd=CONFIGS)
+        after = subprocess.run(git_status, capture_output=True, text=True, cwd=configs)
         assert before.returncode == after.returncode == 0 and after.stdout == before.stdout  # nothing tracked or new
         overrides = [o for o in tiny_overrides if not o.startswith(("corpus", "fold."))]
         proc = run_entry(

@@ -26,7 +26,6 @@ from tinyvmaf.files import config_key, safe_name
 from tinyvmaf.score import OnnxVmaf, score_log
 from tinyvmaf.training import train
 
-ROOT = Path(__file__).resolve().parents[1]
 HOSTILE = st.text(
     alphabet=st.sampled_from(list("ab./\\'\":,;[]=%\n\t ~.-_é中\x00")) | st.characters(), min_size=1, max_size=300
 )
@@ -112,7 +111,7 @@ def test_clip_names_with_quotes_colons_commas_and_brackets_work_end_to_end(tmp_p
     assert not list(work.iterdir())  # no x.json from a name parsed as a filter option
 
 
-def test_score_command_takes_a_hostile_pair_name(tmp_path, make_clip, run_entry):
+def test_score_command_takes_a_hostile_pair_name(tmp_path, make_clip, run_entry, repo):
     ref = make_clip(tmp_path / "in" / "Bob's ref [1].y4m", "testsrc2")
     dis = make_clip(
         tmp_path / "in" / "S__z:log_path=x, a;b.mp4",
@@ -124,7 +123,7 @@ def test_score_command_takes_a_hostile_pair_name(tmp_path, make_clip, run_entry)
         f"reference={hydra_string(str(ref))}",
         f"distorted={hydra_string(str(dis))}",
         "format=json",
-        f"onnx={ROOT}/models/vmaf_tiny_v1.onnx",
+        f"onnx={repo}/models/vmaf_tiny_v1.onnx",
     )
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads(proc.stdout)["frames"]) == 8
@@ -330,7 +329,9 @@ def children_of(pid: int) -> set[int]:
 
 
 @pytest.mark.slow
-def test_sigterm_stops_a_cache_build_its_ffmpeg_children_and_their_temporary_folders(tmp_path, make_clip, run_entry):
+def test_sigterm_stops_a_cache_build_its_ffmpeg_children_and_their_temporary_folders(
+    tmp_path, make_clip, run_entry, repo
+):
     root = tmp_path / "corpus"
     make_clip(root / "ref" / "Big.y4m", "testsrc2", frames=300, size="640x360")
     for i in range(6):
@@ -353,7 +354,7 @@ def test_sigterm_stops_a_cache_build_its_ffmpeg_children_and_their_temporary_fol
     ]
     env = {**os.environ, "TMPDIR": str(tmp)}
     proc = subprocess.Popen(
-        [os.sys.executable, str(ROOT / args[0]), *args[1:], f"hydra.run.dir={tmp_path}/h"],
+        [os.sys.executable, str(repo / args[0]), *args[1:], f"hydra.run.dir={tmp_path}/h"],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -374,7 +375,7 @@ def test_sigterm_stops_a_cache_build_its_ffmpeg_children_and_their_temporary_fol
     finished = list((tmp_path / "data" / "cache" / "corpus" / "clips").glob("*.json"))
     assert len(finished) < 6, "the build went on after SIGTERM"
     rerun = subprocess.run(
-        [os.sys.executable, str(ROOT / args[0]), *args[1:], f"hydra.run.dir={tmp_path}/h"],
+        [os.sys.executable, str(repo / args[0]), *args[1:], f"hydra.run.dir={tmp_path}/h"],
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -463,7 +464,7 @@ def test_the_digest_states_missing_killed_and_duplicate_runs(tiny_overrides, com
         (lambda log: log["frames"][4]["metrics"].update(vmaf=float("inf")), r"frame 4: vmaf is not finite \(inf\)"),
     ],
 )
-def test_a_damaged_libvmaf_log_is_one_line_naming_frame_and_feature(tmp_path, spoil, message):
+def test_a_damaged_libvmaf_log_is_one_line_naming_frame_and_feature(tmp_path, spoil, message, repo):
     frames = [{"frameNum": i, "metrics": {"integer_adm2": 0.9, "integer_motion2": 2.0, "integer_vif_scale0": 0.5, "integer_vif_scale1": 0.6,
                                           "integer_vif_scale2": 0.7, "integer_vif_scale3": 0.8, "vmaf": 80.0}} for i in range(8)]  # fmt: skip
     log = {"frames": frames}
@@ -471,7 +472,7 @@ def test_a_damaged_libvmaf_log_is_one_line_naming_frame_and_feature(tmp_path, sp
     path = tmp_path / "log.json"
     path.write_text(json.dumps(log))
     with pytest.raises(TinyVmafError, match=f"log.json: {message}"):
-        score_log(OnnxVmaf(ROOT / "models" / "vmaf_tiny_v1.onnx"), path)
+        score_log(OnnxVmaf(repo / "models" / "vmaf_tiny_v1.onnx"), path)
 
 
 def test_read_only_commands_create_no_store(tmp_path, run_entry):
