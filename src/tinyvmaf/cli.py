@@ -11,13 +11,16 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
+from omegaconf import DictConfig
 
-from tinyvmaf.errors import user_error
+from tinyvmaf.errors import instantiate_checked, user_error
 
 JOB_FAILED = "failed"
 INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C
@@ -47,8 +50,8 @@ def run_command(command: Callable[..., Any], *args: Any) -> Any:
 
     SIGTERM (a scheduler's stop, ``kill``) is handled as Ctrl-C: whatever the command holds is
     cleaned up on the way out, and the status is 130. Inside a Hydra multirun a failed job
-    returns ``JOB_FAILED`` instead of exiting, so the sweep goes on and ``FailedJobsExit``
-    makes it exit non-zero at the end.
+    leaves a ``FAILED`` file in its output folder and returns instead of exiting, so the sweep
+    goes on; ``FailedJobsExit`` reads those files in the launching process, wherever the job ran.
     """
     quiet_libraries()
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
@@ -61,33 +64,77 @@ def run_command(command: Callable[..., Any], *args: Any) -> Any:
         sys.exit(INTERRUPTED)
     except Exception as exc:
         message = user_error(exc)
+        if multirun:
+            _mark_failed(message or f"{type(exc).__name__}: {exc}")
         if message is None:
-            raise
+            raise  # a bug in tinyvmaf: its traceback is what helps
         print(f"error: {message}", file=sys.stderr)
         if multirun:
             return JOB_FAILED
         sys.exit(1)
     if multirun:
-        return JOB_FAILED if isinstance(status, int) and status != 0 else status
+        if isinstance(status, int) and status != 0:
+            _mark_failed(f"exit status {status}")
+            return JOB_FAILED
+        return status
     sys.exit(status if isinstance(status, int) else 0)
 
 
+FAILED_MARKER = "FAILED"
+
+
+def _mark_failed(message: str) -> None:
+    """The job's verdict, where the launching process finds it: the job's own output folder."""
+    folder = Path(HydraConfig.get().runtime.output_dir)
+    overrides = " ".join(HydraConfig.get().overrides.task)
+    (folder / FAILED_MARKER).write_text(f"{overrides}: {' '.join(message.split())}\n")
+
+
 class FailedJobsExit(Callback):
-    """Hydra callback: after a multirun, list failed jobs and exit 1 if there were any."""
+    """Hydra callback, in the launching process: after a multirun, list the jobs that failed and
+    exit 1 if any did, or if the sweep launched no job at all (``x=glob(*)`` on a misspelled group).
 
-    def __init__(self) -> None:
-        self.failed: list[str] = []
-        self.total = 0
-
-    def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
-        self.total += 1
-        failed = job_return.status.name == "FAILED" or (
-            job_return.status.name == "COMPLETED" and job_return.return_value == JOB_FAILED
-        )
-        if failed:
-            self.failed.append(" ".join(job_return.overrides))
+    It reads the ``FAILED`` files the jobs leave in their folders under the sweep folder, because a
+    job may run in another process (joblib) or on another machine (SLURM), where this object is not.
+    """
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        if self.failed:
-            print(f"error: {len(self.failed)} of {self.total} runs failed: " + "; ".join(self.failed), file=sys.stderr)
+        sweep_dir = Path(config.hydra.sweep.dir)
+        jobs = [d for d in sweep_dir.iterdir() if (d / ".hydra").is_dir()] if sweep_dir.is_dir() else []
+        failed = sorted((d / FAILED_MARKER).read_text().strip() for d in jobs if (d / FAILED_MARKER).is_file())
+        if not jobs:
+            print("error: the sweep launched no job: check the swept groups and values", file=sys.stderr)
             sys.exit(1)
+        if failed:
+            print(f"error: {len(failed)} of {len(jobs)} runs failed: " + "; ".join(failed), file=sys.stderr)
+            sys.exit(1)
+
+
+# Overrides of these keys change which corpus, and which teacher cache, the jobs train on.
+_CACHE_KEYS = ("corpus", "cache", "libvmaf", "paths", "n_jobs")
+
+
+class CacheBeforeJobs(Callback):
+    """Hydra callback, in the launching process: build or validate the configured corpus's teacher
+    cache once, before any job starts, so parallel jobs (joblib workers, SLURM array tasks) never
+    run libvmaf on the same clips twice. Skipped when the sweep varies the corpus or the cache."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        parser = OverridesParser.create()
+        swept = [o for o in parser.parse_overrides(list(config.hydra.overrides.task)) if o.is_sweep_override()]
+        if any(o.key_or_group.split("/")[0].split(".")[0] in _CACHE_KEYS for o in swept):
+            return
+        quiet_libraries()
+        try:
+            corpus, cache = instantiate_checked(config.corpus), instantiate_checked(config.cache)
+            report = cache.build(corpus)
+        except Exception as exc:
+            message = user_error(exc)
+            if message is None:
+                raise
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(1)
+        report.warn_left_out()
+        print(
+            f"teacher cache of corpus {corpus.name!r}: {len(report.built)} clip(s) computed, {len(report.reused)} reused"
+        )

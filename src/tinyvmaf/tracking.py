@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import requests
 from filelock import FileLock
 from mlflow.entities import Experiment, Metric, Param, Run, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
@@ -41,16 +42,46 @@ class Tracking:
         self.uri, self.name, self.artifact_root = uri, experiment, artifact_root
 
     def experiment(self) -> tuple[MlflowClient, str]:
-        """Client and experiment id, creating store and experiment once, under a lock."""
+        """Client and experiment id, creating store and experiment once.
+
+        Many processes may start at the same instant (joblib workers, a SLURM array): SQLite's
+        creation is serialised by a file lock, and against a server the loser of the race to
+        create the experiment takes the winner's.
+        """
+        self._check_server()
         with _store_lock(self.uri):
             client = MlflowClient(tracking_uri=self.uri)
             found = self._find(client)
             if found is not None:
                 return client, found.experiment_id
-            location = Path(self.artifact_root).resolve().as_uri() if self.artifact_root else None
-            return client, client.create_experiment(self.name, artifact_location=location)
+            try:
+                return client, client.create_experiment(self.name, artifact_location=self._artifact_location())
+            except MlflowException as exc:
+                found = self._find(client) if exc.error_code == "RESOURCE_ALREADY_EXISTS" else None
+                if found is None:
+                    raise
+                return client, found.experiment_id
+
+    def _artifact_location(self) -> str | None:
+        """A local store keeps artifacts in ``artifact_root``; a server decides itself (``--serve-artifacts``
+        gives ``mlflow-artifacts:``), so no client's disk is ever named to it."""
+        if self.artifact_root and not self.uri.startswith(("http://", "https://")):
+            return Path(self.artifact_root).resolve().as_uri()
+        return None
+
+    def _check_server(self) -> None:
+        """One line within seconds for a server that is down, instead of minutes of MLflow's retries."""
+        if not self.uri.startswith(("http://", "https://")):
+            return
+        try:
+            requests.get(f"{self.uri.rstrip('/')}/health", timeout=5).raise_for_status()
+        except requests.RequestException as exc:
+            raise TinyVmafError(
+                f"tracking.uri={self.uri}: no MLflow server answers there ({type(exc).__name__})"
+            ) from None
 
     def existing_experiment(self) -> tuple[MlflowClient, str]:
+        self._check_server()
         if self.uri.startswith("sqlite:///"):
             db = Path(self.uri.removeprefix("sqlite:///"))
             if not db.is_file():

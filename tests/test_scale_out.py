@@ -1,0 +1,155 @@
+"""Past one process: sweeps under Hydra's joblib and submitit launchers, the teacher cache built
+once before parallel jobs, and a team MLflow server on PostgreSQL, each with real processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+LAUNCHERS = {
+    "basic": [],
+    "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+    "submitit_local": ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"],
+}
+
+
+def experiment_runs(uri: str, name: str = "tinyvmaf-loso") -> list:
+    client = MlflowClient(uri)
+    return client.search_runs([client.get_experiment_by_name(name).experiment_id], max_results=1000)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["basic", "joblib", "submitit_local"])
+def test_a_failed_fold_fails_the_sweep_under_every_launcher(launcher, tiny_overrides, run_entry):
+    proc = run_entry(
+        "train.py",
+        "-m",
+        *tiny_overrides,
+        *LAUNCHERS[launcher],
+        "arch=linear",
+        "fold.heldout=Bars,Ghost",
+        "trainer.max_epochs=1",
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "error: 1 of 2 runs failed: " in proc.stderr and "fold=Ghost: no such source in corpus 'tiny'" in proc.stderr
+    statuses = sorted((r.data.tags["fold"], r.info.status) for r in experiment_runs(tiny_overrides[5].split("=", 1)[1]))
+    assert statuses == [("Bars", "FINISHED"), ("Ghost", "FAILED")]
+
+
+def test_a_sweep_that_launches_no_job_fails(run_entry, tmp_path):
+    proc = run_entry("train.py", "-m", "fold=glob(NoSuchSource*)", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db")
+    assert proc.returncode == 1 and "error: the sweep launched no job" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_cold_parallel_sweep_builds_the_cache_once_before_any_job(tiny_overrides, run_entry, tmp_path):
+    proc = run_entry(
+        "train.py",
+        "-m",
+        *tiny_overrides,
+        *LAUNCHERS["joblib"],
+        "arch=linear,mlp_small",
+        "fold.heldout=Bars,Mandel",
+        "trainer.max_epochs=1",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "teacher cache of corpus 'tiny': 6 clip(s) computed, 0 reused" in proc.stdout
+    entries = list((tmp_path / "data" / "cache" / "tiny" / "clips").glob("*.json"))
+    runs = experiment_runs(tiny_overrides[5].split("=", 1)[1])
+    assert len(entries) == 6 and len(runs) == 4
+    # every entry was written once, before the first job started: no worker ran libvmaf
+    assert max(e.stat().st_mtime for e in entries) * 1000 < min(r.info.start_time for r in runs)
+
+
+@pytest.mark.slow
+def test_build_cache_multirun_builds_every_corpus(tiny_corpus, make_clip, run_entry, tmp_path):
+    other = tmp_path / "other"
+    make_clip(other / "ref" / "Solo.y4m", "testsrc2")
+    make_clip(other / "dis" / "Solo__noisy.mp4", "testsrc2", vf="noise=alls=20")
+    proc = run_entry(
+        "build_cache.py",
+        "-m",
+        "corpus=directory",
+        f"corpus.root={tiny_corpus},{other}",
+        f"paths.data_dir={tmp_path}/data",
+        *LAUNCHERS["joblib"],
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert {p.parent.name for p in (tmp_path / "data" / "cache").glob("*/summary.json")} == {"corpus", "other"}
+    (other / "dis" / "Solo__noisy.mp4").write_bytes(b"broken")
+    proc = run_entry(
+        "build_cache.py",
+        "-m",
+        "corpus=directory",
+        f"corpus.root={tiny_corpus},{other}",
+        f"paths.data_dir={tmp_path}/data",
+    )
+    assert proc.returncode == 1 and "1 of 2 runs failed" in proc.stderr and "exit status 1" in proc.stderr
+
+
+def test_an_unreachable_server_is_one_line_within_seconds(tiny_overrides, run_entry):
+    start = time.monotonic()
+    proc = run_entry(
+        "train.py", *tiny_overrides, "tracking.uri=http://127.0.0.1:9"
+    )  # the discard port: nobody serves it
+    assert time.monotonic() - start < 30
+    assert (
+        proc.returncode == 1
+        and proc.stderr.strip()
+        == "error: tracking.uri=http://127.0.0.1:9: no MLflow server answers there (ConnectionError)"
+    )
+
+
+CREATE = """
+import sys
+from tinyvmaf.tracking import Tracking
+print(Tracking(sys.argv[1], sys.argv[2], sys.argv[3]).experiment()[1])
+"""
+
+
+def create_at_once(uri: str, name: str, artifact_root: str, n: int = 6) -> set[str]:
+    procs = [
+        subprocess.Popen([sys.executable, "-c", CREATE, uri, name, artifact_root], stdout=subprocess.PIPE, text=True)
+        for _ in range(n)
+    ]
+    outputs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    return set(outputs)
+
+
+def test_many_processes_create_the_experiment_at_once_on_sqlite(tmp_path):
+    assert len(create_at_once(f"sqlite:///{tmp_path}/mlflow.db", "race", str(tmp_path / "artifacts"))) == 1
+
+
+@pytest.mark.slow
+def test_many_processes_create_the_experiment_at_once_on_a_server(mlflow_server, tmp_path):
+    uri, _ = mlflow_server
+    assert len(create_at_once(uri, "race", str(tmp_path / "artifacts"), n=8)) == 1
+
+
+@pytest.mark.slow
+def test_a_parallel_sweep_against_a_team_server_on_postgresql(mlflow_server, tiny_overrides, run_entry, tmp_path):
+    uri, server_artifacts = mlflow_server
+    overrides = [o for o in tiny_overrides if not o.startswith("tracking.")]
+    proc = run_entry(
+        "train.py", "-m", *overrides, f"tracking.uri={uri}", "tracking.experiment=team-sweep", *LAUNCHERS["joblib"],
+        "arch=linear,mlp_small", "fold.heldout=Bars,Mandel", "sweep_id=pg",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    runs = experiment_runs(uri, "team-sweep")
+    assert sorted((r.data.tags["arch"], r.data.tags["fold"], r.info.status) for r in runs) == [
+        ("linear", "Bars", "FINISHED"), ("linear", "Mandel", "FINISHED"),
+        ("mlp_small", "Bars", "FINISHED"), ("mlp_small", "Mandel", "FINISHED"),
+    ]  # fmt: skip
+    client = MlflowClient(uri)
+    for r in runs:
+        assert {"heldout_rmse", "heldout_plcc", "heldout_srocc", "train_loss"} <= set(r.data.metrics)
+        assert len(client.get_metric_history(r.info.run_id, "heldout_rmse")) == 3
+        assert r.info.artifact_uri.startswith("mlflow-artifacts:")
+        assert {a.path for a in client.list_artifacts(r.info.run_id)} == {"config.yaml", "model.pt", "heldout.npz"}
+    assert len(list(server_artifacts.rglob("model.pt"))) == 4  # on the server's disk...
+    assert not (tmp_path / "mlruns").exists()  # ...and nothing on the client's
