@@ -10,6 +10,8 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tinyvmaf.training import train
+
 LAUNCHERS = {
     "basic": [],
     "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
@@ -153,3 +155,40 @@ def test_a_parallel_sweep_against_a_team_server_on_postgresql(mlflow_server, tin
         assert {a.path for a in client.list_artifacts(r.info.run_id)} == {"config.yaml", "model.pt", "heldout.npz"}
     assert len(list(server_artifacts.rglob("model.pt"))) == 4  # on the server's disk...
     assert not (tmp_path / "mlruns").exists()  # ...and nothing on the client's
+
+
+@pytest.mark.slow
+def test_whole_configuration_jobs_equal_the_per_fold_runs(tiny_overrides, run_entry, compose):
+    proc = run_entry(
+        "train.py",
+        "-m",
+        *tiny_overrides,
+        *LAUNCHERS["joblib"],
+        "arch=linear,mlp_small",
+        "fold.heldout=all",
+        "sweep_id=whole",
+    )
+    assert proc.returncode == 0, proc.stderr
+    uri = tiny_overrides[5].split("=", 1)[1]
+    runs = experiment_runs(uri)
+    parents = {r.data.tags["arch"]: r for r in runs if r.data.tags["fold"] == "all"}
+    children = [r for r in runs if r.data.tags["fold"] != "all"]
+    assert sorted(parents) == ["linear", "mlp_small"] and len(children) == 4
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parents[child.data.tags["arch"]].info.run_id
+        alone = train(
+            compose(
+                "train",
+                *tiny_overrides,
+                f"arch={child.data.tags['arch']}",
+                f"fold.heldout={child.data.tags['fold']}",
+                "sweep_id=alone",
+            )
+        )
+        for name in ("heldout_rmse", "heldout_plcc", "heldout_srocc", "train_loss"):
+            assert abs(child.data.metrics[name] - alone[name]) <= 1e-6
+    for arch, parent in parents.items():
+        rmse = [c.data.metrics["heldout_rmse"] for c in children if c.data.tags["arch"] == arch]
+        assert parent.data.metrics["loso_rmse_mean"] == pytest.approx(sum(rmse) / 2) and parent.data.metrics[
+            "loso_rmse_worst"
+        ] == max(rmse)

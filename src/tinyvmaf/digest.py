@@ -28,7 +28,7 @@ from tinyvmaf.errors import TinyVmafError, instantiate_checked
 from tinyvmaf.files import inside
 from tinyvmaf.metrics import METRIC_NAMES, metrics_per_source
 from tinyvmaf.teacher.function import load_teacher
-from tinyvmaf.tracking import tracked_run
+from tinyvmaf.tracking import LOSO_PARENT_TAG, tracked_run
 
 DIGEST_TAG = "tinyvmaf.digest"
 
@@ -39,7 +39,7 @@ def fold_runs(
     """The fold runs of ``sweep_id``, or of the latest sweep when it is None; with ``recipe``, only
     runs of that named recipe (``experiment_name``: ``default``, ``shipped``...) count."""
     found = client.search_runs([experiment_id], max_results=50000, order_by=["attributes.start_time DESC"])
-    runs = [r for r in found if DIGEST_TAG not in r.data.tags]
+    runs = [r for r in found if DIGEST_TAG not in r.data.tags and LOSO_PARENT_TAG not in r.data.tags]
     if recipe is not None:
         runs = [r for r in runs if r.data.params.get("experiment", "default") == recipe]
     if not runs:

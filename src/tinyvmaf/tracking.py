@@ -33,6 +33,9 @@ def _store_lock(uri: str) -> Iterator[None]:
         yield
 
 
+LOSO_PARENT_TAG = "tinyvmaf.loso_parent"  # a whole-configuration run (fold.heldout=all): its children are fold runs
+
+
 class Tracking:
     """The MLflow store and experiment of ``configs/tracking/``: runs are written with
     ``experiment()``, which creates store and experiment on first use; commands that only read

@@ -25,7 +25,7 @@ from tinyvmaf.data import LosoDataModule
 from tinyvmaf.errors import TinyVmafError, instantiate_checked
 from tinyvmaf.metrics import HeldoutHistory
 from tinyvmaf.model import TinyVmafModule
-from tinyvmaf.tracking import quoted, tracked_run
+from tinyvmaf.tracking import LOSO_PARENT_TAG, quoted, tracked_run
 
 
 def sweep_id(cfg: DictConfig) -> str:
@@ -106,8 +106,13 @@ def finished_run(client: MlflowClient, experiment_id: str, sweep: str, arch: str
     return next((r for r in runs if r.data.tags.get("arch") == arch and r.data.tags.get("fold") == heldout), None)
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Train one fold as configured; returns the final held-out metrics.
+ALL_FOLDS = "all"
+
+
+def train(cfg: DictConfig) -> dict[str, float] | float:
+    """``train.py``: one fold as configured, returning its final held-out metrics; or, with
+    ``fold.heldout=all``, every fold of the corpus in this one process (imports and set-up paid
+    once: the unit for a cluster job or a search trial), returning the LOSO mean held-out RMSE.
 
     A fold that the sweep (``sweep_id``) already finished with the same recipe is not trained
     again: an interrupted or preempted sweep is resumed by running the same command.
@@ -115,6 +120,42 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_options(cfg)
     torch.set_num_threads(cfg.torch_threads)
     client, experiment_id = instantiate_checked(cfg.tracking).experiment()
+    if str(cfg.fold.heldout) == ALL_FOLDS:
+        return train_every_fold(cfg, client, experiment_id)
+    return train_fold(cfg, client, experiment_id)
+
+
+def train_every_fold(cfg: DictConfig, client: MlflowClient, experiment_id: str) -> float:
+    """One parent run for the configuration, one child run per held-out source; the parent
+    carries the LOSO means and the worst fold."""
+    corpus, cache = instantiate_checked(cfg.corpus), instantiate_checked(cfg.cache)
+    sources = cache.ready(corpus).sources
+    arch, sweep = cfg.arch.name, sweep_id(cfg)
+    tags = {"sweep_id": sweep, "arch": arch, "fold": ALL_FOLDS, "teacher": cfg.teacher.model, LOSO_PARENT_TAG: "1"}
+    with tracked_run(client, experiment_id, f"{arch}-{ALL_FOLDS}", tags) as parent:
+        per_fold = {}
+        for source in sources:
+            fold_cfg = cfg.copy()
+            fold_cfg.fold.heldout = source
+            fold_cfg.fold.corpus = corpus.name
+            per_fold[source] = train_fold(fold_cfg, client, experiment_id, parent_run_id=parent.run_id)
+        rmse = [m["heldout_rmse"] for m in per_fold.values()]
+        summary = {
+            "loso_rmse_mean": float(np.mean(rmse)),
+            "loso_rmse_worst": float(np.max(rmse)),
+            "loso_plcc_mean": float(np.mean([m["heldout_plcc"] for m in per_fold.values()])),
+            "loso_srocc_mean": float(np.mean([m["heldout_srocc"] for m in per_fold.values()])),
+        }
+        parent.log_params({"experiment": cfg.get("experiment_name", "default"), "arch": arch, "folds": len(sources)})
+        parent.log_metrics([{"step": 0, **summary}], step_key="step")
+    print(f"{arch} fold=all: " + " ".join(f"{k}={v:.4f}" for k, v in summary.items()))
+    return summary["loso_rmse_mean"]
+
+
+def train_fold(
+    cfg: DictConfig, client: MlflowClient, experiment_id: str, parent_run_id: str | None = None
+) -> dict[str, float]:
+    """One LOSO fold, as its own MLflow run (a child of ``parent_run_id`` when given)."""
     arch, heldout, sweep, recipe = cfg.arch.name, str(cfg.fold.heldout), sweep_id(cfg), recipe_hash(cfg)
     done = finished_run(client, experiment_id, sweep, arch, heldout)
     if done is not None:
@@ -130,6 +171,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         # Where the run's process lives: evaluate.py tells a killed run from one still going.
         "host": os.uname().nodename, "pid": str(os.getpid()),
     }  # fmt: skip
+    if parent_run_id is not None:
+        tags["mlflow.parentRunId"] = parent_run_id  # MLflow's own: the UI nests the fold under its configuration
     with tracked_run(client, experiment_id, f"{arch}-{heldout}", tags) as run:
         corpus = instantiate_checked(cfg.corpus)
         if cfg.fold.get("corpus") not in (None, corpus.name):
