@@ -3,13 +3,18 @@ once before parallel jobs, and a team MLflow server on PostgreSQL, each with rea
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tinyvmaf.cache import TeacherCache, shard_of
+from tinyvmaf.corpus.directory import DirectoryCorpus
+from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.training import train
 
 LAUNCHERS = {
@@ -42,8 +47,8 @@ def test_a_failed_fold_fails_the_sweep_under_every_launcher(launcher, tiny_overr
     assert statuses == [("Bars", "FINISHED"), ("Ghost", "FAILED")]
 
 
-def test_a_sweep_that_launches_no_job_fails(run_entry, tmp_path):
-    proc = run_entry("train.py", "-m", "fold=glob(NoSuchSource*)", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db")
+def test_a_sweep_that_launches_no_job_fails(tiny_overrides, run_entry):
+    proc = run_entry("train.py", "-m", *tiny_overrides, "fold=glob(NoSuchSource*)")
     assert proc.returncode == 1 and "error: the sweep launched no job" in proc.stderr
 
 
@@ -192,3 +197,44 @@ def test_whole_configuration_jobs_equal_the_per_fold_runs(tiny_overrides, run_en
         assert parent.data.metrics["loso_rmse_mean"] == pytest.approx(sum(rmse) / 2) and parent.data.metrics[
             "loso_rmse_worst"
         ] == max(rmse)
+
+
+@pytest.mark.slow
+def test_a_sharded_build_over_two_jobs_equals_a_single_build(tiny_corpus, run_entry, tmp_path):
+    corpus = ["corpus=directory", f"corpus.root={tiny_corpus}", "cache.models=[vmaf_v0.6.1]"]
+    single = run_entry("build_cache.py", *corpus, f"paths.data_dir={tmp_path}/single")
+    assert single.returncode == 0, single.stderr
+    sharded = run_entry(
+        "build_cache.py",
+        "-m",
+        *corpus,
+        f"paths.data_dir={tmp_path}/sharded",
+        "cache.num_shards=2",
+        "cache.shard=0,1",
+        *LAUNCHERS["joblib"],
+    )
+    assert sharded.returncode == 0, sharded.stderr
+    assert "consolidated 6 clip(s) of corpus 'corpus'" in sharded.stdout
+    with (
+        np.load(tmp_path / "single" / "cache" / "corpus" / "frames.npz") as a,
+        np.load(tmp_path / "sharded" / "cache" / "corpus" / "frames.npz") as b,
+    ):
+        assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
+    # an entry from a machine with another libvmaf: the consolidation refuses the mixed cache
+    entry = next((tmp_path / "sharded" / "cache" / "corpus" / "clips").glob("*.json"))
+    document = json.loads(entry.read_text())
+    entry.write_text(json.dumps({**document, "libvmaf_version": "0.0.0-other", "key": "0" * 64}))
+    proc = run_entry("build_cache.py", *corpus, f"paths.data_dir={tmp_path}/sharded", "compute=false")
+    assert proc.returncode == 1 and "computed with libvmaf 0.0.0-other, but this machine has" in proc.stderr
+
+
+def test_shards_split_the_corpus_by_cost(tiny_corpus, make_clip):
+    make_clip(tiny_corpus / "ref" / "Long.y4m", "testsrc2", frames=40)
+    make_clip(tiny_corpus / "dis" / "Long__a.mp4", "testsrc2", frames=40)
+    pairs = DirectoryCorpus(tiny_corpus).pairs()
+    shards = [shard_of(pairs, i, 2) for i in range(2)]
+    assert sorted(p.asset for s in shards for p in s) == sorted(p.asset for p in pairs)  # each pair in one shard
+    # longest first to the lightest shard: 40 frames + 8 against 5 x 8, not 3 clips against 4
+    assert "Long__a" in {p.asset for p in shards[0]} and (len(shards[0]), len(shards[1])) == (2, 5)
+    with pytest.raises(TinyVmafError, match=r"cache.shard=2: must be an integer in \[0, 2\)"):
+        TeacherCache("/tmp/x", None, ["vmaf_v0.6.1"], num_shards=2, shard=2)

@@ -16,6 +16,7 @@ Entries are written atomically, so an interrupted build resumes where it stopped
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -29,6 +30,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tinyvmaf import ffmpeg
 from tinyvmaf.corpus import ClipPair, Corpus, Video, sources_of
 from tinyvmaf.errors import TinyVmafError, instantiate_checked
 from tinyvmaf.ffmpeg import tools_stopped_on_interrupt
@@ -100,13 +102,30 @@ class FrameTable:
 
 
 class TeacherCache:
-    def __init__(self, root: str | Path, libvmaf: Libvmaf, models: list[str], n_jobs: int | None = None) -> None:
+    """The cache of one teacher set. With ``num_shards`` > 1 and ``shard`` set, a build computes
+    only that shard's clips (balanced by cost across shards) and leaves consolidation to a plain
+    build, which then only reads: the way to spread a corpus over a cluster's jobs."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        libvmaf: Libvmaf,
+        models: list[str],
+        n_jobs: int | None = None,
+        num_shards: int = 1,
+        shard: int | None = None,
+    ) -> None:
         self.root = Path(root).expanduser().resolve()
         self.libvmaf = libvmaf
         self.models = list(models)
         if not self.models:
             raise TinyVmafError("cache.teachers: at least one teacher model is needed")
         self.n_jobs = n_jobs or os.cpu_count() or 1
+        if not (isinstance(num_shards, int) and num_shards >= 1):
+            raise TinyVmafError(f"cache.num_shards={num_shards!r}: must be an integer >= 1")
+        if shard is not None and not (isinstance(shard, int) and 0 <= shard < num_shards):
+            raise TinyVmafError(f"cache.shard={shard!r}: must be an integer in [0, {num_shards})")
+        self.num_shards, self.shard = num_shards, shard
 
     def folder(self, corpus: Corpus) -> Path:
         return inside(self.root, corpus.name, what="corpus name")
@@ -115,13 +134,17 @@ class TeacherCache:
         return inside(self.folder(corpus) / "clips", asset, ".json", what=f"corpus {corpus.name!r}: clip name")
 
     # -- build ------------------------------------------------------------------------------
-    def build(self, corpus: Corpus, pairs: list[ClipPair] | None = None) -> BuildReport:
-        """Compute every missing or stale entry; a warm cache runs no libvmaf at all."""
+    def build(self, corpus: Corpus, pairs: list[ClipPair] | None = None, compute: bool = True) -> BuildReport:
+        """Compute every missing or stale entry (of this shard, when sharded) and consolidate;
+        a warm cache runs no libvmaf at all. ``compute=False`` only consolidates what the shards
+        wrote: a missing entry is a failure, and an entry of another libvmaf version an error."""
         pairs = corpus.pairs() if pairs is None else pairs
         folder = self.folder(corpus)
         inputs = _InputMemo(folder / "inputs.json")
         version = inputs.probe(self.libvmaf, self.models)
         report = BuildReport(corpus.name)
+        if self.shard is not None:
+            pairs = shard_of(pairs, self.shard, self.num_shards)
         todo: list[tuple[ClipPair, str]] = []
         keys: dict[str, str] = {}
         for pair in pairs:
@@ -140,10 +163,14 @@ class TeacherCache:
                 report.repaired.append(Failure(pair.asset, str(exc)))
                 todo.append((pair, key))
         inputs.save()
-        if todo:
+        if not compute:
+            _refuse_other_versions(self, corpus, todo, version)
+            report.failures += [Failure(p.asset, "no shard computed it") for p, _ in todo]
+        elif todo:
             self._compute(corpus, todo, version, report)
-        failed = {f.asset for f in report.failures}
-        self._consolidate(corpus, [(p, keys[p.asset]) for p in pairs if p.asset not in failed], report)
+        if self.shard is None:  # a shard leaves frames.npz to the consolidating build
+            failed = {f.asset for f in report.failures}
+            self._consolidate(corpus, [(p, keys[p.asset]) for p in pairs if p.asset not in failed], report)
         return report
 
     def _key(self, pair: ClipPair, inputs: _InputMemo, version: str) -> str:
@@ -308,6 +335,45 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+def shard_of(pairs: list[ClipPair], shard: int, num_shards: int) -> list[ClipPair]:
+    """The pairs of one shard: longest first, each to the least loaded shard, cost = frames x pixels
+    of the reference (what libvmaf scores at). Every shard computes the same split."""
+    costs = {p.asset: _cost(p.reference) for p in pairs}
+    loads = [0] * num_shards
+    mine = set()
+    for pair in sorted(pairs, key=lambda p: (-costs[p.asset], p.asset)):
+        lightest = loads.index(min(loads))
+        loads[lightest] += costs[pair.asset]
+        if lightest == shard:
+            mine.add(pair.asset)
+    return [p for p in pairs if p.asset in mine]
+
+
+@functools.cache
+def _cost(video: Video) -> int:
+    try:
+        info = ffmpeg.probe(video.path, video.raw)
+    except TinyVmafError:
+        return 0  # the clip fails in whichever shard takes it, with its one-line reason
+    return info.n_frames * info.width * info.height
+
+
+def _refuse_other_versions(
+    cache: TeacherCache, corpus: Corpus, stale: list[tuple[ClipPair, str]], version: str
+) -> None:
+    """Shards on machines with another libvmaf wrote entries this one cannot use: a mixed cache."""
+    for pair, _ in stale:
+        try:
+            other = json.loads(cache.entry_path(corpus, pair.asset).read_bytes()).get("libvmaf_version")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if other not in (None, version):
+            raise TinyVmafError(
+                f"{cache.entry_path(corpus, pair.asset)}: computed with libvmaf {other}, but this machine has {version}; "
+                "every shard must run the same libvmaf (a mixed cache is refused)"
+            )
+
+
 class StaleEntry(Exception):
     """No entry, or one computed from other inputs, models or libvmaf: recompute it, silently."""
 
@@ -411,16 +477,19 @@ class _InputMemo:
 
 
 def build_cache(cfg: DictConfig) -> int:
-    """``build_cache.py``: build the cache of the configured corpus, print and save its summary.
+    """``build_cache.py``: build the cache of the configured corpus (or one shard of it), print and
+    save its summary. ``compute=false`` only consolidates what shards wrote.
 
     Exit status 1 if any clip failed; the failures are listed last, the other clips are kept.
     """
     corpus = instantiate_checked(cfg.corpus)
     cache: TeacherCache = instantiate_checked(cfg.cache)
-    report = cache.build(corpus)
+    report = cache.build(corpus, compute=cfg.get("compute", True))
     console = Console()
     summary_path = cache.folder(corpus) / "summary.json"
-    if summary_path.exists():
+    if cache.shard is not None:
+        console.print(f"shard {cache.shard} of {cache.num_shards}: its clips are in {cache.folder(corpus) / 'clips'}")
+    elif summary_path.exists():
         console.print(summary_table(json.loads(summary_path.read_text())))
         console.print(f"summary: {summary_path}")
     console.print(f"{len(report.built)} clip(s) computed, {len(report.reused)} reused from the cache")

@@ -120,21 +120,62 @@ class CacheBeforeJobs(Callback):
     run libvmaf on the same clips twice. Skipped when the sweep varies the corpus or the cache."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if any(key.split("/")[0].split(".")[0] in _CACHE_KEYS for key in _swept_keys(config)):
+            return
+        corpus, cache = _or_exit(lambda: (instantiate_checked(config.corpus), instantiate_checked(config.cache)))
+        report = _or_exit(lambda: cache.build(corpus))
+        report.warn_left_out()
+        print(
+            f"teacher cache of corpus {corpus.name!r}: {len(report.built)} clip(s) computed, {len(report.reused)} reused"
+        )
+
+
+class ConsolidateShards(Callback):
+    """Hydra callback, in the launching process: after a sweep over ``cache.shard``, write the
+    corpus's ``frames.npz`` and ``summary.json`` from the entries the shards wrote (no libvmaf).
+    It runs after ``FailedJobsExit``, so only when every shard succeeded."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         parser = OverridesParser.create()
-        swept = [o for o in parser.parse_overrides(list(config.hydra.overrides.task)) if o.is_sweep_override()]
-        if any(o.key_or_group.split("/")[0].split(".")[0] in _CACHE_KEYS for o in swept):
+        if not any(
+            o.key_or_group == "cache.shard" and o.is_sweep_override()
+            for o in parser.parse_overrides(list(config.hydra.overrides.task))
+        ):
             return
         quiet_libraries()
         try:
-            corpus, cache = instantiate_checked(config.corpus), instantiate_checked(config.cache)
-            report = cache.build(corpus)
+            corpus = instantiate_checked(config.corpus)
+            cache = instantiate_checked(config.cache, shard=None)
+            report = cache.build(corpus, compute=False)
         except Exception as exc:
             message = user_error(exc)
             if message is None:
                 raise
             print(f"error: {message}", file=sys.stderr)
             sys.exit(1)
-        report.warn_left_out()
+        for failure in report.failures:
+            print(f"error: {failure.asset}: {failure.error}", file=sys.stderr)
+        if report.failures:
+            sys.exit(1)
         print(
-            f"teacher cache of corpus {corpus.name!r}: {len(report.built)} clip(s) computed, {len(report.reused)} reused"
+            f"consolidated {len(report.reused)} clip(s) of corpus {corpus.name!r} into {cache.folder(corpus) / 'frames.npz'}"
         )
+
+
+def _swept_keys(config: DictConfig) -> list[str]:
+    """The keys (or groups) a multirun sweeps over, from its command line."""
+    overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    return [o.key_or_group for o in overrides if o.is_sweep_override()]
+
+
+def _or_exit(step: Callable[[], Any]) -> Any:
+    """A launching-process step of a callback: a user error ends the sweep with its one line."""
+    quiet_libraries()
+    try:
+        return step()
+    except Exception as exc:
+        message = user_error(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(1)
