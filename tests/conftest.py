@@ -5,20 +5,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import requests
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from omegaconf import DictConfig
+from servers import team_server
 
 from tinyvmaf import ffmpeg
 from tinyvmaf.cache import TeacherCache
@@ -170,56 +166,10 @@ def vmaf_cli(tmp_path_factory) -> Path:
     return Path(proc.stdout.strip().splitlines()[-1])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(url: str, seconds: float, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[:4]} exited with status {proc.returncode}")
-        try:
-            if requests.get(url, timeout=1).ok:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.25)
-    raise RuntimeError(f"{url} did not answer within {seconds} s")
-
-
 @pytest.fixture(scope="session")
 def mlflow_server():
     """A team's set-up, private to the test session: PostgreSQL 15 on a fresh cluster and a real
     ``mlflow server`` on it serving artifacts, both on 127.0.0.1, both stopped by PID afterwards.
     Yields (tracking URI, the server's artifact folder)."""
-    bindir = Path(subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True).stdout.strip())
-    base = Path(tempfile.mkdtemp(prefix="tinyvmaf-pg-"))  # /tmp, where the postgres user can reach it
-    as_postgres = {"user": "postgres"} if os.geteuid() == 0 else {}
-    if as_postgres:
-        shutil.chown(base, "postgres", "postgres")
-    data, pg_port, port = base / "data", _free_port(), _free_port()
-    run = lambda *cmd: subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=base, **as_postgres)  # noqa: E731
-    run(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust")
-    run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "postgres.log"), "-w", "start",
-        "-o", f"-c listen_addresses=127.0.0.1 -p {pg_port} -k {base}")  # fmt: skip
-    server = None
-    try:
-        run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(pg_port), "-U", "postgres", "mlflow")
-        artifacts = base / "artifacts"
-        server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-             "--backend-store-uri", f"postgresql+psycopg://postgres@127.0.0.1:{pg_port}/mlflow",
-             "--serve-artifacts", "--artifacts-destination", str(artifacts), "--workers", "1"],
-            stdout=open(base / "mlflow.log", "w"), stderr=subprocess.STDOUT, start_new_session=True, cwd=base,
-        )  # fmt: skip
-        _wait_for(f"http://127.0.0.1:{port}/health", 120, server)
-        yield f"http://127.0.0.1:{port}", artifacts
-    finally:
-        if server is not None:
-            os.killpg(server.pid, signal.SIGTERM)  # the server and its workers: its own process group
-            server.wait(timeout=30)
-        run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
-        shutil.rmtree(base, ignore_errors=True)
+    with team_server() as server:
+        yield server

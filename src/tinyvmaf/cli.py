@@ -39,6 +39,7 @@ def quiet_libraries() -> None:
     # SROCC needs every prediction in memory by nature; a few thousand frames are nothing
     warnings.filterwarnings("ignore", message=".*SpearmanCorrcoef` will save all targets.*")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per downloaded file
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run at ..." per run on a server
 
 
 def _interrupt(signum: int, frame: Any) -> None:
