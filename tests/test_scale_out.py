@@ -10,6 +10,9 @@ import time
 
 import numpy as np
 import pytest
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.utils import get_object
 from mlflow.tracking import MlflowClient
 
 from tinyvmaf.cache import TeacherCache, shard_of
@@ -238,3 +241,11 @@ def test_shards_split_the_corpus_by_cost(tiny_corpus, make_clip):
     assert "Long__a" in {p.asset for p in shards[0]} and (len(shards[0]), len(shards[1])) == (2, 5)
     with pytest.raises(TinyVmafError, match=r"cache.shard=2: must be an integer in \[0, 2\)"):
         TeacherCache("/tmp/x", None, ["vmaf_v0.6.1"], num_shards=2, shard=2)
+
+
+def test_the_slurm_example_composes_onto_the_submitit_plugin(repo):
+    with initialize_config_dir(config_dir=str(repo / "configs"), version_base="1.3"):
+        cfg = hydra_compose("train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert (launcher.partition, launcher.cpus_per_task, launcher.array_parallelism) == ("cpu", 2, 64)
+    assert get_object(launcher._target_).__name__ == "SlurmLauncher"
