@@ -137,23 +137,12 @@ class ConsolidateShards(Callback):
     It runs after ``FailedJobsExit``, so only when every shard succeeded."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        parser = OverridesParser.create()
-        if not any(
-            o.key_or_group == "cache.shard" and o.is_sweep_override()
-            for o in parser.parse_overrides(list(config.hydra.overrides.task))
-        ):
+        if "cache.shard" not in _swept_keys(config):
             return
-        quiet_libraries()
-        try:
-            corpus = instantiate_checked(config.corpus)
-            cache = instantiate_checked(config.cache, shard=None)
-            report = cache.build(corpus, compute=False)
-        except Exception as exc:
-            message = user_error(exc)
-            if message is None:
-                raise
-            print(f"error: {message}", file=sys.stderr)
-            sys.exit(1)
+        corpus, cache = _or_exit(
+            lambda: (instantiate_checked(config.corpus), instantiate_checked(config.cache, shard=None))
+        )
+        report = _or_exit(lambda: cache.build(corpus, compute=False))
         for failure in report.failures:
             print(f"error: {failure.asset}: {failure.error}", file=sys.stderr)
         if report.failures:
