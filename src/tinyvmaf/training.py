@@ -135,9 +135,7 @@ def train_every_fold(cfg: DictConfig, client: MlflowClient, experiment_id: str) 
     with tracked_run(client, experiment_id, f"{arch}-{ALL_FOLDS}", tags) as parent:
         per_fold = {}
         for source in sources:
-            fold_cfg = cfg.copy()
-            fold_cfg.fold.heldout = source
-            fold_cfg.fold.corpus = corpus.name
+            fold_cfg = OmegaConf.merge(cfg, {"fold": {"heldout": source, "corpus": corpus.name}})  # a new config each
             per_fold[source] = train_fold(fold_cfg, client, experiment_id, parent_run_id=parent.run_id)
         rmse = [m["heldout_rmse"] for m in per_fold.values()]
         summary = {
