@@ -157,14 +157,18 @@ class TeacherCache:
             try:
                 read_entry(path, key, self.models)
                 report.reused.append(pair.asset)
-            except StaleEntry:
+            except StaleEntry as stale:
+                if not compute and stale.libvmaf_version not in (None, version):
+                    raise TinyVmafError(
+                        f"{path}: computed with libvmaf {stale.libvmaf_version}, but this machine has {version}; "
+                        "every shard must run the same libvmaf (a mixed cache is refused)"
+                    ) from None
                 todo.append((pair, key))
             except DamagedEntry as exc:
                 report.repaired.append(Failure(pair.asset, str(exc)))
                 todo.append((pair, key))
         inputs.save()
         if not compute:
-            _refuse_other_versions(self, corpus, todo, version)
             report.failures += [Failure(p.asset, "no shard computed it") for p, _ in todo]
         elif todo:
             self._compute(corpus, todo, version, report)
@@ -228,7 +232,7 @@ class TeacherCache:
         """Rewrite ``frames.npz`` if the set of entries behind it changed; an entry that cannot be
         read now becomes a failure of this build, never a crash."""
         folder = self.folder(corpus)
-        manifest = hashlib.sha256(json.dumps([[p.asset, k] for p, k in entries]).encode()).hexdigest()
+        manifest = _manifest(entries)
         npz = folder / "frames.npz"
         if npz.exists() and _npz_manifest(npz) == manifest:
             return
@@ -240,9 +244,7 @@ class TeacherCache:
             except (StaleEntry, DamagedEntry) as exc:
                 report.failures.append(Failure(pair.asset, f"its cache entry cannot be used: {exc}"))
         if len(pairs) < len(entries):
-            manifest = hashlib.sha256(
-                json.dumps([[p.asset, e["key"]] for p, e in zip(pairs, read)]).encode()
-            ).hexdigest()
+            manifest = _manifest([(p, e["key"]) for p, e in zip(pairs, read, strict=True)])
         if not read:
             return
         arrays = {
@@ -358,24 +360,12 @@ def _cost(video: Video) -> int:
     return info.n_frames * info.width * info.height
 
 
-def _refuse_other_versions(
-    cache: TeacherCache, corpus: Corpus, stale: list[tuple[ClipPair, str]], version: str
-) -> None:
-    """Shards on machines with another libvmaf wrote entries this one cannot use: a mixed cache."""
-    for pair, _ in stale:
-        try:
-            other = json.loads(cache.entry_path(corpus, pair.asset).read_bytes()).get("libvmaf_version")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if other not in (None, version):
-            raise TinyVmafError(
-                f"{cache.entry_path(corpus, pair.asset)}: computed with libvmaf {other}, but this machine has {version}; "
-                "every shard must run the same libvmaf (a mixed cache is refused)"
-            )
-
-
 class StaleEntry(Exception):
     """No entry, or one computed from other inputs, models or libvmaf: recompute it, silently."""
+
+    def __init__(self, reason: str, libvmaf_version: str | None = None) -> None:
+        super().__init__(reason)
+        self.libvmaf_version = libvmaf_version  # the stale entry's, when it has one
 
 
 class DamagedEntry(Exception):
@@ -394,7 +384,7 @@ def read_entry(path: Path, key: str, models: list[str]) -> dict:
     if not isinstance(entry, dict) or entry.get("schema") != SCHEMA or not isinstance(entry.get("key"), str):
         raise DamagedEntry(f"{path.name} is not a schema-{SCHEMA} cache entry")
     if entry["key"] != key:
-        raise StaleEntry("computed from other inputs")
+        raise StaleEntry("computed from other inputs", entry.get("libvmaf_version"))
     try:
         n = entry["n_frames"]
         features = np.asarray(entry["features"]["per_frame"], dtype=np.float64)
@@ -420,6 +410,11 @@ def read_entry(path: Path, key: str, models: list[str]) -> dict:
     if not (np.isfinite(features).all() and all(np.isfinite(c).all() for c in columns)):
         raise DamagedEntry(f"{path.name} holds non-finite values")
     return entry
+
+
+def _manifest(entries: list[tuple[ClipPair, str]]) -> str:
+    """What identifies the entries behind a frames.npz: each clip's name and key, in order."""
+    return hashlib.sha256(json.dumps([[p.asset, k] for p, k in entries]).encode()).hexdigest()
 
 
 def _npz_manifest(npz: Path) -> str | None:
