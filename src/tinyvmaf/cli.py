@@ -22,7 +22,6 @@ from omegaconf import DictConfig
 
 from tinyvmaf.errors import instantiate_checked, user_error
 
-JOB_FAILED = "failed"
 INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C
 
 
@@ -71,12 +70,12 @@ def run_command(command: Callable[..., Any], *args: Any) -> Any:
             raise  # a bug in tinyvmaf: its traceback is what helps
         print(f"error: {message}", file=sys.stderr)
         if multirun:
-            return JOB_FAILED
+            return None  # the FAILED file is the verdict; the sweep goes on
         sys.exit(1)
     if multirun:
         if isinstance(status, int) and status != 0:
             _mark_failed(f"exit status {status}")
-            return JOB_FAILED
+            return None
         return status
     sys.exit(status if isinstance(status, int) else 0)
 

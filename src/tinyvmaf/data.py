@@ -16,7 +16,7 @@ import torch
 
 from tinyvmaf.cache import FrameTable, TeacherCache
 from tinyvmaf.corpus import Corpus, sources_of
-from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.errors import TinyVmafError, finite_number
 from tinyvmaf.features import Standardization, transform_features
 from tinyvmaf.teacher import FEATURE_NAMES
 from tinyvmaf.teacher.function import DOMAIN_HIGH, DOMAIN_LOW, load_teacher
@@ -47,7 +47,7 @@ class Augmentation:
         """Refuse settings that would draw nothing sensible, naming the option."""
         for name in ("amount", "around", "between", "across", "jitter"):
             value = getattr(self, name)
-            if not _finite_number(value) or value < 0:
+            if not finite_number(value) or value < 0:
                 raise TinyVmafError(f"data.augment.{name}={value!r}: must be a finite number >= 0")
         if not 0 <= self.edge <= 1:
             raise TinyVmafError(f"data.augment.edge={self.edge!r}: must be in [0, 1]")
@@ -190,10 +190,6 @@ class LosoDataModule(L.LightningDataModule):
         if not len(self.test_x):
             return []
         return TensorBatches(self.test_x, self.test_y, len(self.test_x), shuffle=False)
-
-
-def _finite_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
 
 
 def _tensors(features: np.ndarray, target: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -78,15 +78,14 @@ class SweepStatus:
 
 def sweep_status(runs: list[Run]) -> SweepStatus:
     """Group a sweep's runs by (arch, fold); the folds expected are the sources of the corpus the runs trained on."""
-    by_pair: dict[tuple[str, str], list[Run]] = defaultdict(list)
+    oldest_first = sorted(runs, key=lambda r: r.info.start_time or 0)
+    by_pair: dict[tuple[str, str], list[Run]] = defaultdict(list)  # each pair's runs, latest first
     sources: dict[str, None] = {}
-    for r in sorted(runs, key=lambda r: r.info.start_time or 0, reverse=True):
+    for r in reversed(oldest_first):
         by_pair[(r.data.tags.get("arch", "?"), r.data.tags.get("fold", "?"))].append(r)
         sources.update(dict.fromkeys(json.loads(r.data.tags.get("corpus_sources", "[]"))))
     # in the order the sweep started them: the user's order on the command line
-    archs = list(
-        dict.fromkeys(r.data.tags.get("arch", "?") for r in sorted(runs, key=lambda r: r.info.start_time or 0))
-    )
+    archs = list(dict.fromkeys(r.data.tags.get("arch", "?") for r in oldest_first))
     folds = sorted(set(sources) | {f for _, f in by_pair})
     finished, failed, running, duplicates = {}, [], [], []
     for (arch, fold), pair_runs in by_pair.items():

@@ -1,5 +1,6 @@
 """User-facing errors: one line naming the file or option at fault, never a traceback."""
 
+import math
 from typing import Any
 
 from hydra.errors import InstantiationException
@@ -23,6 +24,11 @@ def user_error(exc: BaseException) -> str | None:
     if isinstance(exc, MissingMandatoryValue):
         return f"{exc.full_key}: missing value; give it on the command line ({exc.full_key}=...)"
     return None
+
+
+def finite_number(value: object) -> bool:
+    """A real, finite number as an option or field may hold it: not a bool, not NaN or infinite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def instantiate_checked(node: Any, **kwargs: Any) -> Any:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -22,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from tinyvmaf.cache import TeacherCache
 from tinyvmaf.corpus import Corpus
 from tinyvmaf.data import LosoDataModule
-from tinyvmaf.errors import TinyVmafError, instantiate_checked
+from tinyvmaf.errors import TinyVmafError, finite_number, instantiate_checked
 from tinyvmaf.metrics import HeldoutHistory
 from tinyvmaf.model import TinyVmafModule
 from tinyvmaf.tracking import LOSO_PARENT_TAG, quoted, tracked_run
@@ -74,8 +73,7 @@ def _positive_int(cfg: DictConfig, key: str) -> None:
 
 def _finite(cfg: DictConfig, key: str, low: float, low_included: bool) -> None:
     value = OmegaConf.select(cfg, key)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < low or (value == low and not low_included):
+    if not finite_number(value) or value < low or (value == low and not low_included):
         raise TinyVmafError(f"{key}={value!r}: must be a finite number {'>=' if low_included else '>'} {low:g}")
 
 
