@@ -20,7 +20,7 @@ from common import ROOT
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from tinyvmaf.tracking import LOSO_PARENT_TAG
+from tinyvmaf.tracking import FOLD, KIND
 
 SWEEP = ["arch=mlp_small,mlp_medium,linear", "fold=glob(*)"]
 LAUNCHERS = {
@@ -40,7 +40,6 @@ def timed_sweep(overrides: list[str]) -> tuple[float, list[Run]]:
     with tempfile.TemporaryDirectory(prefix="tinyvmaf-bench-") as tmp:
         store = [
             f"tracking.uri=sqlite:///{tmp}/mlflow.db",
-            f"tracking.artifact_root={tmp}/artifacts",
             f"hydra.sweep.dir={tmp}/multirun",
         ]
         start = time.perf_counter()
@@ -51,7 +50,7 @@ def timed_sweep(overrides: list[str]) -> tuple[float, list[Run]]:
         seconds = time.perf_counter() - start
         client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
         runs = client.search_runs([client.get_experiment_by_name("tinyvmaf-loso").experiment_id], max_results=1000)
-    return seconds, [r for r in runs if LOSO_PARENT_TAG not in r.data.tags]
+    return seconds, [r for r in runs if r.data.tags.get(KIND) == FOLD]
 
 
 def loso_means(runs: list[Run]) -> None:

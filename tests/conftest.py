@@ -136,7 +136,7 @@ def tiny_training(corpus: Path, folder: Path) -> list[str]:
     return [
         "corpus=directory", f"corpus.root={corpus}", "corpus.name=tiny", "fold.corpus=tiny",
         f"paths.data_dir={folder}/data", f"tracking.uri=sqlite:///{folder}/mlruns/mlflow.db",
-        f"tracking.artifact_root={folder}/mlruns/artifacts", "trainer.max_epochs=3", "data.batch_size=8",
+        "trainer.max_epochs=3", "data.batch_size=8",
         "cache.models=[vmaf_v0.6.1,vmaf_v0.6.1neg]",
     ]  # fmt: skip
 

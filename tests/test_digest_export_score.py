@@ -27,7 +27,7 @@ from tinyvmaf.training import train
 
 
 def store_overrides(tmp: Path) -> list[str]:
-    return [f"tracking.uri=sqlite:///{tmp}/mlruns/mlflow.db", f"tracking.artifact_root={tmp}/mlruns/artifacts"]
+    return [f"tracking.uri=sqlite:///{tmp}/mlruns/mlflow.db"]
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_digest_numbers_equal_the_mlflow_run_metrics(swept, capsys, compose):
         "evaluate",
         *store_overrides(tmp),
         *corpus_overrides(base),
-        f"reports_dir={tmp}/reports",
+        f"paths.reports_dir={tmp}/reports",
         "sweep_id=s1",
         "compare_sweep_id=plain",
     )
@@ -105,7 +105,11 @@ def test_digest_numbers_equal_the_mlflow_run_metrics(swept, capsys, compose):
 def test_unknown_sweep_id_is_a_one_line_error(swept, compose):
     tmp, _ = swept
     cfg = compose(
-        "evaluate", *store_overrides(tmp), *corpus_overrides(swept[1]), "sweep_id=nope", f"reports_dir={tmp}/reports"
+        "evaluate",
+        *store_overrides(tmp),
+        *corpus_overrides(swept[1]),
+        "sweep_id=nope",
+        f"paths.reports_dir={tmp}/reports",
     )
     with pytest.raises(TinyVmafError, match="sweep_id=nope: no such sweep; recent sweeps: "):
         write_digest(cfg)

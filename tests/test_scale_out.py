@@ -117,14 +117,13 @@ def test_an_unreachable_server_is_one_line_within_seconds(tiny_overrides, run_en
 CREATE = """
 import sys
 from tinyvmaf.tracking import Tracking
-print(Tracking(sys.argv[1], sys.argv[2], sys.argv[3]).experiment()[1])
+print(Tracking(sys.argv[1], sys.argv[2]).experiment()[1])
 """
 
 
-def create_at_once(uri: str, name: str, artifact_root: str, n: int = 6) -> set[str]:
+def create_at_once(uri: str, name: str, n: int = 6) -> set[str]:
     procs = [
-        subprocess.Popen([sys.executable, "-c", CREATE, uri, name, artifact_root], stdout=subprocess.PIPE, text=True)
-        for _ in range(n)
+        subprocess.Popen([sys.executable, "-c", CREATE, uri, name], stdout=subprocess.PIPE, text=True) for _ in range(n)
     ]
     outputs = [p.communicate(timeout=120)[0].strip() for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs
@@ -132,13 +131,13 @@ def create_at_once(uri: str, name: str, artifact_root: str, n: int = 6) -> set[s
 
 
 def test_many_processes_create_the_experiment_at_once_on_sqlite(tmp_path):
-    assert len(create_at_once(f"sqlite:///{tmp_path}/mlflow.db", "race", str(tmp_path / "artifacts"))) == 1
+    assert len(create_at_once(f"sqlite:///{tmp_path}/mlflow.db", "race")) == 1
 
 
 @pytest.mark.slow
 def test_many_processes_create_the_experiment_at_once_on_a_server(mlflow_server, tmp_path):
     uri, _ = mlflow_server
-    assert len(create_at_once(uri, "race", str(tmp_path / "artifacts"), n=8)) == 1
+    assert len(create_at_once(uri, "race", n=8)) == 1
 
 
 @pytest.mark.slow

@@ -425,7 +425,7 @@ def test_the_digest_states_missing_killed_and_duplicate_runs(tiny_overrides, com
         "evaluate.py",
         *[o for o in tiny_overrides if o.startswith(("tracking.", "corpus", "paths.", "cache."))],
         "sweep_id=K",
-        f"reports_dir={tmp_path}/reports",
+        f"paths.reports_dir={tmp_path}/reports",
     ]
     proc = run_entry(*evaluate)
     assert proc.returncode == 0, proc.stderr

@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from tinyvmaf.errors import instantiate_checked, user_error
 
@@ -149,6 +149,33 @@ class ConsolidateShards(Callback):
         print(
             f"consolidated {len(report.reused)} clip(s) of corpus {corpus.name!r} into {cache.folder(corpus) / 'frames.npz'}"
         )
+
+
+class SweepRun(Callback):
+    """Hydra callback, in the launching process: open the sweep's parent MLflow run before any job
+    (the jobs nest their runs under it, wherever they run), and when the sweep ends write its
+    digest there (``evaluate.py`` for this sweep_id)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from tinyvmaf.tracking import open_sweep_run, sweep_id
+
+        tracking = _or_exit(lambda: instantiate_checked(config.tracking))
+        overrides = " ".join(config.hydra.overrides.task)
+        params = {"experiment": config.get("experiment_name", "default"), "teacher": config.teacher.model}
+        _or_exit(lambda: open_sweep_run(tracking, sweep_id(config), {**params, "sweep": overrides}))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from tinyvmaf.digest import write_digest
+        from tinyvmaf.tracking import sweep_id
+
+        quiet_libraries()
+        try:
+            write_digest(OmegaConf.merge(config, {"sweep_id": sweep_id(config)}))
+        except Exception as exc:
+            message = user_error(exc)
+            if message is None:
+                raise
+            print(f"error: no digest for this sweep: {message}", file=sys.stderr)
 
 
 def _swept_keys(config: DictConfig) -> list[str]:

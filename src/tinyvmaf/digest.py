@@ -27,10 +27,9 @@ from tinyvmaf.cache import FrameTable
 from tinyvmaf.errors import TinyVmafError, instantiate_checked
 from tinyvmaf.files import inside
 from tinyvmaf.metrics import METRIC_NAMES, metrics_per_source
+from tinyvmaf.mlflow_artifacts import local_artifact_root
 from tinyvmaf.teacher.function import load_teacher
-from tinyvmaf.tracking import LOSO_PARENT_TAG, tracked_run
-
-DIGEST_TAG = "tinyvmaf.digest"
+from tinyvmaf.tracking import FOLD, KIND, PARENT, TrackedRun, Tracking, open_sweep_run, runs_table_url
 
 
 def fold_runs(
@@ -38,8 +37,10 @@ def fold_runs(
 ) -> tuple[str, list[Run]]:
     """The fold runs of ``sweep_id``, or of the latest sweep when it is None; with ``recipe``, only
     runs of that named recipe (``experiment_name``: ``default``, ``shipped``...) count."""
-    found = client.search_runs([experiment_id], max_results=50000, order_by=["attributes.start_time DESC"])
-    runs = [r for r in found if DIGEST_TAG not in r.data.tags and LOSO_PARENT_TAG not in r.data.tags]
+    found = client.search_runs(
+        [experiment_id], f"tags.{KIND} = '{FOLD}'", max_results=50000, order_by=["attributes.start_time DESC"]
+    )
+    runs = list(found)
     if recipe is not None:
         runs = [r for r in runs if r.data.params.get("experiment", "default") == recipe]
     if not runs:
@@ -82,10 +83,10 @@ def sweep_status(runs: list[Run]) -> SweepStatus:
     by_pair: dict[tuple[str, str], list[Run]] = defaultdict(list)  # each pair's runs, latest first
     sources: dict[str, None] = {}
     for r in reversed(oldest_first):
-        by_pair[(r.data.tags.get("arch", "?"), r.data.tags.get("fold", "?"))].append(r)
+        by_pair[(r.data.params.get("arch", "?"), r.data.params.get("fold", "?"))].append(r)
         sources.update(dict.fromkeys(json.loads(r.data.tags.get("corpus_sources", "[]"))))
     # in the order the sweep started them: the user's order on the command line
-    archs = list(dict.fromkeys(r.data.tags.get("arch", "?") for r in oldest_first))
+    archs = list(dict.fromkeys(r.data.params.get("arch", "?") for r in oldest_first))
     folds = sorted(set(sources) | {f for _, f in by_pair})
     finished, failed, running, duplicates = {}, [], [], []
     for (arch, fold), pair_runs in by_pair.items():
@@ -148,7 +149,7 @@ def aggregate(status: SweepStatus) -> dict:
     digest = {}
     for arch in [a for a in status.archs if a in by_arch]:
         folds = sorted(by_arch[arch], key=lambda r: r.data.params["fold"])
-        row: dict = {"params": int(folds[0].data.params["n_params"])}
+        row: dict = {"params": int(folds[0].data.metrics["n_params"])}
         for m in METRIC_NAMES:
             values = np.array([r.data.metrics[f"heldout_{m}"] for r in folds])
             row[f"{m}_mean"] = float(values.mean())
@@ -156,10 +157,10 @@ def aggregate(status: SweepStatus) -> dict:
         row["folds"] = [
             {
                 "fold": r.data.params["fold"],
-                "n": int(r.data.params["n_heldout_frames"]),
+                "n": int(r.data.metrics["n_heldout_frames"]),
                 **{m: r.data.metrics[f"heldout_{m}"] for m in METRIC_NAMES},
-                "teacher_mean": float(r.data.params.get("heldout_teacher_mean", "nan")),
-                "teacher_std": float(r.data.params.get("heldout_teacher_std", "nan")),
+                "teacher_mean": r.data.metrics["heldout_teacher_mean"],
+                "teacher_std": r.data.metrics["heldout_teacher_std"],
                 "run_id": r.info.run_id,
             }
             for r in folds
@@ -243,11 +244,13 @@ def markdown(
 ) -> str:
     """digest.md: the recipe, the aggregate table (and the teacher function's row), completeness,
     a comparison with another sweep when asked, and the per-fold tables."""
-    params = next(iter(status.finished.values())).data.params
+    run = next(iter(status.finished.values()))
+    params, data = run.data.params, run.inputs.dataset_inputs[0].dataset if run.inputs.dataset_inputs else None
     lines = [
         f"# tinyvmaf digest: sweep {sweep_id}",
         "",
-        f"Teacher `{params.get('teacher')}` (libvmaf {params.get('libvmaf_version')}), corpus `{params.get('corpus')}`, "
+        f"Teacher `{params.get('teacher')}` (libvmaf {run.data.tags.get('libvmaf_version')}), "
+        f"corpus `{data.name + ':' + data.digest if data else params.get('corpus')}`, "
         f"{params.get('epochs')} epochs, lr {params.get('lr')}, batch {params.get('batch_size')}, seed {params.get('seed')}, "
         f"feature-space augmentation {'x' + params['augment_amount'] if params.get('augment') == 'True' else 'off'}. "
         "Leave-one-source-out: each fold trains on every other source and is scored on the held-out one.",
@@ -346,9 +349,45 @@ def rmse_figure(digest: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def adopt_runs(client: MlflowClient, sweep_run: str, runs: list[Run]) -> None:
+    """Nest the sweep's top-level runs under its sweep run (a sweep trained before it had one, a single run)."""
+    tops = {r.data.tags.get(PARENT, r.info.run_id) for r in runs}  # a fold run, or its configuration's run
+    for run_id in tops - {sweep_run}:
+        if PARENT not in client.get_run(run_id).data.tags:
+            client.set_tag(run_id, PARENT, sweep_run)
+
+
+def digest_metrics(archs: dict, status: SweepStatus) -> dict[str, float]:
+    """What the sweep run shows in the runs table: per-arch aggregates and the sweep's completeness."""
+    metrics = {
+        "folds_expected": status.expected, "folds_finished": len(status.finished), "folds_failed": len(status.failed),
+        "folds_running": len(status.running), "folds_missing": len(status.missing),
+    }  # fmt: skip
+    for arch, row in archs.items():
+        for m in METRIC_NAMES:
+            metrics[f"{arch}/{m}_mean"], metrics[f"{arch}/{m}_std"] = row[f"{m}_mean"], row[f"{m}_std"]
+        metrics[f"{arch}/rmse_worst"] = max(f["rmse"] for f in row["folds"])
+    return metrics
+
+
+def finish_sweep_run(client: MlflowClient, run_id: str, status: SweepStatus) -> None:
+    """FINISHED once every expected run finished; FAILED, saying what is lacking, when the sweep is over
+    without it; left RUNNING while some of its runs still are."""
+    if status.running:
+        return
+    if status.complete:
+        client.set_terminated(run_id, "FINISHED")
+        return
+    lacking = f"incomplete: {len(status.failed)} failed, {len(status.missing)} missing of {status.expected}"
+    client.set_tag(run_id, "error", lacking)
+    client.set_terminated(run_id, "FAILED")
+
+
 def write_digest(cfg: DictConfig) -> int:
-    """``evaluate.py``: the digest of one sweep, on disk and in MLflow."""
-    client, experiment_id = instantiate_checked(cfg.tracking).existing_experiment()
+    """``evaluate.py`` (and the end of every train.py sweep): the digest of one sweep, written to
+    ``reports/<sweep_id>/`` and logged to the sweep's MLflow run (metrics and files)."""
+    tracking: Tracking = instantiate_checked(cfg.tracking)
+    client, experiment_id = tracking.existing_experiment()
     sweep, runs = fold_runs(client, experiment_id, cfg.get("sweep_id"))
     status = sweep_status(runs)
     if cfg.get("fail_running") and status.running:
@@ -373,15 +412,22 @@ def write_digest(cfg: DictConfig) -> int:
         other = aggregate(sweep_status(other_runs))
         document["compared_with"] = {"sweep_id": other_sweep, "archs": other}
         comparison_lines = comparison(archs, other, sweep, other_sweep)
-    out = inside(Path(cfg.reports_dir), sweep, what="sweep_id")
+    out = inside(Path(cfg.paths.reports_dir), sweep, what="sweep_id")
     out.mkdir(parents=True, exist_ok=True)
     (out / "digest.json").write_text(json.dumps(document, indent=2))
     (out / "digest.md").write_text(markdown(sweep, archs, status, teacher_row, comparison_lines))
     scatter_figure(client, archs, out / "scatter.png")
     rmse_figure(archs, out / "rmse_per_fold.png")
-    with tracked_run(client, experiment_id, f"digest-{sweep}", {"sweep_id": sweep, DIGEST_TAG: "1"}) as run:
-        for name in ("digest.md", "digest.json", "scatter.png", "rmse_per_fold.png"):
-            run.log_artifact(out / name)
+    params = runs[0].data.params
+    sweep_run = open_sweep_run(
+        tracking, sweep, {k: params.get(k) for k in ("experiment", "teacher", "corpus")} | {"archs": ",".join(archs)}
+    )
+    adopt_runs(client, sweep_run, runs)
+    logged = TrackedRun(client, sweep_run)
+    logged.log_metrics([{"step": 0, **digest_metrics(archs, status)}], step_key="step")
+    for name in ("digest.md", "digest.json", "scatter.png", "rmse_per_fold.png"):
+        logged.log_artifact(out / name)
+    finish_sweep_run(client, sweep_run, status)
     print((out / "digest.md").read_text().split("\n## ")[1])
     print("\n".join(completeness_lines(status)[2:]))
     if status.running:
@@ -389,4 +435,10 @@ def write_digest(cfg: DictConfig) -> int:
             "warning: runs still RUNNING are left out; if their processes are gone, mark them failed with fail_running=true"
         )
     print(f"digest: {out}/digest.md")
+    artifacts = local_artifact_root(tracking.uri)
+    if artifacts is None:
+        print(f"MLflow: {runs_table_url(tracking.uri, experiment_id)}")
+    else:
+        print(f"MLflow: mlflow ui --backend-store-uri {tracking.uri} --artifacts-destination {artifacts}")
+        print(f"        then open {runs_table_url('http://127.0.0.1:5000', experiment_id)}")
     return 0

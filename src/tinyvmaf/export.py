@@ -22,35 +22,23 @@ from tinyvmaf.cache import FrameTable, TeacherCache
 from tinyvmaf.corpus import Corpus
 from tinyvmaf.digest import aggregate, fold_runs, sweep_status
 from tinyvmaf.errors import TinyVmafError, instantiate_checked
-from tinyvmaf.model import ClippedVmaf, VmafNet, count_params
+from tinyvmaf.model import VmafNet, count_params, onnx_graph
 from tinyvmaf.teacher import FEATURE_NAMES
-from tinyvmaf.tracking import run_by_id
+from tinyvmaf.teacher.function import load_teacher
+from tinyvmaf.tracking import EXPORT, KIND, log_dataset, log_onnx_model, run_by_id, tracked_run
 from tinyvmaf.training import check_options, prepare_fit
 
 PARITY_TOLERANCE = 1e-3  # VMAF points, ONNX Runtime vs torch, over the whole corpus
 
 
-def to_onnx(model: VmafNet, path: Path, metadata: dict[str, str]) -> None:
+def to_onnx(model: VmafNet, path: Path, metadata: dict[str, str]) -> onnx.ModelProto:
     """Write the clipped model as one ONNX file (no external data) with ``metadata_props``."""
-    model = model.eval()
-    example = torch.zeros(4, len(FEATURE_NAMES))
-    with tempfile.TemporaryDirectory() as tmp:
-        program = torch.onnx.export(
-            ClippedVmaf(model).eval(),
-            (example,),
-            input_names=["features"],
-            output_names=["vmaf"],
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
-            dynamo=True,
-            external_data=False,
-            verbose=False,
-        )
-        program.save(str(Path(tmp) / "model.onnx"), external_data=False)
-        proto = onnx.load(str(Path(tmp) / "model.onnx"))
+    proto = onnx_graph(model)
     for key, value in metadata.items():
         proto.metadata_props.add(key=key, value=str(value))
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(proto, str(path), save_as_external_data=False)
+    return proto
 
 
 def check_onnx(path: Path, model: VmafNet, features: np.ndarray) -> float:
@@ -112,6 +100,66 @@ def model_from_run(cfg: DictConfig, run_id: str) -> tuple[VmafNet, dict, dict[st
     return model, saved["arch"], params
 
 
+def register(cfg: DictConfig, name: str, proto: onnx.ModelProto, table: FrameTable, metadata: dict[str, str]) -> str:
+    """Log the shipped file as an MLflow model (signature, real cached frames as the input example)
+    in a run of its own, register it as a new version of ``name``, and describe that version:
+    its teacher, recipe and LOSO metrics as tags. Returns the version."""
+    client, experiment_id = instantiate_checked(cfg.tracking).experiment()
+    with tracked_run(client, experiment_id, f"export-{name}", {KIND: EXPORT}) as run:
+        run.log_params({k: metadata[k] for k in ("arch", "teacher", "experiment", "epochs") if k in metadata})
+        log_dataset(
+            client,
+            run.run_id,
+            table.corpus,
+            table.manifest[:12],
+            str(instantiate_checked(cfg.corpus).location),
+            "training; all sources",
+        )
+        info = log_onnx_model(client, run.run_id, proto, table.features[:5], registered_name=name)
+    version = str(info.registered_model_version)
+    for key, value in metadata.items():
+        if key != "feature_names":
+            client.set_model_version_tag(name, version, key, value)
+    loso = (
+        f"LOSO over {metadata['loso_folds']} sources (sweep {metadata['loso_sweep_id']}): RMSE {float(metadata['loso_rmse_mean']):.3f}, "
+        f"PLCC {float(metadata['loso_plcc_mean']):.4f}."
+        if "loso_rmse_mean" in metadata
+        else "No LOSO sweep of this recipe was found."
+    )
+    client.update_model_version(
+        name, version,
+        f"{metadata['arch']} ({metadata['n_params']} parameters) predicting {metadata['teacher']} from libvmaf's six features, "
+        f"trained on {metadata['corpus']} (libvmaf {metadata['libvmaf_version']}). {loso} Input `features` float32 [N, 6] "
+        f"in the order of the `feature_names` metadata; output `vmaf` float32 [N].",
+    )  # fmt: skip
+    return version
+
+
+def export_teacher(name: str, output: Path, table: FrameTable) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """libvmaf's model ``name`` as ONNX (``SvrTeacher.onnx_graph``), written with the tiny models'
+    metadata and checked against the scores libvmaf logged for every cached frame."""
+    teacher = load_teacher(name)
+    proto = teacher.onnx_graph()
+    metadata = {
+        "feature_names": json.dumps(list(teacher.feature_columns)), "teacher": name, "arch": "libsvm nu-SVR (RBF)",
+        "n_params": str(teacher.n_params), "n_support_vectors": str(len(teacher.coefficients)),
+        "corpus": table.label, "libvmaf_version": table.libvmaf_version, "experiment": "libvmaf",
+    }  # fmt: skip
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(proto, str(output), save_as_external_data=False)
+    session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    got = session.run(["vmaf"], {"features": table.columns(teacher.feature_columns).astype(np.float32)})[0]
+    diff = float(np.abs(got - table.scores[name]).max())
+    if diff > PARITY_TOLERANCE:
+        raise TinyVmafError(f"{output}: disagrees with libvmaf's {name} (max |diff| {diff:.2e} > {PARITY_TOLERANCE})")
+    print(
+        f"{output}: {name}, {teacher.n_params} numbers, ONNX Runtime vs libvmaf max |diff| {diff:.1e} on {len(table)} frames"
+    )
+    return proto, metadata
+
+
 def export_models(cfg: DictConfig) -> int:
     """``export.py``: train each shipping model on every source (or take a run's) and write it."""
     if not cfg.get("run_id"):
@@ -119,8 +167,12 @@ def export_models(cfg: DictConfig) -> int:
     torch.set_num_threads(cfg.torch_threads)
     corpus = instantiate_checked(cfg.corpus)
     cache: TeacherCache = instantiate_checked(cfg.cache)
-    jobs = {Path(cfg.output): None} if cfg.get("run_id") else {Path(e.output): e.arch for e in cfg.exports.values()}
-    for output, arch in jobs.items():
+    jobs = (
+        [(None, Path(cfg.output), None)]
+        if cfg.get("run_id")
+        else [(k, Path(e.output), e.arch) for k, e in cfg.exports.items()]
+    )
+    for name, output, arch in jobs:
         if arch is None:
             # The metadata describes the run's recipe, not this export config's.
             model, arch_cfg, params = model_from_run(cfg, cfg.run_id)
@@ -141,9 +193,21 @@ def export_models(cfg: DictConfig) -> int:
             "experiment": recipe,
             **loso_metadata(cfg, arch_cfg["name"], teacher, recipe),
         }
-        to_onnx(model, output, metadata)
+        proto = to_onnx(model, output, metadata)
         diff = check_onnx(output, model, table.features)
         print(
             f"{output}: {arch_cfg['name']}, {metadata['n_params']} params, ONNX Runtime vs torch max |diff| {diff:.1e} on {len(table)} frames"
         )
+        if cfg.register and arch is not None:
+            print(
+                f"  registered in MLflow as {output.stem} version {register(cfg, output.stem, proto, table, metadata)}"
+            )
+    if not cfg.get("run_id"):
+        for name in cfg.teacher_exports:
+            output = Path(cfg.teacher_output_dir) / f"{name}.onnx"
+            proto, metadata = export_teacher(name, output, cache.ready(corpus))
+            if cfg.register:
+                print(
+                    f"  registered in MLflow as {name} version {register(cfg, name, proto, cache.ready(corpus), metadata)}"
+                )
     return 0

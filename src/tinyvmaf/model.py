@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import lightning as L
+import onnx
 import torch
 from torch import nn
 from torchmetrics import MetricCollection
@@ -89,6 +90,21 @@ class ClippedVmaf(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.model.predict(features)
+
+
+def onnx_graph(model: VmafNet) -> onnx.ModelProto:
+    """The clipped model as one self-contained ONNX graph: ``features`` [N, 6] -> ``vmaf`` [N], any N."""
+    program = torch.onnx.export(
+        ClippedVmaf(model.eval()).eval(),
+        (torch.zeros(4, N_FEATURES),),
+        input_names=["features"],
+        output_names=["vmaf"],
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+    )
+    return program.model_proto
 
 
 class TinyVmafModule(L.LightningModule):

@@ -1,25 +1,51 @@
-"""MLflow: one experiment, one run per fold, everything written in a few batched calls.
+"""MLflow: one experiment; per sweep one parent run, per fold one run; batched writes.
 
 The default store is an SQLite database inside ``mlruns/`` (MLflow 3 refuses a bare file
-store); ``tracking.uri`` points a team at a shared server instead. The database and the
-experiment are created under a file lock, since several processes creating a fresh SQLite
-store at once corrupt it.
+store), its artifacts beside it under ``mlruns/artifacts/`` behind ``mlflow-artifacts:`` URIs,
+so the folder can be moved or shared (``tinyvmaf.mlflow_artifacts``); ``tracking.uri`` points a
+team at a shared server instead. The database, the experiment and a sweep's parent run are
+created under a file lock, since several processes creating a fresh SQLite store at once
+corrupt it.
+
+The run tree: a sweep run (``kind=sweep``, named after the sweep, holding its digest), under it
+the fold runs, or the configuration runs of ``fold.heldout=all`` jobs and search trials
+(``kind=loso``) with their fold runs under them (``kind=fold``).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shlex
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 
+import mlflow
+import mlflow.onnx
+import numpy as np
+import onnx
+import onnxruntime
 import requests
 from filelock import FileLock
-from mlflow.entities import Experiment, Metric, Param, Run, RunStatus, RunTag
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from mlflow.entities import Dataset, DatasetInput, Experiment, InputTag, Metric, Param, Run, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
+from mlflow.types import Schema, TensorSpec
+from omegaconf import DictConfig
 
 from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.files import safe_name
+from tinyvmaf.mlflow_artifacts import local_artifact_root
+from tinyvmaf.teacher import FEATURE_NAMES
 
 
 @contextmanager
@@ -33,7 +59,21 @@ def _store_lock(uri: str) -> Iterator[None]:
         yield
 
 
-LOSO_PARENT_TAG = "tinyvmaf.loso_parent"  # a whole-configuration run (fold.heldout=all): its children are fold runs
+KIND = "kind"  # tag: what a run is in the tree
+SWEEP, LOSO, FOLD, EXPORT = "sweep", "loso", "fold", "export"
+PARENT = "mlflow.parentRunId"  # MLflow's own tag: the UI nests a run under its parent
+
+# The runs table as the README's link opens it: MLflow's shared view state (an experiment tag
+# `mlflow.sharedViewState.<key>`, opened by `?viewStateShareKey=<key>`), the columns a LOSO sweep is read by.
+VIEW_KEY = "tinyvmaf"
+RUNS_VIEW = {
+    "selectedColumns": [
+        "attributes.`Dataset`", "attributes.`Models`", "params.`arch`", "params.`fold`", "params.`experiment`",
+        "metrics.`heldout_rmse`", "metrics.`heldout_plcc`", "metrics.`heldout_srocc`", "metrics.`n_params`",
+    ],
+    "orderByKey": "attributes.start_time",
+    "orderByAsc": False,
+}  # fmt: skip
 
 
 class Tracking:
@@ -41,8 +81,8 @@ class Tracking:
     ``experiment()``, which creates store and experiment on first use; commands that only read
     use ``existing_experiment()``, which never creates either."""
 
-    def __init__(self, uri: str, experiment: str, artifact_root: str | Path | None = None) -> None:
-        self.uri, self.name, self.artifact_root = uri, experiment, artifact_root
+    def __init__(self, uri: str, experiment: str) -> None:
+        self.uri, self.name = uri, experiment
 
     def experiment(self) -> tuple[MlflowClient, str]:
         """Client and experiment id, creating store and experiment once.
@@ -57,8 +97,12 @@ class Tracking:
             found = self._find(client)
             if found is not None:
                 return client, found.experiment_id
+            tags = {
+                "mlflow.experimentKind": "custom_model_development",
+                f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps(RUNS_VIEW),
+            }
             try:
-                return client, client.create_experiment(self.name, artifact_location=self._artifact_location())
+                return client, client.create_experiment(self.name, self._artifact_location(), tags)
             except MlflowException as exc:
                 found = self._find(client) if exc.error_code == "RESOURCE_ALREADY_EXISTS" else None
                 if found is None:
@@ -66,11 +110,9 @@ class Tracking:
                 return client, found.experiment_id
 
     def _artifact_location(self) -> str | None:
-        """A local store keeps artifacts in ``artifact_root``; a server decides itself (``--serve-artifacts``
-        gives ``mlflow-artifacts:``), so no client's disk is ever named to it."""
-        if self.artifact_root and not self.uri.startswith(("http://", "https://")):
-            return Path(self.artifact_root).resolve().as_uri()
-        return None
+        """Relative to the store (``mlflow-artifacts:``) in a local SQLite store, so that it can move;
+        a server decides itself (``--serve-artifacts`` gives ``mlflow-artifacts:`` too)."""
+        return f"mlflow-artifacts:/{safe_name(self.name)}" if local_artifact_root(self.uri) else None
 
     def _check_server(self) -> None:
         """One line within seconds for a server that is down, instead of minutes of MLflow's retries."""
@@ -121,6 +163,135 @@ def run_by_id(client: MlflowClient, run_id: str) -> Run:
         raise TinyVmafError(f"run_id={run_id}: no such run in {client.tracking_uri}") from None
 
 
+def runs_table_url(ui: str, experiment_id: str) -> str:
+    """The experiment's runs table in the MLflow UI at ``ui``, with tinyvmaf's columns (MLflow 3 would
+    otherwise open its GenAI overview)."""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+
+
+def sweep_id(cfg: DictConfig) -> str:
+    """What ties the runs of one multirun together: the sweep folder's name, unless given."""
+    if cfg.get("sweep_id"):
+        return str(cfg.sweep_id)
+    if not HydraConfig.initialized():
+        return "interactive"
+    hc = HydraConfig.get()
+    return Path(hc.sweep.dir if hc.mode == RunMode.MULTIRUN else hc.run.dir).name
+
+
+def _sweep_runs(client: MlflowClient, experiment_id: str, sweep: str) -> list[Run]:
+    query = f"tags.sweep_id = {quoted(sweep, 'sweep_id')} and tags.{KIND} = '{SWEEP}'"
+    runs = client.search_runs([experiment_id], query, max_results=1000)
+    return sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+
+
+def find_sweep_run(client: MlflowClient, experiment_id: str, sweep: str) -> Run | None:
+    """The sweep's parent run, if one was opened; the earliest when racing processes opened two."""
+    runs = _sweep_runs(client, experiment_id, sweep)
+    return runs[0] if runs else None
+
+
+def open_sweep_run(tracking: Tracking, sweep: str, params: dict[str, object]) -> str:
+    """The sweep's parent run, created if the sweep has none (in the launching process, before any job).
+
+    Two launching processes of one sweep (several machines sharing a search) may race: each that
+    created a run keeps the earliest and deletes its own; SQLite serialises them with a lock.
+    """
+    client, experiment_id = tracking.experiment()
+    with _store_lock(tracking.uri):
+        found = find_sweep_run(client, experiment_id, sweep)
+        if found is not None:
+            client.update_run(found.info.run_id, status="RUNNING")
+            return found.info.run_id
+        mine = client.create_run(
+            experiment_id, run_name=sweep, tags={"sweep_id": sweep, KIND: SWEEP, **provenance_tags()}
+        )
+        TrackedRun(client, mine.info.run_id).log_params(params)
+        winner = find_sweep_run(client, experiment_id, sweep)
+    if winner is not None and winner.info.run_id != mine.info.run_id:
+        client.delete_run(mine.info.run_id)
+        return winner.info.run_id
+    return mine.info.run_id
+
+
+@cache
+def _git_commit(folder: Path) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+    except OSError:
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def provenance_tags() -> dict[str, str]:
+    """MLflow's source tags: the command that ran (entry point and its Hydra overrides) and its git commit."""
+    script = Path(sys.argv[0]).resolve()
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else sys.argv[1:]
+    tags = {
+        "mlflow.source.name": script.name,
+        "mlflow.source.type": "LOCAL",
+        "command": shlex.join(["python", script.name, *overrides]),
+    }
+    commit = _git_commit(script.parent)
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def log_dataset(client: MlflowClient, run_id: str, name: str, digest: str, source: str, context: str) -> None:
+    """The corpus as the run's MLflow dataset input (the UI's Datasets column): name, content hash, where it lives."""
+    dataset = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": source}))
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
+
+
+# Where an ONNX model logged to MLflow runs: these machines have no GPU provider, and a file that
+# asks for one only earns a warning per load.
+ONNX_PROVIDERS = ["CPUExecutionProvider"]
+
+
+def onnx_signature() -> ModelSignature:
+    """The contract of every tinyvmaf ONNX model: ``features`` float32 [N, 6] -> ``vmaf`` float32 [N]."""
+    return ModelSignature(
+        Schema([TensorSpec(np.dtype(np.float32), (-1, len(FEATURE_NAMES)), "features")]),
+        Schema([TensorSpec(np.dtype(np.float32), (-1,), "vmaf")]),
+    )
+
+
+@contextmanager
+def _fluent_store(uri: str, experiment_id: str) -> Iterator[None]:
+    """MLflow's model-logging calls take the store and experiment from the process's state (the
+    tracking URI, ``MLFLOW_EXPERIMENT_ID``): point them at the run's for the block."""
+    before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    experiment_before = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    mlflow.set_tracking_uri(uri)
+    os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+        if experiment_before is None:
+            os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+        else:
+            os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_before
+
+
+def log_onnx_model(
+    client: MlflowClient, run_id: str, model: onnx.ModelProto, example: np.ndarray, registered_name: str | None = None
+) -> ModelInfo:
+    """``model`` as the run's MLflow model ``model`` (flavor ``onnx``, signature, ``example`` rows as
+    the input example); with ``registered_name``, also a new version of that registered model."""
+    with _fluent_store(client.tracking_uri, client.get_run(run_id).info.experiment_id):
+        return mlflow.onnx.log_model(
+            model, name="model", run_id=run_id, signature=onnx_signature(),
+            input_example=example.astype(np.float32), registered_model_name=registered_name,
+            # pinned here: inferring them costs a Python subprocess (~1.5 s) per fold run
+            pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
+            onnx_execution_providers=ONNX_PROVIDERS, save_as_external_data=False,
+        )  # fmt: skip
+
+
 class TrackedRun:
     """One MLflow run; params, metrics and tags go out in batches to keep per-run overhead small."""
 
@@ -148,8 +319,9 @@ class TrackedRun:
 
 @contextmanager
 def tracked_run(client: MlflowClient, experiment_id: str, run_name: str, tags: dict[str, str]) -> Iterator[TrackedRun]:
-    """A run that ends FINISHED, or FAILED (with the error as a tag) if the block raises."""
-    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    """A run that ends FINISHED, or FAILED (with the error as a tag) if the block raises; it records
+    the command and commit it ran from."""
+    run = client.create_run(experiment_id, run_name=run_name, tags={**provenance_tags(), **tags})
     tracked = TrackedRun(client, run.info.run_id)
     try:
         yield tracked

@@ -12,8 +12,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
@@ -23,18 +21,20 @@ from tinyvmaf.corpus import Corpus
 from tinyvmaf.data import LosoDataModule
 from tinyvmaf.errors import TinyVmafError, finite_number, instantiate_checked
 from tinyvmaf.metrics import HeldoutHistory
-from tinyvmaf.model import TinyVmafModule
-from tinyvmaf.tracking import LOSO_PARENT_TAG, quoted, tracked_run
-
-
-def sweep_id(cfg: DictConfig) -> str:
-    """What ties the runs of one multirun together: the sweep folder's name, unless given."""
-    if cfg.get("sweep_id"):
-        return str(cfg.sweep_id)
-    if not HydraConfig.initialized():
-        return "interactive"
-    hc = HydraConfig.get()
-    return Path(hc.sweep.dir if hc.mode == RunMode.MULTIRUN else hc.run.dir).name
+from tinyvmaf.model import TinyVmafModule, onnx_graph
+from tinyvmaf.tracking import (
+    FOLD,
+    KIND,
+    LOSO,
+    PARENT,
+    Tracking,
+    find_sweep_run,
+    log_dataset,
+    log_onnx_model,
+    quoted,
+    sweep_id,
+    tracked_run,
+)
 
 
 def target_name(node: DictConfig | None) -> str:
@@ -101,7 +101,7 @@ def finished_run(client: MlflowClient, experiment_id: str, sweep: str, arch: str
     """The latest finished run of (arch, fold) in the sweep, if there is one: a rerun sweep skips it."""
     query = f"tags.sweep_id = {quoted(sweep, 'sweep_id')} and attributes.status = 'FINISHED'"
     runs = client.search_runs([experiment_id], query, max_results=50000, order_by=["attributes.start_time DESC"])
-    return next((r for r in runs if r.data.tags.get("arch") == arch and r.data.tags.get("fold") == heldout), None)
+    return next((r for r in runs if r.data.params.get("arch") == arch and r.data.params.get("fold") == heldout), None)
 
 
 ALL_FOLDS = "all"
@@ -117,24 +117,49 @@ def train(cfg: DictConfig) -> dict[str, float] | float:
     """
     check_options(cfg)
     torch.set_num_threads(cfg.torch_threads)
-    client, experiment_id = instantiate_checked(cfg.tracking).experiment()
+    tracking: Tracking = instantiate_checked(cfg.tracking)
+    client, experiment_id = tracking.experiment()
+    sweep_run = find_sweep_run(client, experiment_id, sweep_id(cfg))  # opened by the launching process
+    parent = sweep_run.info.run_id if sweep_run is not None else None
     if str(cfg.fold.heldout) == ALL_FOLDS:
-        return train_every_fold(cfg, client, experiment_id)
-    return train_fold(cfg, client, experiment_id)
+        return train_every_fold(cfg, client, experiment_id, parent)
+    return train_fold(cfg, client, experiment_id, parent)
 
 
-def train_every_fold(cfg: DictConfig, client: MlflowClient, experiment_id: str) -> float:
-    """One parent run for the configuration, one child run per held-out source; the parent
-    carries the LOSO means and the worst fold."""
+def run_params(cfg: DictConfig) -> dict[str, object]:
+    """The configuration a run records as MLflow params (what it was asked to do, nothing measured)."""
+    return {
+        "experiment": cfg.get("experiment_name", "default"),
+        "arch": cfg.arch.name,
+        "fold": str(cfg.fold.heldout),
+        "teacher": cfg.teacher.model,
+        "corpus": cfg.corpus.get("name"),
+        "epochs": cfg.trainer.max_epochs,
+        "lr": cfg.model.optimizer.lr,
+        "weight_decay": cfg.model.optimizer.get("weight_decay", 0.0),
+        "scheduler": target_name(cfg.model.get("scheduler")),
+        "loss": target_name(cfg.model.get("loss")),
+        "log_motion": cfg.model.get("log_motion", False),
+        "augment": cfg.data.augment.enabled,
+        "augment_amount": cfg.data.augment.amount if cfg.data.augment.enabled else 0,
+        "batch_size": cfg.data.batch_size,
+        "seed": cfg.seed,
+    }
+
+
+def train_every_fold(cfg: DictConfig, client: MlflowClient, experiment_id: str, parent_run_id: str | None) -> float:
+    """One run for the configuration (under the sweep's run), one child run per held-out source;
+    the configuration's run carries the LOSO means and the worst fold."""
     corpus, cache = instantiate_checked(cfg.corpus), instantiate_checked(cfg.cache)
     sources = cache.ready(corpus).sources
     arch, sweep = cfg.arch.name, sweep_id(cfg)
-    tags = {"sweep_id": sweep, "arch": arch, "fold": ALL_FOLDS, "teacher": cfg.teacher.model, LOSO_PARENT_TAG: "1"}
+    tags = {"sweep_id": sweep, KIND: LOSO, **({PARENT: parent_run_id} if parent_run_id else {})}
     with tracked_run(client, experiment_id, f"{arch}-{ALL_FOLDS}", tags) as parent:
+        parent.log_params({**run_params(cfg), "fold": ALL_FOLDS, "folds": len(sources)})
         per_fold = {}
         for source in sources:
             fold_cfg = OmegaConf.merge(cfg, {"fold": {"heldout": source, "corpus": corpus.name}})  # a new config each
-            per_fold[source] = train_fold(fold_cfg, client, experiment_id, parent_run_id=parent.run_id)
+            per_fold[source] = train_fold(fold_cfg, client, experiment_id, parent.run_id)
         rmse = [m["heldout_rmse"] for m in per_fold.values()]
         summary = {
             "loso_rmse_mean": float(np.mean(rmse)),
@@ -142,14 +167,13 @@ def train_every_fold(cfg: DictConfig, client: MlflowClient, experiment_id: str) 
             "loso_plcc_mean": float(np.mean([m["heldout_plcc"] for m in per_fold.values()])),
             "loso_srocc_mean": float(np.mean([m["heldout_srocc"] for m in per_fold.values()])),
         }
-        parent.log_params({"experiment": cfg.get("experiment_name", "default"), "arch": arch, "folds": len(sources)})
         parent.log_metrics([{"step": 0, **summary}], step_key="step")
     print(f"{arch} fold=all: " + " ".join(f"{k}={v:.4f}" for k, v in summary.items()))
     return summary["loso_rmse_mean"]
 
 
 def train_fold(
-    cfg: DictConfig, client: MlflowClient, experiment_id: str, parent_run_id: str | None = None
+    cfg: DictConfig, client: MlflowClient, experiment_id: str, parent_run_id: str | None
 ) -> dict[str, float]:
     """One LOSO fold, as its own MLflow run (a child of ``parent_run_id`` when given)."""
     arch, heldout, sweep, recipe = cfg.arch.name, str(cfg.fold.heldout), sweep_id(cfg), recipe_hash(cfg)
@@ -163,13 +187,14 @@ def train_fold(
         print(f"{arch} fold={heldout}: finished earlier in sweep {sweep} (run {done.info.run_id}); not trained again")
         return {k: v for k, v in done.data.metrics.items() if k.startswith("heldout_") or k == "train_loss"}
     tags = {
-        "sweep_id": sweep, "arch": arch, "fold": heldout, "teacher": cfg.teacher.model, "recipe_hash": recipe,
+        "sweep_id": sweep, KIND: FOLD, "recipe_hash": recipe,
         # Where the run's process lives: evaluate.py tells a killed run from one still going.
         "host": os.uname().nodename, "pid": str(os.getpid()),
     }  # fmt: skip
     if parent_run_id is not None:
-        tags["mlflow.parentRunId"] = parent_run_id  # MLflow's own: the UI nests the fold under its configuration
+        tags[PARENT] = parent_run_id
     with tracked_run(client, experiment_id, f"{arch}-{heldout}", tags) as run:
+        run.log_params(run_params(cfg))
         corpus = instantiate_checked(cfg.corpus)
         if cfg.fold.get("corpus") not in (None, corpus.name):
             raise TinyVmafError(
@@ -180,32 +205,23 @@ def train_fold(
         history = HeldoutHistory()
         datamodule, module, trainer = prepare_fit(cfg, corpus, cache, heldout, callbacks=[history])
         table = datamodule.table
-        run.log_tags({"corpus_sources": json.dumps(table.sources)})
-        run.log_params(
-            {
-                "experiment": cfg.get("experiment_name", "default"),
-                "arch": arch,
-                "fold": heldout,
-                "teacher": cfg.teacher.model,
-                "n_params": module.n_params,
-                "epochs": cfg.trainer.max_epochs,
-                "lr": cfg.model.optimizer.lr,
-                "weight_decay": cfg.model.optimizer.get("weight_decay", 0.0),
-                "scheduler": target_name(cfg.model.get("scheduler")),
-                "loss": target_name(cfg.model.get("loss")),
-                "activation": module.activation,
-                "log_motion": cfg.model.get("log_motion", False),
-                "augment": cfg.data.augment.enabled,
-                "augment_amount": cfg.data.augment.amount if cfg.data.augment.enabled else 0,
-                "batch_size": cfg.data.batch_size,
-                "seed": cfg.seed,
-                "corpus": table.label,
-                "libvmaf_version": table.libvmaf_version,
-                "n_train_frames": len(datamodule.train_x),
-                "n_heldout_frames": len(datamodule.test_x),
-                "heldout_teacher_mean": float(datamodule.test_y.double().mean()),
-                "heldout_teacher_std": float(datamodule.test_y.double().std(correction=0)),
-            }
+        run.log_tags({"corpus_sources": json.dumps(table.sources), "libvmaf_version": table.libvmaf_version})
+        run.log_params({"activation": module.activation})
+        log_dataset(
+            client, run.run_id, corpus.name, table.manifest[:12], str(corpus.location), f"training; held out: {heldout}"
+        )
+        run.log_metrics(
+            [
+                {
+                    "step": 0,
+                    "n_params": module.n_params,
+                    "n_train_frames": len(datamodule.train_x),
+                    "n_heldout_frames": len(datamodule.test_x),
+                    "heldout_teacher_mean": float(datamodule.test_y.double().mean()),
+                    "heldout_teacher_std": float(datamodule.test_y.double().std(correction=0)),
+                }
+            ],
+            step_key="step",
         )
         trainer.fit(module, datamodule=datamodule)
         if not history.history:
@@ -226,6 +242,7 @@ def train_fold(
             np.savez(Path(tmp) / "heldout.npz", teacher=datamodule.test_y.numpy(), predicted=predicted.numpy())
             for name in ("config.yaml", "model.pt", "heldout.npz"):
                 run.log_artifact(Path(tmp) / name)
+        log_onnx_model(client, run.run_id, onnx_graph(module.model), datamodule.test_x[:5].numpy())
     final = history.final
     print(f"{arch} fold={heldout}: " + " ".join(f"{k}={v:.4f}" for k, v in final.items()))
     return final

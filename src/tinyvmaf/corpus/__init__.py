@@ -34,6 +34,11 @@ class ClipPair:
 class Corpus(Protocol):
     name: str
 
+    @property
+    def location(self) -> Path:
+        """Where the corpus lives (its folder or dataset file): the source MLflow records for it."""
+        ...
+
     def pairs(self) -> list[ClipPair]: ...
 
 

@@ -181,6 +181,10 @@ class DatasetFileCorpus:
             )
         return fmt
 
+    @property
+    def location(self) -> Path:
+        return self.path
+
     def pairs(self) -> list[ClipPair]:
         base = RawFormat(
             self._positive("width"),

@@ -86,6 +86,10 @@ class DefaultCorpus:
         self.hrcs = [Hrc(**h) for h in hrcs]
         self.n_jobs = n_jobs or os.cpu_count() or 1
 
+    @property
+    def location(self) -> Path:
+        return self.root
+
     def pairs(self) -> list[ClipPair]:
         self.generate()
         wanted = {safe_name(f"{s}{SEPARATOR}{h.name}") for s in self.sources for h in self.hrcs}

@@ -19,6 +19,10 @@ class DirectoryCorpus:
         self.name = name or self.root.name
         self.raw = RawFormat(**yuv) if yuv else None
 
+    @property
+    def location(self) -> Path:
+        return self.root
+
     def pairs(self) -> list[ClipPair]:
         ref_dir, dis_dir = self.root / "ref", self.root / "dis"
         for folder in (ref_dir, dis_dir):

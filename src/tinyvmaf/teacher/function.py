@@ -15,6 +15,8 @@ from functools import cache
 from importlib import resources
 
 import numpy as np
+import onnx
+import onnx.numpy_helper
 
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.teacher import FEATURE_NAMES
@@ -71,6 +73,60 @@ class SvrTeacher:
                 np.maximum(transformed, score) if str(t.get("out_gte_in", "false")).lower() == "true" else transformed
             )
         return np.clip(score, *self.clip)
+
+    @property
+    def n_params(self) -> int:
+        """Every number the model holds: support vectors, coefficients, rescaling, gamma and rho."""
+        return self.support_vectors.size + self.coefficients.size + self.slopes.size + self.intercepts.size + 2
+
+    def onnx_graph(self, opset: int = 17) -> onnx.ModelProto:
+        """This model as one self-contained ONNX graph with the tiny models' contract: ``features``
+        float32 [N, 6] (``feature_columns`` order) -> ``vmaf`` float32 [N], any N. Inside, in float64
+        as in libvmaf: the feature rescale, the RBF SVR over the support vectors (the squared distance
+        expanded, as in ``_score``), the score's denormalisation and the clip. ``score_transform`` is
+        left out, as libvmaf does unless asked."""
+        sv = self.support_vectors
+        constants = {
+            "slopes": self.slopes[1:], "intercepts": self.intercepts[1:], "sv_t": -2.0 * sv.T,
+            "sv_sq": (sv**2).sum(1)[None, :], "zero": np.zeros(1), "minus_gamma": np.array([-self.gamma]),
+            "coef": self.coefficients[:, None], "rho": np.array([self.rho]),
+            "score_intercept": np.array([self.intercepts[0]]), "score_slope": np.array([self.slopes[0]]),
+            "low": np.array([self.clip[0]]), "high": np.array([self.clip[1]]), "axis1": np.array([1], dtype=np.int64),
+        }  # fmt: skip
+        node = onnx.helper.make_node
+        nodes = [
+            node("Cast", ["features"], ["x"], to=onnx.TensorProto.DOUBLE),
+            node("Mul", ["x", "slopes"], ["x_scaled"]),
+            node("Add", ["x_scaled", "intercepts"], ["z"]),
+            node("Mul", ["z", "z"], ["z_sq"]),
+            node("ReduceSum", ["z_sq", "axis1"], ["z_norm"], keepdims=1),
+            node("MatMul", ["z", "sv_t"], ["cross"]),
+            node("Add", ["cross", "z_norm"], ["d0"]),
+            node("Add", ["d0", "sv_sq"], ["d1"]),
+            node("Max", ["d1", "zero"], ["distance"]),  # rounding can take a zero distance below 0
+            node("Mul", ["distance", "minus_gamma"], ["exponent"]),
+            node("Exp", ["exponent"], ["kernel"]),
+            node("MatMul", ["kernel", "coef"], ["weighted"]),
+            node("Squeeze", ["weighted", "axis1"], ["svr0"]),
+            node("Sub", ["svr0", "rho"], ["svr"]),
+            node("Sub", ["svr", "score_intercept"], ["s0"]),
+            node("Div", ["s0", "score_slope"], ["score"]),
+            node("Max", ["score", "low"], ["s1"]),
+            node("Min", ["s1", "high"], ["clipped"]),
+            node("Cast", ["clipped"], ["vmaf"], to=onnx.TensorProto.FLOAT),
+        ]
+        graph = onnx.helper.make_graph(
+            nodes,
+            self.name,
+            [onnx.helper.make_tensor_value_info("features", onnx.TensorProto.FLOAT, ["batch", len(FEATURE_NAMES)])],
+            [onnx.helper.make_tensor_value_info("vmaf", onnx.TensorProto.FLOAT, ["batch"])],
+            [onnx.numpy_helper.from_array(np.asarray(v), name=k) for k, v in constants.items()],
+        )
+        model = onnx.helper.make_model(
+            graph, opset_imports=[onnx.helper.make_opsetid("", opset)], producer_name="tinyvmaf"
+        )
+        onnx.checker.check_model(model, full_check=True)
+        return model
 
 
 @cache
