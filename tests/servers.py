@@ -56,17 +56,53 @@ def team_server() -> Iterator[tuple[str, Path]]:
     try:
         run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(pg_port), "-U", "postgres", "mlflow")
         artifacts = base / "artifacts"
-        server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-             "--backend-store-uri", f"postgresql+psycopg://postgres@127.0.0.1:{pg_port}/mlflow",
-             "--serve-artifacts", "--artifacts-destination", str(artifacts), "--workers", "1"],
-            stdout=open(base / "mlflow.log", "w"), stderr=subprocess.STDOUT, start_new_session=True, cwd=base,
+        server = _start_mlflow(
+            "server", port, base,
+            "--backend-store-uri", f"postgresql+psycopg://postgres@127.0.0.1:{pg_port}/mlflow",
+            "--serve-artifacts", "--artifacts-destination", str(artifacts),
         )  # fmt: skip
-        _wait_for(f"http://127.0.0.1:{port}/health", 120, server)
         yield f"http://127.0.0.1:{port}", artifacts
     finally:
         if server is not None:
-            os.killpg(server.pid, signal.SIGTERM)  # the server and its workers: its own process group
-            server.wait(timeout=30)
+            _stop(server)
         run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _start_mlflow(command: str, port: int, folder: Path, *options: str) -> subprocess.Popen:
+    """``mlflow server`` or ``mlflow ui`` on 127.0.0.1:port, its log in ``folder``, answering /health."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", command, "--host", "127.0.0.1", "--port", str(port), "--workers", "1", *options],
+        stdout=open(folder / f"mlflow-{port}.log", "w"), stderr=subprocess.STDOUT, start_new_session=True, cwd=folder,
+    )  # fmt: skip
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/health", 120, server)
+    except BaseException:
+        _stop(server)
+        raise
+    return server
+
+
+def _stop(server: subprocess.Popen) -> None:
+    os.killpg(server.pid, signal.SIGTERM)  # the server and its workers: its own process group
+    server.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def mlflow_ui(store: Path) -> Iterator[str]:
+    """The README's UI command on a local store folder (``mlflow.db`` and ``artifacts/``), on 127.0.0.1,
+    stopped by PID on exit. Yields its URL."""
+    port = _free_port()
+    server = _start_mlflow(
+        "ui",
+        port,
+        store,
+        "--backend-store-uri",
+        f"sqlite:///{store}/mlflow.db",
+        "--artifacts-destination",
+        str(store / "artifacts"),
+    )
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        _stop(server)

@@ -8,11 +8,13 @@ import subprocess
 from pathlib import Path
 
 import matplotlib.image
+import mlflow
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 
 from tinyvmaf import ffmpeg
@@ -91,10 +93,17 @@ def test_digest_numbers_equal_the_mlflow_run_metrics(swept, capsys, compose):
     assert "- missing: linear fold Ghost" in md and digest["completeness"]["finished"] == 4
     for png in ("scatter.png", "rmse_per_fold.png"):
         assert matplotlib.image.imread(tmp / "reports" / "s1" / png).shape[0] > 100
-    summary = client.search_runs(
-        [client.get_experiment_by_name("tinyvmaf-loso").experiment_id], "tags.`tinyvmaf.digest` = '1'"
+    # The sweep's run: created by evaluate.py for runs trained without one, which it nests under it.
+    (sweep,) = client.search_runs(
+        [client.get_experiment_by_name("tinyvmaf-loso").experiment_id], "tags.kind = 'sweep' and tags.sweep_id = 's1'"
     )
-    assert {a.path for a in client.list_artifacts(summary[0].info.run_id)} == {
+    assert (
+        sweep.info.run_name == "s1" and sweep.data.metrics["linear/rmse_mean"] == digest["archs"]["linear"]["rmse_mean"]
+    )
+    assert sweep.data.metrics["folds_missing"] == 1 and sweep.info.status == "FAILED"
+    for f in digest["archs"]["mlp_small"]["folds"]:
+        assert client.get_run(f["run_id"]).data.tags["mlflow.parentRunId"] == sweep.info.run_id
+    assert {a.path for a in client.list_artifacts(sweep.info.run_id)} == {
         "digest.md",
         "digest.json",
         "scatter.png",
@@ -126,15 +135,39 @@ def exported(swept, compose):
         *overrides,
         f"exports.vmaf_tiny_v1.output={tmp}/models/a.onnx",
         f"exports.vmaf_tiny_v1_medium.output={tmp}/models/b.onnx",
+        f"teacher_output_dir={tmp}/models",
     )
     assert export_models(cfg) == 0
     return tmp, cfg
 
 
+def test_registered_models_load_by_name_and_score_like_the_files(exported, monkeypatch):
+    tmp, cfg = exported
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", cfg.tracking.uri)
+    features = instantiate(cfg.cache).load(instantiate(cfg.corpus)).features.astype(np.float32)
+    client = MlflowClient(cfg.tracking.uri)
+    for name, path in (
+        ("vmaf_tiny_v1", "a.onnx"),
+        ("vmaf_tiny_v1_medium", "b.onnx"),
+        ("vmaf_v0.6.1", "vmaf_v0.6.1.onnx"),
+    ):
+        model = mlflow.pyfunc.load_model(f"models:/{name}/1")
+        session = ort.InferenceSession(str(tmp / "models" / path), providers=["CPUExecutionProvider"])
+        assert np.array_equal(model.predict(features)["vmaf"], session.run(["vmaf"], {"features": features})[0])
+        assert [s.name for s in model.metadata.signature.inputs.inputs] == ["features"]
+        assert model.metadata.signature.outputs.inputs[0].shape == (-1,)
+        version = client.get_model_version(name, "1")
+        assert version.tags["teacher"] == "vmaf_v0.6.1" and version.description
+    tiny = client.get_model_version("vmaf_tiny_v1", "1")
+    assert tiny.tags["loso_sweep_id"] == "s1" and float(tiny.tags["loso_rmse_mean"]) > 0
+
+
 def test_exported_files_are_self_contained_and_follow_the_contract(exported, tmp_path):
     tmp, cfg = exported
-    assert sorted(p.name for p in (tmp / "models").iterdir()) == ["a.onnx", "b.onnx"]
-    for name, arch, n_params in (("a.onnx", "mlp_small", 257), ("b.onnx", "mlp_medium", 2561)):
+    assert sorted(p.name for p in (tmp / "models").iterdir()) == ["a.onnx", "b.onnx", "vmaf_v0.6.1.onnx"]
+    for name, arch, n_params in (
+        ("a.onnx", "mlp_small", 257), ("b.onnx", "mlp_medium", 2561), ("vmaf_v0.6.1.onnx", "libsvm nu-SVR (RBF)", 1493),
+    ):  # fmt: skip
         lonely = tmp_path / name
         shutil.copy(tmp / "models" / name, lonely)  # alone in an empty folder
         session = ort.InferenceSession(str(lonely), providers=["CPUExecutionProvider"])
@@ -159,7 +192,7 @@ def test_run_model_export_matches_torch(swept, tmp_path, compose):
     client = MlflowClient(f"sqlite:///{tmp}/mlruns/mlflow.db")
     run = client.search_runs(
         [client.get_experiment_by_name("tinyvmaf-loso").experiment_id],
-        "params.arch = 'mlp_small' and attributes.status = 'FINISHED'",
+        "params.arch = 'mlp_small' and attributes.status = 'FINISHED' and tags.kind = 'fold'",
     )[0]
     overrides = [o for o in base if not o.startswith(("fold.", "data.batch_size"))]
     # another epoch count and teacher in the export config: the metadata must still be the run's

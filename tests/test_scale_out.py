@@ -27,9 +27,11 @@ LAUNCHERS = {
 }
 
 
-def experiment_runs(uri: str, name: str = "tinyvmaf-loso") -> list:
+def experiment_runs(uri: str, name: str = "tinyvmaf-loso", kinds: tuple[str, ...] = ("fold", "loso")) -> list:
+    """The experiment's runs of these kinds (fold runs and whole-configuration runs by default; not the sweep run)."""
     client = MlflowClient(uri)
-    return client.search_runs([client.get_experiment_by_name(name).experiment_id], max_results=1000)
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id], max_results=1000)
+    return [r for r in runs if r.data.tags.get("kind") in kinds]
 
 
 @pytest.mark.slow
@@ -46,7 +48,9 @@ def test_a_failed_fold_fails_the_sweep_under_every_launcher(launcher, tiny_overr
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "error: 1 of 2 runs failed: " in proc.stderr and "fold=Ghost: no such source in corpus 'tiny'" in proc.stderr
-    statuses = sorted((r.data.tags["fold"], r.info.status) for r in experiment_runs(tiny_overrides[5].split("=", 1)[1]))
+    statuses = sorted(
+        (r.data.params["fold"], r.info.status) for r in experiment_runs(tiny_overrides[5].split("=", 1)[1])
+    )
     assert statuses == [("Bars", "FINISHED"), ("Ghost", "FAILED")]
 
 
@@ -150,7 +154,7 @@ def test_a_parallel_sweep_against_a_team_server_on_postgresql(mlflow_server, tin
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     runs = experiment_runs(uri, "team-sweep")
-    assert sorted((r.data.tags["arch"], r.data.tags["fold"], r.info.status) for r in runs) == [
+    assert sorted((r.data.params["arch"], r.data.params["fold"], r.info.status) for r in runs) == [
         ("linear", "Bars", "FINISHED"), ("linear", "Mandel", "FINISHED"),
         ("mlp_small", "Bars", "FINISHED"), ("mlp_small", "Mandel", "FINISHED"),
     ]  # fmt: skip
@@ -178,24 +182,24 @@ def test_whole_configuration_jobs_equal_the_per_fold_runs(tiny_overrides, run_en
     assert proc.returncode == 0, proc.stderr
     uri = tiny_overrides[5].split("=", 1)[1]
     runs = experiment_runs(uri)
-    parents = {r.data.tags["arch"]: r for r in runs if r.data.tags["fold"] == "all"}
-    children = [r for r in runs if r.data.tags["fold"] != "all"]
+    parents = {r.data.params["arch"]: r for r in runs if r.data.params["fold"] == "all"}
+    children = [r for r in runs if r.data.params["fold"] != "all"]
     assert sorted(parents) == ["linear", "mlp_small"] and len(children) == 4
     for child in children:
-        assert child.data.tags["mlflow.parentRunId"] == parents[child.data.tags["arch"]].info.run_id
+        assert child.data.tags["mlflow.parentRunId"] == parents[child.data.params["arch"]].info.run_id
         alone = train(
             compose(
                 "train",
                 *tiny_overrides,
-                f"arch={child.data.tags['arch']}",
-                f"fold.heldout={child.data.tags['fold']}",
+                f"arch={child.data.params['arch']}",
+                f"fold.heldout={child.data.params['fold']}",
                 "sweep_id=alone",
             )
         )
         for name in ("heldout_rmse", "heldout_plcc", "heldout_srocc", "train_loss"):
             assert abs(child.data.metrics[name] - alone[name]) <= 1e-6
     for arch, parent in parents.items():
-        rmse = [c.data.metrics["heldout_rmse"] for c in children if c.data.tags["arch"] == arch]
+        rmse = [c.data.metrics["heldout_rmse"] for c in children if c.data.params["arch"] == arch]
         assert parent.data.metrics["loso_rmse_mean"] == pytest.approx(sum(rmse) / 2) and parent.data.metrics[
             "loso_rmse_worst"
         ] == max(rmse)

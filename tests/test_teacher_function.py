@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from hydra.utils import instantiate
@@ -11,6 +14,7 @@ from tinyvmaf.cache import TeacherCache
 from tinyvmaf.corpus.directory import DirectoryCorpus
 from tinyvmaf.data import Augmentation, LosoDataModule
 from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.export import export_teacher
 from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
 from tinyvmaf.teacher.function import DOMAIN_HIGH, DOMAIN_LOW, domain_points, load_teacher
 
@@ -32,6 +36,39 @@ def test_teacher_function_matches_libvmaf_on_every_frame_of_the_default_corpus(m
     predicted = teacher(table.columns(teacher.feature_columns))
     assert len(predicted) == len(table) > 8000
     assert np.abs(predicted - table.scores[model]).max() <= 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", MODELS)
+def test_teacher_as_onnx_matches_libvmaf_on_every_frame_of_the_default_corpus(model, compose, tmp_path):
+    table = default_table(compose)
+    proto, metadata = export_teacher(model, tmp_path / f"{model}.onnx", table)
+    teacher = load_teacher(model)
+    assert json.loads(metadata["feature_names"]) == list(teacher.feature_columns)
+    session = ort.InferenceSession(str(tmp_path / f"{model}.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["features"] and [o.name for o in session.get_outputs()] == [
+        "vmaf"
+    ]
+    got = session.run(["vmaf"], {"features": table.columns(teacher.feature_columns).astype(np.float32)})[0]
+    assert got.dtype == np.float32 and got.shape == (len(table),)
+    assert np.abs(got - table.scores[model]).max() <= 1e-3
+    assert {p.key: p.value for p in onnx.load(str(tmp_path / f"{model}.onnx")).metadata_props}["teacher"] == model
+
+
+@pytest.mark.slow
+def test_shipped_vmaf_v061_onnx_matches_libvmaf_on_every_frame_of_the_default_corpus(compose, repo):
+    table = default_table(compose)
+    session = ort.InferenceSession(str(repo / "models" / "vmaf_v0.6.1.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(["vmaf"], {"features": table.features.astype(np.float32)})[0]
+    assert np.abs(got - table.scores["vmaf_v0.6.1"]).max() <= 1e-3
+
+
+def test_teacher_as_onnx_equals_the_teacher_function_over_the_valid_domain():
+    teacher = load_teacher("vmaf_v0.6.1")
+    session = ort.InferenceSession(teacher.onnx_graph().SerializeToString(), providers=["CPUExecutionProvider"])
+    x = domain_points(5, 20000, seed=0).astype(np.float32)
+    assert np.abs(session.run(["vmaf"], {"features": x})[0] - teacher(x.astype(np.float64))).max() <= 1e-4
+    assert session.run(["vmaf"], {"features": x[:0]})[0].shape == (0,)
 
 
 def test_teacher_function_matches_libvmaf_on_tiny_clips(tiny_corpus, tmp_path):

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 import torch
@@ -23,7 +24,7 @@ from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.files import config_key
 from tinyvmaf.model import CensoredMSELoss, count_params
 from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
-from tinyvmaf.training import train
+from tinyvmaf.training import run_params, train
 
 
 def options(repo: Path, group: str) -> list[str]:
@@ -175,7 +176,7 @@ def experiment_id(cfg) -> str:
 
 
 @pytest.mark.slow
-def test_tiny_multirun_end_to_end_with_one_bad_fold(tiny_corpus, tmp_path, tiny_overrides, compose, run_entry):
+def test_tiny_multirun_end_to_end_with_one_bad_fold(tiny_corpus, tmp_path, tiny_overrides, compose, run_entry, repo):
     overrides = tiny_overrides
     proc = run_entry("train.py", "-m", "arch=mlp_small,linear", "fold.heldout=Bars,Mandel,Ghost", *overrides)
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -183,8 +184,10 @@ def test_tiny_multirun_end_to_end_with_one_bad_fold(tiny_corpus, tmp_path, tiny_
     assert "2 of 6 runs failed" in proc.stderr
     cfg = compose("train", *overrides)
     client = MlflowClient(cfg.tracking.uri)
-    runs = client.search_runs([experiment_id(cfg)])
-    assert len(runs) == 6 and len({r.data.tags["sweep_id"] for r in runs}) == 1
+    everything = client.search_runs([experiment_id(cfg)])
+    (sweep,) = [r for r in everything if r.data.tags["kind"] == "sweep"]
+    runs = [r for r in everything if r.data.tags["kind"] == "fold"]
+    assert len(runs) == 6 and {r.data.tags["sweep_id"] for r in everything} == {sweep.info.run_name}
     finished = [r for r in runs if r.info.status == "FINISHED"]
     assert sorted((r.data.params["arch"], r.data.params["fold"]) for r in finished) == [
         ("linear", "Bars"),
@@ -192,19 +195,48 @@ def test_tiny_multirun_end_to_end_with_one_bad_fold(tiny_corpus, tmp_path, tiny_
         ("mlp_small", "Bars"),
         ("mlp_small", "Mandel"),
     ]
+    commit = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    for r in runs:  # every fold under the sweep's run, with where it came from
+        assert r.data.tags["mlflow.parentRunId"] == sweep.info.run_id
+        assert r.data.tags["mlflow.source.git.commit"] == commit and r.data.tags["mlflow.source.name"] == "train.py"
+        assert (
+            r.data.tags["command"].startswith("python train.py ")
+            and f"fold.heldout={r.data.params['fold']}" in r.data.tags["command"]
+        )
     for r in finished:
         p, m = r.data.params, r.data.metrics
-        assert p["n_params"] == {"mlp_small": "257", "linear": "7"}[p["arch"]]
-        assert {"teacher", "epochs", "lr", "batch_size", "seed", "corpus", "libvmaf_version"} <= set(p)
-        assert p["epochs"] == "3" and p["corpus"].startswith("tiny:")
-        assert {"heldout_plcc", "heldout_srocc", "heldout_rmse", "train_loss"} <= set(m)
+        # params are configuration only, each logged once (not also as a tag); measurements are metrics
+        assert set(p) == set(run_params(cfg)) | {"activation"} and not set(p) & set(r.data.tags)
+        assert m["n_params"] == {"mlp_small": 257, "linear": 7}[p["arch"]] and m["n_heldout_frames"] == 24
+        assert p["epochs"] == "3" and p["corpus"] == "tiny" and r.data.tags["libvmaf_version"]
+        assert {"heldout_plcc", "heldout_srocc", "heldout_rmse", "train_loss", "heldout_teacher_mean"} <= set(m)
         assert -1 <= m["heldout_plcc"] <= 1 and m["heldout_rmse"] >= 0
         history = client.get_metric_history(r.info.run_id, "heldout_rmse")
         assert [h.step for h in history] == [0, 1, 2] and history[-1].value == m["heldout_rmse"]
         artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
         assert artifacts == {"config.yaml", "model.pt", "heldout.npz"}
+        (dataset,) = r.inputs.dataset_inputs  # the corpus, as MLflow's dataset input
+        assert dataset.dataset.name == "tiny" and len(dataset.dataset.digest) == 12
+        assert {t.key: t.value for t in dataset.tags}["mlflow.data.context"] == f"training; held out: {p['fold']}"
+        (logged,) = r.outputs.model_outputs  # the fold's model, logged as an MLflow model, not registered
+        model = mlflow.models.get_model_info(f"models:/{logged.model_id}")
+        assert model.signature.inputs.to_dict() == [
+            {"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 6]}, "name": "features"}
+        ]
+    assert client.search_registered_models() == []
     failed = [r for r in runs if r.info.status == "FAILED"]
-    assert {r.data.tags["fold"] for r in failed} == {"Ghost"}
+    assert {r.data.params["fold"] for r in failed} == {"Ghost"}
+    # the sweep's run carries its digest: per-arch aggregates, completeness, the files
+    small = [r.data.metrics["heldout_rmse"] for r in finished if r.data.params["arch"] == "mlp_small"]
+    assert sweep.data.metrics["mlp_small/rmse_mean"] == pytest.approx(np.mean(small))
+    assert sweep.data.metrics["mlp_small/rmse_worst"] == max(small)
+    assert (sweep.data.metrics["folds_finished"], sweep.data.metrics["folds_failed"]) == (4, 2)
+    assert sweep.info.status == "FAILED" and "incomplete" in sweep.data.tags["error"]
+    assert {a.path for a in client.list_artifacts(sweep.info.run_id)} == {
+        "digest.md", "digest.json", "scatter.png", "rmse_per_fold.png",
+    }  # fmt: skip
 
 
 def test_unknown_arch_is_refused_before_any_run(tmp_path, run_entry):

@@ -394,7 +394,7 @@ def test_a_rerun_sweep_trains_only_what_it_lacks(tiny_overrides, compose, capsys
     cfg = compose("train", *base)
     client = MlflowClient(cfg.tracking.uri)
     runs = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
-    assert sorted(r.data.tags["fold"] for r in runs) == ["Bars", "Mandel"]
+    assert sorted(r.data.params["fold"] for r in runs) == ["Bars", "Mandel"]
     with pytest.raises(TinyVmafError, match="sweep_id=S: linear fold=Bars already finished there with another recipe"):
         train(compose("train", *base, "fold.heldout=Bars", "model.optimizer.lr=1e-3"))
 
@@ -438,7 +438,7 @@ def test_the_digest_states_missing_killed_and_duplicate_runs(tiny_overrides, com
     assert [f["rmse"] for f in digest["archs"]["linear"]["folds"]] == [finished.data.metrics["heldout_rmse"] + 1.0]
     proc = run_entry(*evaluate, "fail_running=true")
     assert "1 finished, 1 failed, 0 still RUNNING" in proc.stdout
-    assert [r.info.status for r in client.search_runs([experiment_id], "tags.fold = 'Mandel'")] == ["FAILED"]
+    assert [r.info.status for r in client.search_runs([experiment_id], "params.fold = 'Mandel'")] == ["FAILED"]
 
 
 # -- libvmaf logs and read-only commands ---------------------------------------------------

@@ -198,10 +198,8 @@ def export_models(cfg: DictConfig) -> int:
         print(
             f"{output}: {arch_cfg['name']}, {metadata['n_params']} params, ONNX Runtime vs torch max |diff| {diff:.1e} on {len(table)} frames"
         )
-        if cfg.register and arch is not None:
-            print(
-                f"  registered in MLflow as {output.stem} version {register(cfg, output.stem, proto, table, metadata)}"
-            )
+        if cfg.register and name is not None:
+            print(f"  registered in MLflow as {name} version {register(cfg, name, proto, table, metadata)}")
     if not cfg.get("run_id"):
         for name in cfg.teacher_exports:
             output = Path(cfg.teacher_output_dir) / f"{name}.onnx"
