@@ -12,6 +12,6 @@ from omegaconf import DictConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def compose(name: str, *overrides: str) -> DictConfig:
+def compose(name: str, *overrides: str, return_hydra_config: bool = False) -> DictConfig:
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return hydra_compose(name, overrides=list(overrides))
+        return hydra_compose(name, overrides=list(overrides), return_hydra_config=return_hydra_config)

@@ -159,18 +159,23 @@ class SweepRun(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from tinyvmaf.tracking import open_sweep_run, sweep_id
 
+        self.sweep = sweep_id(config)  # resolved now: it may read the Hydra config, gone at the end
+        self.search = bool(config.get("search", {}).get("study"))
         tracking = _or_exit(lambda: instantiate_checked(config.tracking))
         overrides = " ".join(config.hydra.overrides.task)
         params = {"experiment": config.get("experiment_name", "default"), "teacher": config.teacher.model}
-        _or_exit(lambda: open_sweep_run(tracking, sweep_id(config), {**params, "sweep": overrides}))
+        _or_exit(lambda: open_sweep_run(tracking, self.sweep, {**params, "sweep": overrides}))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from tinyvmaf.digest import write_digest
-        from tinyvmaf.tracking import sweep_id
 
         quiet_libraries()
+        # A search's digest is its best trial's; the study's run has Optuna's figures instead.
+        options = config.copy()
+        OmegaConf.set_struct(options, False)
+        options.sweep_id, options.trial = self.sweep, "best" if self.search else None
         try:
-            write_digest(OmegaConf.merge(config, {"sweep_id": sweep_id(config)}))
+            write_digest(options)
         except Exception as exc:
             message = user_error(exc)
             if message is None:

@@ -29,7 +29,7 @@ from tinyvmaf.files import inside
 from tinyvmaf.metrics import METRIC_NAMES, metrics_per_source
 from tinyvmaf.mlflow_artifacts import local_artifact_root
 from tinyvmaf.teacher.function import load_teacher
-from tinyvmaf.tracking import FOLD, KIND, PARENT, TrackedRun, Tracking, open_sweep_run, runs_table_url
+from tinyvmaf.tracking import FOLD, KIND, LOSO, PARENT, TrackedRun, Tracking, open_sweep_run, quoted, runs_table_url
 
 
 def fold_runs(
@@ -383,12 +383,32 @@ def finish_sweep_run(client: MlflowClient, run_id: str, status: SweepStatus) -> 
     client.set_terminated(run_id, "FAILED")
 
 
+def trial_run(client: MlflowClient, experiment_id: str, sweep: str, trial: str) -> Run:
+    """A finished, unpruned search trial of the sweep (a study): ``best`` (lowest LOSO mean RMSE) or its number."""
+    query = f"tags.sweep_id = {quoted(sweep, 'sweep_id')} and tags.{KIND} = '{LOSO}' and attributes.status = 'FINISHED'"
+    runs = client.search_runs([experiment_id], query, max_results=50000)
+    trials = [r for r in runs if "trial" in r.data.params and "pruned" not in r.data.tags]
+    if str(trial) == "best" and trials:
+        return min(trials, key=lambda r: r.data.metrics["loso_rmse_mean"])
+    found = [r for r in trials if r.data.params["trial"] == str(trial)]
+    if not found:
+        numbers = ", ".join(sorted((r.data.params["trial"] for r in trials), key=int)[:20]) or "none"
+        raise TinyVmafError(
+            f"trial={trial}: no finished, unpruned trial of that number in sweep {sweep} (finished: {numbers})"
+        )
+    return found[0]
+
+
 def write_digest(cfg: DictConfig) -> int:
     """``evaluate.py`` (and the end of every train.py sweep): the digest of one sweep, written to
     ``reports/<sweep_id>/`` and logged to the sweep's MLflow run (metrics and files)."""
     tracking: Tracking = instantiate_checked(cfg.tracking)
     client, experiment_id = tracking.existing_experiment()
     sweep, runs = fold_runs(client, experiment_id, cfg.get("sweep_id"))
+    trial = None
+    if cfg.get("trial") is not None:  # one trial of a search: its folds, its own digest, logged to its run
+        trial = trial_run(client, experiment_id, sweep, cfg.trial)
+        runs = [r for r in runs if r.data.tags.get(PARENT) == trial.info.run_id]
     status = sweep_status(runs)
     if cfg.get("fail_running") and status.running:
         mark_running_failed(client, status)
@@ -412,22 +432,28 @@ def write_digest(cfg: DictConfig) -> int:
         other = aggregate(sweep_status(other_runs))
         document["compared_with"] = {"sweep_id": other_sweep, "archs": other}
         comparison_lines = comparison(archs, other, sweep, other_sweep)
+    title = sweep if trial is None else f"{sweep} {trial.info.run_name}"
     out = inside(Path(cfg.paths.reports_dir), sweep, what="sweep_id")
+    out = out if trial is None else inside(out, trial.info.run_name, what="trial")
     out.mkdir(parents=True, exist_ok=True)
     (out / "digest.json").write_text(json.dumps(document, indent=2))
-    (out / "digest.md").write_text(markdown(sweep, archs, status, teacher_row, comparison_lines))
+    (out / "digest.md").write_text(markdown(title, archs, status, teacher_row, comparison_lines))
     scatter_figure(client, archs, out / "scatter.png")
     rmse_figure(archs, out / "rmse_per_fold.png")
-    params = runs[0].data.params
-    sweep_run = open_sweep_run(
-        tracking, sweep, {k: params.get(k) for k in ("experiment", "teacher", "corpus")} | {"archs": ",".join(archs)}
-    )
-    adopt_runs(client, sweep_run, runs)
-    logged = TrackedRun(client, sweep_run)
+    if trial is None:
+        params = runs[0].data.params
+        sweep_run = open_sweep_run(
+            tracking,
+            sweep,
+            {k: params.get(k) for k in ("experiment", "teacher", "corpus")} | {"archs": ",".join(archs)},
+        )
+        adopt_runs(client, sweep_run, runs)
+    logged = TrackedRun(client, sweep_run if trial is None else trial.info.run_id)
     logged.log_metrics([{"step": 0, **digest_metrics(archs, status)}], step_key="step")
     for name in ("digest.md", "digest.json", "scatter.png", "rmse_per_fold.png"):
         logged.log_artifact(out / name)
-    finish_sweep_run(client, sweep_run, status)
+    if trial is None:
+        finish_sweep_run(client, sweep_run, status)
     print((out / "digest.md").read_text().split("\n## ")[1])
     print("\n".join(completeness_lines(status)[2:]))
     if status.running:

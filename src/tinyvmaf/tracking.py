@@ -81,8 +81,8 @@ class Tracking:
     ``experiment()``, which creates store and experiment on first use; commands that only read
     use ``existing_experiment()``, which never creates either."""
 
-    def __init__(self, uri: str, experiment: str) -> None:
-        self.uri, self.name = uri, experiment
+    def __init__(self, uri: str, experiment: str, log_models: bool = True) -> None:
+        self.uri, self.name, self.log_models = uri, experiment, log_models
 
     def experiment(self) -> tuple[MlflowClient, str]:
         """Client and experiment id, creating store and experiment once.
@@ -173,9 +173,10 @@ def sweep_id(cfg: DictConfig) -> str:
     """What ties the runs of one multirun together: the sweep folder's name, unless given."""
     if cfg.get("sweep_id"):
         return str(cfg.sweep_id)
-    if not HydraConfig.initialized():
+    # a job reads Hydra's config; the launching process (callbacks, sweeper) has it in ``cfg.hydra``
+    hc = HydraConfig.get() if HydraConfig.initialized() else cfg.get("hydra")
+    if hc is None:
         return "interactive"
-    hc = HydraConfig.get()
     return Path(hc.sweep.dir if hc.mode == RunMode.MULTIRUN else hc.run.dir).name
 
 

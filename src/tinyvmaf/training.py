@@ -21,7 +21,8 @@ from tinyvmaf.corpus import Corpus
 from tinyvmaf.data import LosoDataModule
 from tinyvmaf.errors import TinyVmafError, finite_number, instantiate_checked
 from tinyvmaf.metrics import HeldoutHistory
-from tinyvmaf.model import TinyVmafModule, onnx_graph
+from tinyvmaf.model import TinyVmafModule, count_params, onnx_graph
+from tinyvmaf.search import SearchTrial, search_trial
 from tinyvmaf.tracking import (
     FOLD,
     KIND,
@@ -121,8 +122,13 @@ def train(cfg: DictConfig) -> dict[str, float] | float:
     client, experiment_id = tracking.experiment()
     sweep_run = find_sweep_run(client, experiment_id, sweep_id(cfg))  # opened by the launching process
     parent = sweep_run.info.run_id if sweep_run is not None else None
+    trial = search_trial(cfg)
     if str(cfg.fold.heldout) == ALL_FOLDS:
-        return train_every_fold(cfg, client, experiment_id, parent)
+        return train_every_fold(cfg, client, experiment_id, parent, trial)
+    if trial is not None:
+        raise TinyVmafError(
+            f"search.trial={trial.number}: a search trial is a whole-configuration job (fold.heldout=all)"
+        )
     return train_fold(cfg, client, experiment_id, parent)
 
 
@@ -131,6 +137,7 @@ def run_params(cfg: DictConfig) -> dict[str, object]:
     return {
         "experiment": cfg.get("experiment_name", "default"),
         "arch": cfg.arch.name,
+        "hidden": json.dumps(OmegaConf.to_container(cfg.arch.net, resolve=True).get("hidden")),
         "fold": str(cfg.fold.heldout),
         "teacher": cfg.teacher.model,
         "corpus": cfg.corpus.get("name"),
@@ -147,28 +154,58 @@ def run_params(cfg: DictConfig) -> dict[str, object]:
     }
 
 
-def train_every_fold(cfg: DictConfig, client: MlflowClient, experiment_id: str, parent_run_id: str | None) -> float:
+def train_every_fold(
+    cfg: DictConfig, client: MlflowClient, experiment_id: str, parent_run_id: str | None, trial: SearchTrial | None
+) -> float | None:
     """One run for the configuration (under the sweep's run), one child run per held-out source;
-    the configuration's run carries the LOSO means and the worst fold."""
+    the configuration's run carries the LOSO means and the worst fold. As a search trial it reports
+    each fold to the study, stops when the pruner says so (returning None) and tells the study its
+    objective."""
     corpus, cache = instantiate_checked(cfg.corpus), instantiate_checked(cfg.cache)
     sources = cache.ready(corpus).sources
     arch, sweep = cfg.arch.name, sweep_id(cfg)
     tags = {"sweep_id": sweep, KIND: LOSO, **({PARENT: parent_run_id} if parent_run_id else {})}
-    with tracked_run(client, experiment_id, f"{arch}-{ALL_FOLDS}", tags) as parent:
-        parent.log_params({**run_params(cfg), "fold": ALL_FOLDS, "folds": len(sources)})
+    name = f"trial-{trial.number}" if trial else f"{arch}-{ALL_FOLDS}"
+    with tracked_run(client, experiment_id, name, tags) as parent:
+        parent.log_params(
+            {**run_params(cfg), "fold": ALL_FOLDS, "folds": len(sources), **({"trial": trial.number} if trial else {})}
+        )
+        size, cap = count_params(instantiate_checked(cfg.arch.net)), cfg.get("search", {}).get("max_params")
+        parent.log_metrics([{"step": 0, "n_params": size}], step_key="step")
+        if trial is not None and cap is not None and size > cap:
+            parent.log_tags({"pruned": f"{size} parameters > search.max_params={cap}"})
+            trial.pruned()
+            print(f"{name}: {size} parameters > search.max_params={cap}: pruned before training")
+            return None
         per_fold = {}
-        for source in sources:
+        for step, source in enumerate(sources):
             fold_cfg = OmegaConf.merge(cfg, {"fold": {"heldout": source, "corpus": corpus.name}})  # a new config each
             per_fold[source] = train_fold(fold_cfg, client, experiment_id, parent.run_id)
+            if (
+                trial is not None
+                and trial.fold_done(step, per_fold[source]["heldout_rmse"])
+                and step + 1 < len(sources)
+            ):
+                break
         rmse = [m["heldout_rmse"] for m in per_fold.values()]
         summary = {
             "loso_rmse_mean": float(np.mean(rmse)),
             "loso_rmse_worst": float(np.max(rmse)),
             "loso_plcc_mean": float(np.mean([m["heldout_plcc"] for m in per_fold.values()])),
             "loso_srocc_mean": float(np.mean([m["heldout_srocc"] for m in per_fold.values()])),
+            "folds_done": len(per_fold),
         }
         parent.log_metrics([{"step": 0, **summary}], step_key="step")
-    print(f"{arch} fold=all: " + " ".join(f"{k}={v:.4f}" for k, v in summary.items()))
+        if len(per_fold) < len(sources):
+            parent.log_tags({"pruned": f"after {len(per_fold)} of {len(sources)} folds"})
+            trial.pruned()
+            print(
+                f"{name}: pruned after {len(per_fold)} of {len(sources)} folds (mean RMSE so far {summary['loso_rmse_mean']:.4f})"
+            )
+            return None
+        if trial is not None:
+            trial.complete(summary["loso_rmse_mean"], summary)
+    print(f"{name} fold=all: " + " ".join(f"{k}={v:.4f}" for k, v in summary.items()))
     return summary["loso_rmse_mean"]
 
 
@@ -177,7 +214,12 @@ def train_fold(
 ) -> dict[str, float]:
     """One LOSO fold, as its own MLflow run (a child of ``parent_run_id`` when given)."""
     arch, heldout, sweep, recipe = cfg.arch.name, str(cfg.fold.heldout), sweep_id(cfg), recipe_hash(cfg)
-    done = finished_run(client, experiment_id, sweep, arch, heldout)
+    # A search trial is never resumed: a rerun of the search asks the study for the trial again.
+    done = (
+        None
+        if cfg.get("search", {}).get("trial") is not None
+        else finished_run(client, experiment_id, sweep, arch, heldout)
+    )
     if done is not None:
         if done.data.tags.get("recipe_hash") != recipe:
             raise TinyVmafError(
@@ -242,7 +284,8 @@ def train_fold(
             np.savez(Path(tmp) / "heldout.npz", teacher=datamodule.test_y.numpy(), predicted=predicted.numpy())
             for name in ("config.yaml", "model.pt", "heldout.npz"):
                 run.log_artifact(Path(tmp) / name)
-        log_onnx_model(client, run.run_id, onnx_graph(module.model), datamodule.test_x[:5].numpy())
+        if cfg.tracking.get("log_models", True):
+            log_onnx_model(client, run.run_id, onnx_graph(module.model), datamodule.test_x[:5].numpy())
     final = history.final
     print(f"{arch} fold={heldout}: " + " ".join(f"{k}={v:.4f}" for k, v in final.items()))
     return final

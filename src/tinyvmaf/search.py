@@ -1,0 +1,207 @@
+"""Hyperparameter search over the LOSO objective, on Optuna's ask-and-tell API.
+
+``python train.py -m hparams_search=mlp_small_optuna``: the search (space, sampler, pruner,
+trials, study storage) is a file in ``configs/hparams_search/``; Hydra's sweeper plugin
+(``hydra_plugins.tinyvmaf_optuna_sweeper``) calls ``run_search`` in the launching process. Each
+trial is one whole-configuration job (``fold.heldout=all``) launched by whichever Hydra launcher
+is configured (basic, joblib, submitit); the job reports each fold's held-out RMSE to the study
+(``SearchTrial``), so the pruner can stop a bad trial after a few folds, and tells the study its
+objective (the LOSO mean RMSE) itself, wherever it ran. The study lives in a database (SQLite in
+``mlruns/`` by default, PostgreSQL beside a team server), so several launching processes on
+several machines share it, and rerunning the command resumes it.
+
+MLflow: the study is the sweep's run (``sweep_id`` = the study's name), each trial a
+configuration run under it, each fold a run under its trial; when the search ends the study's
+run gets the best trial's params (as tags: they change as the study grows) and Optuna's
+optimisation-history and parameter-importance figures.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+from omegaconf import DictConfig
+
+from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.tracking import TrackedRun, Tracking, find_sweep_run
+
+DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+OWNER_HOST, OWNER_PID = "launcher_host", "launcher_pid"  # the launching process that asked for a trial
+
+
+def distribution(key: str, spec: str) -> optuna.distributions.BaseDistribution:
+    """An Optuna distribution from Hydra's sweep syntax, as in Hydra's own Optuna sweeper:
+    ``choice(a, b)``, ``range(lo, hi[, step])`` (integers, ``hi`` excluded), ``interval(lo, hi)``
+    (floats; integers when both ends are) and ``tag(log, interval(lo, hi))``."""
+    try:
+        value = OverridesParser.create().parse_override(f"{key}={spec}").value()
+    except Exception as exc:
+        raise TinyVmafError(
+            f"hydra.sweeper.params.{key}={spec!r}: not a sweep ({' '.join(str(exc).split())})"
+        ) from None
+    if isinstance(value, ChoiceSweep):
+        return optuna.distributions.CategoricalDistribution(value.list)
+    if isinstance(value, RangeSweep):
+        step = int(value.step)
+        return optuna.distributions.IntDistribution(int(value.start), int(value.stop) - step, step=step)
+    if isinstance(value, IntervalSweep):
+        log = "log" in value.tags
+        if isinstance(value.start, int) and isinstance(value.end, int):
+            return optuna.distributions.IntDistribution(value.start, value.end, log=log)
+        return optuna.distributions.FloatDistribution(float(value.start), float(value.end), log=log)
+    raise TinyVmafError(
+        f"hydra.sweeper.params.{key}={spec!r}: use choice(), range(), interval() or tag(log, interval())"
+    )
+
+
+def open_study(name: str, storage: str, direction: str, sampler: Any = None, pruner: Any = None) -> optuna.study.Study:
+    """The study, created on first use (race-safe: Optuna's storage takes the first creator's)."""
+    if storage.startswith("sqlite:///"):
+        Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return optuna.create_study(
+        study_name=name, storage=storage, direction=direction, sampler=sampler, pruner=pruner, load_if_exists=True
+    )
+
+
+def requeue_abandoned(study: optuna.study.Study) -> int:
+    """Trials left RUNNING by a launching process of this host that is gone (a Ctrl-C, a kill) are
+    marked FAIL and asked again with the same params; trials of live processes, or of other
+    hosts, are left to them."""
+    count = 0
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        host, pid = trial.user_attrs.get(OWNER_HOST), trial.user_attrs.get(OWNER_PID)
+        if host != os.uname().nodename or pid is None or _alive(int(pid)):
+            continue
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        count += 1
+    return count
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def run_search(
+    study: optuna.study.Study,
+    space: dict[str, optuna.distributions.BaseDistribution],
+    n_trials: int,
+    trials_at_once: int,
+    fixed: Sequence[str],
+    launch: Callable[[list[list[str]], int], Sequence[Any]],
+) -> None:
+    """Ask the study for trials, ``trials_at_once`` at a time, until it holds ``n_trials`` finished
+    or running ones (counting those of other launching processes), and launch each as a job with
+    ``fixed`` overrides plus its sampled params and ``search.trial``. A trial whose job failed
+    before telling the study is told FAIL here."""
+    requeued = requeue_abandoned(study)
+    if requeued:
+        print(f"study {study.study_name}: {requeued} trial(s) of an interrupted search asked again")
+    job_index = 0
+    while True:
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        taken = sum(s in DONE or s == optuna.trial.TrialState.RUNNING for s in states)
+        batch = min(trials_at_once, n_trials - taken)
+        if batch <= 0:
+            break
+        trials = [study.ask(space) for _ in range(batch)]
+        for trial in trials:
+            trial.set_user_attr(OWNER_HOST, os.uname().nodename)
+            trial.set_user_attr(OWNER_PID, os.getpid())
+        jobs = [
+            [*fixed, *(f"{k}={_override_value(v)}" for k, v in t.params.items()), f"search.trial={t.number}"]
+            for t in trials
+        ]
+        launch(jobs, job_index)
+        job_index += len(jobs)
+        for trial in trials:
+            if study._storage.get_trial(trial._trial_id).state == optuna.trial.TrialState.RUNNING:
+                study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    done = [t for t in study.get_trials(deepcopy=False) if t.state in DONE]
+    print(f"study {study.study_name}: {len(done)} trial(s) finished or pruned of {n_trials}")
+
+
+def _override_value(value: Any) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+class SearchTrial:
+    """The job's side of a trial: report each fold, ask whether to stop, tell the study the objective."""
+
+    def __init__(self, study: str, storage: str, number: int) -> None:
+        self.study = optuna.load_study(study_name=study, storage=storage)
+        found = [t for t in self.study.get_trials(deepcopy=False) if t.number == number]
+        if not found:
+            raise TinyVmafError(f"search.trial={number}: no such trial in study {study!r} of {storage}")
+        self.number = number
+        self.trial = optuna.trial.Trial(self.study, found[0]._trial_id)
+
+    def fold_done(self, step: int, rmse: float) -> bool:
+        """Report fold ``step``'s held-out RMSE; True when the pruner says stop."""
+        self.trial.report(rmse, step)
+        return self.trial.should_prune()
+
+    def pruned(self) -> None:
+        self.study.tell(self.number, state=optuna.trial.TrialState.PRUNED)
+
+    def complete(self, objective: float, summary: dict[str, float]) -> None:
+        for key, value in summary.items():
+            self.trial.set_user_attr(key, value)
+        self.study.tell(self.number, objective)
+
+
+def search_trial(cfg: DictConfig) -> SearchTrial | None:
+    """The trial this job is (``search.trial``, set by the sweeper), or None outside a search."""
+    search = cfg.get("search") or {}
+    if search.get("trial") is None:
+        return None
+    return SearchTrial(search.study, search.storage, int(search.trial))
+
+
+def log_study(tracking: Tracking, sweep: str, study: optuna.study.Study) -> None:
+    """The study's MLflow run (the sweep's): best trial (value, number, params as tags) and Optuna's figures."""
+    client, experiment_id = tracking.experiment()
+    run = find_sweep_run(client, experiment_id, sweep)
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    if run is None or not complete:
+        print(f"study {study.study_name}: no completed trial to log")
+        return
+    logged = TrackedRun(client, run.info.run_id)
+    best = study.best_trial
+    logged.log_tags({f"best.{k}": str(v) for k, v in best.params.items()} | {"best.trial": str(best.number)})
+    logged.log_metrics(
+        [{"step": len(complete), "best_value": best.value, "trials_complete": len(complete)}], step_key="step"
+    )
+    # pyplot (Optuna's figures need it), imported in the launching process only, at the end of a search
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as optuna_plots
+
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = {"optimization_history.png": optuna_plots.plot_optimization_history}
+        if len(complete) >= 2 and len(best.params) >= 2:
+            figures["param_importances.png"] = optuna_plots.plot_param_importances
+        for name, plot in figures.items():
+            with warnings.catch_warnings():  # "experimental since v2.2": stable for years, one line per figure
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                axes = plot(study)
+            axes.figure.set_size_inches(8, 5)
+            axes.figure.tight_layout()
+            axes.figure.savefig(Path(tmp) / name, dpi=110)
+            plt.close(axes.figure)
+            logged.log_artifact(Path(tmp) / name)
+    client.set_terminated(run.info.run_id, "FINISHED")
+    print(f"study {study.study_name}: best trial {best.number}, LOSO mean RMSE {best.value:.4f}, {best.params}")
