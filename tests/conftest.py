@@ -170,6 +170,6 @@ def vmaf_cli(tmp_path_factory) -> Path:
 def mlflow_server():
     """A team's set-up, private to the test session: PostgreSQL 15 on a fresh cluster and a real
     ``mlflow server`` on it serving artifacts, both on 127.0.0.1, both stopped by PID afterwards.
-    Yields (tracking URI, the server's artifact folder)."""
+    Yields (tracking URI, the server's artifact folder, an empty PostgreSQL database for Optuna)."""
     with team_server() as server:
         yield server

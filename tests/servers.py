@@ -41,7 +41,7 @@ def _wait_for(url: str, seconds: float, proc: subprocess.Popen) -> None:
 def team_server() -> Iterator[tuple[str, Path]]:
     """A team's set-up on this machine: PostgreSQL 15 on a fresh private cluster and a real
     ``mlflow server`` on it serving artifacts, both on 127.0.0.1, both stopped by PID on exit.
-    Yields (tracking URI, the server's artifact folder)."""
+    Yields (tracking URI, the server's artifact folder, an empty PostgreSQL database for Optuna)."""
     bindir = Path(subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True).stdout.strip())
     base = Path(tempfile.mkdtemp(prefix="tinyvmaf-pg-"))  # /tmp, where the postgres user can reach it
     as_postgres = {"user": "postgres"} if os.geteuid() == 0 else {}
@@ -54,14 +54,15 @@ def team_server() -> Iterator[tuple[str, Path]]:
         "-o", f"-c listen_addresses=127.0.0.1 -p {pg_port} -k {base}")  # fmt: skip
     server = None
     try:
-        run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(pg_port), "-U", "postgres", "mlflow")
+        for database in ("mlflow", "optuna"):  # the tracking store, and a search's study beside it
+            run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(pg_port), "-U", "postgres", database)
         artifacts = base / "artifacts"
         server = _start_mlflow(
             "server", port, base,
             "--backend-store-uri", f"postgresql+psycopg://postgres@127.0.0.1:{pg_port}/mlflow",
             "--serve-artifacts", "--artifacts-destination", str(artifacts),
         )  # fmt: skip
-        yield f"http://127.0.0.1:{port}", artifacts
+        yield f"http://127.0.0.1:{port}", artifacts, f"postgresql+psycopg://postgres@127.0.0.1:{pg_port}/optuna"
     finally:
         if server is not None:
             _stop(server)

@@ -140,13 +140,13 @@ def test_many_processes_create_the_experiment_at_once_on_sqlite(tmp_path):
 
 @pytest.mark.slow
 def test_many_processes_create_the_experiment_at_once_on_a_server(mlflow_server, tmp_path):
-    uri, _ = mlflow_server
+    uri, _, _ = mlflow_server
     assert len(create_at_once(uri, "race", n=8)) == 1
 
 
 @pytest.mark.slow
 def test_a_parallel_sweep_against_a_team_server_on_postgresql(mlflow_server, tiny_overrides, run_entry, tmp_path):
-    uri, server_artifacts = mlflow_server
+    uri, server_artifacts, _ = mlflow_server
     overrides = [o for o in tiny_overrides if not o.startswith("tracking.")]
     proc = run_entry(
         "train.py", "-m", *overrides, f"tracking.uri={uri}", "tracking.experiment=team-sweep", *LAUNCHERS["joblib"],

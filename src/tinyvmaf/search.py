@@ -28,7 +28,6 @@ from typing import Any
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
-from omegaconf import DictConfig
 
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.tracking import TrackedRun, Tracking, find_sweep_run
@@ -40,7 +39,7 @@ OWNER_HOST, OWNER_PID = "launcher_host", "launcher_pid"  # the launching process
 def distribution(key: str, spec: str) -> optuna.distributions.BaseDistribution:
     """An Optuna distribution from Hydra's sweep syntax, as in Hydra's own Optuna sweeper:
     ``choice(a, b)``, ``range(lo, hi[, step])`` (integers, ``hi`` excluded), ``interval(lo, hi)``
-    (floats; integers when both ends are) and ``tag(log, interval(lo, hi))``."""
+    (floats), ``int(interval(lo, hi))`` (integers) and ``tag(log, ...)`` around an interval."""
     try:
         value = OverridesParser.create().parse_override(f"{key}={spec}").value()
     except Exception as exc:
@@ -162,14 +161,6 @@ class SearchTrial:
         for key, value in summary.items():
             self.trial.set_user_attr(key, value)
         self.study.tell(self.number, objective)
-
-
-def search_trial(cfg: DictConfig) -> SearchTrial | None:
-    """The trial this job is (``search.trial``, set by the sweeper), or None outside a search."""
-    search = cfg.get("search") or {}
-    if search.get("trial") is None:
-        return None
-    return SearchTrial(search.study, search.storage, int(search.trial))
 
 
 def log_study(tracking: Tracking, sweep: str, study: optuna.study.Study) -> None:

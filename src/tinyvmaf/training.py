@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import numpy as np
@@ -22,7 +22,6 @@ from tinyvmaf.data import LosoDataModule
 from tinyvmaf.errors import TinyVmafError, finite_number, instantiate_checked
 from tinyvmaf.metrics import HeldoutHistory
 from tinyvmaf.model import TinyVmafModule, count_params, onnx_graph
-from tinyvmaf.search import SearchTrial, search_trial
 from tinyvmaf.tracking import (
     FOLD,
     KIND,
@@ -36,6 +35,9 @@ from tinyvmaf.tracking import (
     sweep_id,
     tracked_run,
 )
+
+if TYPE_CHECKING:
+    from tinyvmaf.search import SearchTrial
 
 
 def target_name(node: DictConfig | None) -> str:
@@ -106,6 +108,16 @@ def finished_run(client: MlflowClient, experiment_id: str, sweep: str, arch: str
 
 
 ALL_FOLDS = "all"
+
+
+def search_trial(cfg: DictConfig) -> SearchTrial | None:
+    """The search trial this job is (``search.trial``, set by the sweeper), or None outside a search."""
+    search = cfg.get("search") or {}
+    if search.get("trial") is None:
+        return None
+    from tinyvmaf.search import SearchTrial  # optuna sets up its own logger on import: only a trial pays for it
+
+    return SearchTrial(search.study, search.storage, int(search.trial))
 
 
 def train(cfg: DictConfig) -> dict[str, float] | float:

@@ -1,0 +1,181 @@
+"""The Optuna search: shared studies (SQLite, PostgreSQL), resume, pruning, the MLflow tree."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.search import distribution
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A search of the tiny corpus: 2 folds per trial, 2 epochs, two sampled params.
+TINY_SEARCH = """# @package _global_
+defaults:
+  - override /hydra/sweeper: tinyvmaf_optuna
+  - override /arch: mlp_small
+fold:
+  heldout: all
+sweep_id: {study}
+search:
+  study: ${{sweep_id}}
+  storage: ${{hydra:sweeper.storage}}
+tracking:
+  log_models: false
+trainer:
+  max_epochs: 2
+hydra:
+  sweeper:
+    study_name: ${{sweep_id}}
+    n_trials: {n_trials}
+    sampler:
+      seed: {seed}
+      n_startup_trials: 2
+    pruner:
+      n_startup_trials: 1
+      n_warmup_steps: 0
+    params:
+      model.optimizer.lr: tag(log, interval(1e-8, 3e-2))
+      arch.net.activation: choice(SiLU, Tanh)
+"""
+
+
+def search_command(
+    tmp_path: Path, tiny_overrides: list[str], study: str, n_trials: int, seed: int = 0, storage: str | None = None
+) -> list[str]:
+    folder = tmp_path / "searches" / "hparams_search"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{study}.yaml").write_text(TINY_SEARCH.format(study=study, n_trials=n_trials, seed=seed))
+    storage = storage or f"sqlite:///{tmp_path}/mlruns/optuna.db"
+    return [
+        sys.executable, str(ROOT / "train.py"), "-m", f"hparams_search={study}", f"hydra.searchpath=[file://{tmp_path}/searches]",
+        f"hydra.sweeper.storage={storage}", *tiny_overrides,
+    ]  # fmt: skip
+
+
+def start(command: list[str], tmp_path: Path, name: str) -> subprocess.Popen:
+    """A launching process of its own (its own sweep folder and process group)."""
+    return subprocess.Popen(
+        [*command, f"hydra.sweep.dir={tmp_path}/multirun/{name}"], cwd=tmp_path, start_new_session=True,
+        stdout=open(tmp_path / f"{name}.log", "w"), stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def finish(proc: subprocess.Popen, tmp_path: Path, name: str) -> str:
+    proc.wait(timeout=600)
+    log = (tmp_path / f"{name}.log").read_text()
+    assert proc.returncode == 0, log[-3000:]
+    return log
+
+
+def check_tree(tracking_uri: str, study: optuna.study.Study) -> None:
+    """MLflow: one study run, each finished trial a run under it, each fold a run under its trial."""
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("tinyvmaf-loso").experiment_id
+    runs = client.search_runs([experiment], f"tags.sweep_id = '{study.study_name}'", max_results=1000)
+    (study_run,) = [r for r in runs if r.data.tags["kind"] == "sweep"]
+    trials = {r.data.params["trial"]: r for r in runs if r.data.tags["kind"] == "loso"}
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert {str(t.number) for t in complete} <= set(trials)
+    for t in complete:
+        run = trials[str(t.number)]
+        assert run.data.tags["mlflow.parentRunId"] == study_run.info.run_id and run.info.run_name == f"trial-{t.number}"
+        assert run.data.metrics["loso_rmse_mean"] == pytest.approx(t.value)
+        assert float(run.data.params["lr"]) == pytest.approx(t.params["model.optimizer.lr"])
+        folds = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == run.info.run_id]
+        assert sorted(r.data.params["fold"] for r in folds) == ["Bars", "Mandel"]
+    best = study.best_trial
+    assert study_run.data.tags["best.trial"] == str(best.number)
+    assert study_run.data.metrics["best_value"] == pytest.approx(best.value)
+    assert "optimization_history.png" in {a.path for a in client.list_artifacts(study_run.info.run_id)}
+
+
+@pytest.mark.slow
+def test_two_launching_processes_share_one_sqlite_study(tiny_overrides, tmp_path):
+    command = search_command(tmp_path, tiny_overrides, "shared", n_trials=4)
+    procs = {name: start(command, tmp_path, name) for name in ("one", "two")}
+    logs = {name: finish(proc, tmp_path, name) for name, proc in procs.items()}
+    study = optuna.load_study(study_name="shared", storage=f"sqlite:///{tmp_path}/mlruns/optuna.db")
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers)) >= 4  # a trial past n_trials when both ask at the last instant
+    assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study.trials)
+    assert all("search.trial=" in log for log in logs.values())  # both launched trials
+    check_tree(tiny_overrides[5].split("=", 1)[1], study)
+
+
+@pytest.mark.slow
+def test_a_search_against_the_team_server_and_postgresql(mlflow_server, tiny_overrides, tmp_path):
+    uri, _, database = mlflow_server
+    overrides = [o for o in tiny_overrides if not o.startswith("tracking.")] + [f"tracking.uri={uri}"]
+    command = search_command(tmp_path, overrides, "team", n_trials=4, storage=database)
+    two_at_once = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.trials_at_once=2"]
+    finish(start([*command, *two_at_once], tmp_path, "team"), tmp_path, "team")
+    study = optuna.load_study(study_name="team", storage=database)
+    assert len(study.trials) == 4 and len({t.number for t in study.trials}) == 4
+    check_tree(uri, study)
+
+
+@pytest.mark.slow
+def test_an_interrupted_search_resumes(tiny_overrides, tmp_path):
+    storage = f"sqlite:///{tmp_path}/mlruns/optuna.db"
+    command = search_command(tmp_path, tiny_overrides, "resumed", n_trials=3)
+    proc = start(command, tmp_path, "first")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # kill -9 the launching process (and its job) in its second trial
+        try:
+            trials = optuna.load_study(study_name="resumed", storage=storage).trials
+        except KeyError:
+            trials = []
+        if len(trials) == 2 and trials[1].state == optuna.trial.TrialState.RUNNING:
+            break
+        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    log = finish(start(command, tmp_path, "again"), tmp_path, "again")
+    assert "1 trial(s) of an interrupted search asked again" in log
+    study = optuna.load_study(study_name="resumed", storage=storage)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.FAIL) == 1 and len(study.trials) == 4
+    assert sum(s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for s in states) == 3
+    retried = [t for t in study.trials if "retry_of" in t.user_attrs]
+    assert len(retried) == 1 and retried[0].params == study.trials[1].params and retried[0].user_attrs["retry_of"] == 1
+
+
+@pytest.mark.slow
+def test_the_pruner_stops_a_bad_trial_after_its_first_fold(tiny_overrides, tmp_path):
+    storage = f"sqlite:///{tmp_path}/mlruns/optuna.db"
+    study = optuna.create_study(study_name="pruned", storage=storage)
+    study.enqueue_trial({"model.optimizer.lr": 1e-2, "arch.net.activation": "SiLU"})
+    study.enqueue_trial({"model.optimizer.lr": 1e-8, "arch.net.activation": "SiLU"})  # learns nothing in 2 epochs
+    finish(
+        start(search_command(tmp_path, tiny_overrides, "pruned", n_trials=2), tmp_path, "pruned"), tmp_path, "pruned"
+    )
+    good, bad = optuna.load_study(study_name="pruned", storage=storage).trials
+    assert good.state == optuna.trial.TrialState.COMPLETE and len(good.intermediate_values) == 2
+    assert bad.state == optuna.trial.TrialState.PRUNED and list(bad.intermediate_values) == [0]
+    client = MlflowClient(tiny_overrides[5].split("=", 1)[1])
+    (run,) = client.search_runs([client.get_experiment_by_name("tinyvmaf-loso").experiment_id], "params.trial = '1'")
+    assert run.data.tags["pruned"] == "after 1 of 2 folds" and run.data.metrics["folds_done"] == 1
+
+
+def test_search_space_syntax():
+    assert distribution("x", "choice(SiLU, Tanh)").choices == ("SiLU", "Tanh")
+    assert distribution("x", "range(30, 160, 10)") == optuna.distributions.IntDistribution(30, 150, step=10)
+    assert distribution("x", "interval(2, 8)") == optuna.distributions.FloatDistribution(2.0, 8.0)
+    assert distribution("x", "tag(log, int(interval(2, 64)))") == optuna.distributions.IntDistribution(2, 64, log=True)
+    assert distribution("x", "tag(log, interval(1e-3, 3e-2))") == optuna.distributions.FloatDistribution(
+        1e-3, 3e-2, log=True
+    )
+    for bad in ("0.5", "interval(1)", "choice("):
+        with pytest.raises(TinyVmafError, match=r"^hydra.sweeper.params.x="):
+            distribution("x", bad)
