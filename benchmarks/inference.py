@@ -1,4 +1,4 @@
-"""Throughput of the shipped ONNX models (ONNX Runtime, CPU) next to libvmaf on the same frames.
+"""Throughput of the shipped ONNX models (ONNX Runtime, CPU), vmaf_v0.6.1 itself as ONNX, and libvmaf.
 
     python benchmarks/inference.py
 
@@ -37,7 +37,7 @@ def main() -> None:
     table = cache.load(corpus)
     big = np.resize(table.features.astype(np.float32), (100_000, 6))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, onnxruntime {ort.__version__}")
-    for name in ("vmaf_tiny_v1", "vmaf_tiny_v1_medium"):
+    for name in ("vmaf_tiny_v1", "vmaf_tiny_v1_medium", "vmaf_v0.6.1"):  # the last: libvmaf's SVR as ONNX
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         session = ort.InferenceSession(
@@ -46,7 +46,12 @@ def main() -> None:
         rows = [big[i : i + 1] for i in range(2000)]
         single = frames_per_second(lambda: [session.run(None, {"features": r}) for r in rows], len(rows))
         batch = frames_per_second(lambda: session.run(None, {"features": big}), len(big))
-        print(f"{name}: batch 1: {single:,.0f} frames/s; batch 100,000: {batch:,.0f} frames/s (1 thread)")
+        meta = session.get_modelmeta().custom_metadata_map
+        size = (ROOT / "models" / f"{name}.onnx").stat().st_size
+        print(
+            f"{name} ({int(meta['n_params']):,} numbers, {size / 1024:.1f} KiB): batch 1: {single:,.0f} frames/s; "
+            f"batch 100,000: {batch:,.0f} frames/s (1 thread)"
+        )
     teacher = load_teacher("vmaf_v0.6.1")
     svr = frames_per_second(lambda: teacher(big.astype(np.float64)), len(big))
     print(f"teacher function (vmaf_v0.6.1 SVR in numpy, from features), batch 100,000: {svr:,.0f} frames/s")

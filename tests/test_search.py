@@ -29,6 +29,7 @@ sweep_id: {study}
 search:
   study: ${{sweep_id}}
   storage: ${{hydra:sweeper.storage}}
+  pruner: ${{hydra:sweeper.pruner}}
 tracking:
   log_models: false
 trainer:
@@ -154,6 +155,7 @@ def test_an_interrupted_search_resumes(tiny_overrides, tmp_path):
 @pytest.mark.slow
 def test_the_pruner_stops_a_bad_trial_after_its_first_fold(tiny_overrides, tmp_path):
     storage = f"sqlite:///{tmp_path}/mlruns/optuna.db"
+    (tmp_path / "mlruns").mkdir()
     study = optuna.create_study(study_name="pruned", storage=storage)
     study.enqueue_trial({"model.optimizer.lr": 1e-2, "arch.net.activation": "SiLU"})
     study.enqueue_trial({"model.optimizer.lr": 1e-8, "arch.net.activation": "SiLU"})  # learns nothing in 2 epochs

@@ -141,8 +141,9 @@ def _override_value(value: Any) -> str:
 class SearchTrial:
     """The job's side of a trial: report each fold, ask whether to stop, tell the study the objective."""
 
-    def __init__(self, study: str, storage: str, number: int) -> None:
-        self.study = optuna.load_study(study_name=study, storage=storage)
+    def __init__(self, study: str, storage: str, number: int, pruner: optuna.pruners.BasePruner | None) -> None:
+        # The search's own pruner decides here, in the job: a study loaded without one gets Optuna's default.
+        self.study = optuna.load_study(study_name=study, storage=storage, pruner=pruner)
         found = [t for t in self.study.get_trials(deepcopy=False) if t.number == number]
         if not found:
             raise TinyVmafError(f"search.trial={number}: no such trial in study {study!r} of {storage}")

@@ -117,7 +117,8 @@ def search_trial(cfg: DictConfig) -> SearchTrial | None:
         return None
     from tinyvmaf.search import SearchTrial  # optuna sets up its own logger on import: only a trial pays for it
 
-    return SearchTrial(search.study, search.storage, int(search.trial))
+    pruner = instantiate_checked(search.pruner) if search.get("pruner") else None
+    return SearchTrial(search.study, search.storage, int(search.trial), pruner)
 
 
 def train(cfg: DictConfig) -> dict[str, float] | float:
