@@ -127,8 +127,9 @@ def run_search(
         ]
         launch(jobs, job_index)
         job_index += len(jobs)
+        still_running = {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
         for trial in trials:
-            if study._storage.get_trial(trial._trial_id).state == optuna.trial.TrialState.RUNNING:
+            if trial.number in still_running:  # its job failed before telling the study anything
                 study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
     done = [t for t in study.get_trials(deepcopy=False) if t.state in DONE]
     print(f"study {study.study_name}: {len(done)} trial(s) finished or pruned of {n_trials}")
@@ -148,6 +149,7 @@ class SearchTrial:
         if not found:
             raise TinyVmafError(f"search.trial={number}: no such trial in study {study!r} of {storage}")
         self.number = number
+        # Optuna's way to take up, in another process, a trial the launching process asked for
         self.trial = optuna.trial.Trial(self.study, found[0]._trial_id)
 
     def fold_done(self, step: int, rmse: float) -> bool:
