@@ -165,7 +165,15 @@ def test_a_parallel_sweep_against_a_team_server_on_postgresql(mlflow_server, tin
         assert r.info.artifact_uri.startswith("mlflow-artifacts:")
         assert {a.path for a in client.list_artifacts(r.info.run_id)} == {"config.yaml", "model.pt", "heldout.npz"}
     assert len(list(server_artifacts.rglob("model.pt"))) == 4  # on the server's disk...
+    assert len(list(server_artifacts.rglob("MLmodel"))) == 4  # (the fold runs' logged ONNX models)
     assert not (tmp_path / "mlruns").exists()  # ...and nothing on the client's
+    # one run for the sweep, opened by the launching process, the joblib workers' runs under it
+    (sweep,) = experiment_runs(uri, "team-sweep", kinds=("sweep",))
+    assert sweep.info.run_name == "pg" and sweep.info.status == "FINISHED"
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {sweep.info.run_id}
+    rmse = [r.data.metrics["heldout_rmse"] for r in runs if r.data.params["arch"] == "linear"]
+    assert sweep.data.metrics["linear/rmse_mean"] == pytest.approx(sum(rmse) / 2)
+    assert {a.path for a in client.list_artifacts(sweep.info.run_id)} >= {"digest.md", "scatter.png"}
 
 
 @pytest.mark.slow
