@@ -176,7 +176,9 @@ def experiment_id(cfg) -> str:
 
 
 @pytest.mark.slow
-def test_tiny_multirun_end_to_end_with_one_bad_fold(tiny_corpus, tmp_path, tiny_overrides, compose, run_entry, repo):
+def test_tiny_multirun_end_to_end_with_one_bad_fold(
+    tiny_corpus, tmp_path, tiny_overrides, compose, run_entry, repo, monkeypatch
+):
     overrides = tiny_overrides
     proc = run_entry("train.py", "-m", "arch=mlp_small,linear", "fold.heldout=Bars,Mandel,Ghost", *overrides)
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -184,6 +186,7 @@ def test_tiny_multirun_end_to_end_with_one_bad_fold(tiny_corpus, tmp_path, tiny_
     assert "2 of 6 runs failed" in proc.stderr
     cfg = compose("train", *overrides)
     client = MlflowClient(cfg.tracking.uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", cfg.tracking.uri)  # for mlflow.models.get_model_info
     everything = client.search_runs([experiment_id(cfg)])
     (sweep,) = [r for r in everything if r.data.tags["kind"] == "sweep"]
     runs = [r for r in everything if r.data.tags["kind"] == "fold"]
@@ -222,9 +225,8 @@ def test_tiny_multirun_end_to_end_with_one_bad_fold(tiny_corpus, tmp_path, tiny_
         assert {t.key: t.value for t in dataset.tags}["mlflow.data.context"] == f"training; held out: {p['fold']}"
         (logged,) = r.outputs.model_outputs  # the fold's model, logged as an MLflow model, not registered
         model = mlflow.models.get_model_info(f"models:/{logged.model_id}")
-        assert model.signature.inputs.to_dict() == [
-            {"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 6]}, "name": "features"}
-        ]
+        (spec,) = model.signature.inputs.inputs
+        assert (spec.name, str(spec.type), spec.shape) == ("features", "float32", (-1, 6))
     assert client.search_registered_models() == []
     failed = [r for r in runs if r.info.status == "FAILED"]
     assert {r.data.params["fold"] for r in failed} == {"Ghost"}

@@ -416,7 +416,9 @@ def test_the_digest_states_missing_killed_and_duplicate_runs(tiny_overrides, com
     # a run whose process was killed with -9: RUNNING for ever
     dead = subprocess.Popen(["true"])
     dead.wait()
-    client.create_run(experiment_id, tags={**finished.data.tags, "fold": "Mandel", "pid": str(dead.pid)})
+    killed = client.create_run(experiment_id, tags={**finished.data.tags, "pid": str(dead.pid)})
+    for k, v in {**finished.data.params, "fold": "Mandel"}.items():
+        client.log_param(killed.info.run_id, k, v)
     status = sweep_status(client.search_runs([experiment_id]))
     assert (status.expected, len(status.finished), len(status.running), len(status.missing)) == (2, 1, 1, 0)
     assert status.finished[("linear", "Bars")].info.run_id == twin.info.run_id

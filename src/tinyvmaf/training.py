@@ -20,7 +20,7 @@ from tinyvmaf.cache import TeacherCache
 from tinyvmaf.corpus import Corpus
 from tinyvmaf.data import LosoDataModule
 from tinyvmaf.errors import TinyVmafError, finite_number, instantiate_checked
-from tinyvmaf.metrics import HeldoutHistory
+from tinyvmaf.metrics import METRIC_NAMES, HeldoutHistory
 from tinyvmaf.model import TinyVmafModule, count_params, onnx_graph
 from tinyvmaf.tracking import (
     FOLD,
@@ -240,7 +240,7 @@ def train_fold(
                 "give a new sweep_id to train this one"
             )
         print(f"{arch} fold={heldout}: finished earlier in sweep {sweep} (run {done.info.run_id}); not trained again")
-        return {k: v for k, v in done.data.metrics.items() if k.startswith("heldout_") or k == "train_loss"}
+        return {k: done.data.metrics[k] for k in (*(f"heldout_{m}" for m in METRIC_NAMES), "train_loss")}
     tags = {
         "sweep_id": sweep, KIND: FOLD, "recipe_hash": recipe,
         # Where the run's process lives: evaluate.py tells a killed run from one still going.
