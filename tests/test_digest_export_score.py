@@ -102,7 +102,8 @@ def test_digest_numbers_equal_the_mlflow_run_metrics(swept, capsys, compose):
     )
     assert sweep.data.metrics["folds_missing"] == 1 and sweep.info.status == "FAILED"
     for f in digest["archs"]["mlp_small"]["folds"]:
-        assert client.get_run(f["run_id"]).data.tags["mlflow.parentRunId"] == sweep.info.run_id
+        tags = client.get_run(f["run_id"]).data.tags
+        assert tags["mlflow.parentRunId"] == sweep.info.run_id and tags["nested_by"] == "evaluate.py"
     assert {a.path for a in client.list_artifacts(sweep.info.run_id)} == {
         "digest.md",
         "digest.json",

@@ -202,7 +202,7 @@ def test_tiny_multirun_end_to_end_with_one_bad_fold(
         ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     for r in runs:  # every fold under the sweep's run, with where it came from
-        assert r.data.tags["mlflow.parentRunId"] == sweep.info.run_id
+        assert r.data.tags["mlflow.parentRunId"] == sweep.info.run_id and "nested_by" not in r.data.tags
         assert r.data.tags["mlflow.source.git.commit"] == commit and r.data.tags["mlflow.source.name"] == "train.py"
         assert (
             r.data.tags["command"].startswith("python train.py ")

@@ -355,6 +355,7 @@ def adopt_runs(client: MlflowClient, sweep_run: str, runs: list[Run]) -> None:
     for run_id in tops - {sweep_run}:
         if PARENT not in client.get_run(run_id).data.tags:
             client.set_tag(run_id, PARENT, sweep_run)
+            client.set_tag(run_id, "nested_by", "evaluate.py")  # not by its job: the sweep had no run then
 
 
 def digest_metrics(archs: dict, status: SweepStatus) -> dict[str, float]:
