@@ -142,6 +142,18 @@ def exported(swept, compose):
     return tmp, cfg
 
 
+def test_export_takes_no_loso_metrics_from_a_sweep_of_other_options(swept, compose, tmp_path, capsys):
+    tmp, base = swept
+    overrides = [o for o in base if not o.startswith(("fold.", "data.batch_size", "trainer.max_epochs"))]
+    cfg = compose(
+        "export", "~experiment", "loso_sweep_id=s1", *overrides, "trainer.max_epochs=4", "register=false",
+        f"exports.vmaf_tiny_v1.output={tmp_path}/a.onnx", "~exports.vmaf_tiny_v1_medium", "teacher_exports=[]",
+    )  # fmt: skip
+    assert export_models(cfg) == 0
+    assert "warning: sweep s1 trained mlp_small otherwise (epochs 3 there, 4 here)" in capsys.readouterr().out
+    assert "loso_rmse_mean" not in ort.InferenceSession(str(tmp_path / "a.onnx")).get_modelmeta().custom_metadata_map
+
+
 def test_registered_models_load_by_name_and_score_like_the_files(exported, monkeypatch):
     tmp, cfg = exported
     monkeypatch.setenv("MLFLOW_TRACKING_URI", cfg.tracking.uri)

@@ -65,8 +65,12 @@ def train_on_all_sources(
     return module.model, datamodule.table
 
 
-def loso_metadata(cfg: DictConfig, arch: str, teacher: str, recipe: str) -> dict[str, str]:
-    """The LOSO metrics of a named recipe (``experiment_name``) from a sweep in MLflow (its latest by default)."""
+def loso_metadata(
+    cfg: DictConfig, arch: str, teacher: str, recipe: str, trained_with: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The LOSO metrics of a named recipe (``experiment_name``) from a sweep in MLflow (its latest by
+    default); with ``trained_with``, only if the sweep's runs of ``arch`` have those params (a sweep
+    run under the recipe's name with other options does not describe the file)."""
     try:
         client, experiment_id = instantiate_checked(cfg.tracking).existing_experiment()
         sweep, runs = fold_runs(client, experiment_id, cfg.get("loso_sweep_id"), recipe=recipe)
@@ -78,12 +82,28 @@ def loso_metadata(cfg: DictConfig, arch: str, teacher: str, recipe: str) -> dict
         print(f"warning: sweep {sweep} has no finished {arch} runs: no LOSO metrics in the metadata")
         return {}
     row = digest[arch]
+    params = next(r for r in runs if r.info.run_id == row["folds"][0]["run_id"]).data.params
+    differ = {k: (params.get(k), v) for k, v in (trained_with or {}).items() if params.get(k) != v}
+    if differ:
+        said = ", ".join(f"{k} {a} there, {b} here" for k, (a, b) in differ.items())
+        print(
+            f"warning: sweep {sweep} trained {arch} otherwise ({said}): no LOSO metrics in the metadata; give loso_sweep_id="
+        )
+        return {}
     keys = [f"{m}_{s}" for m in ("plcc", "srocc", "rmse") for s in ("mean", "std")]
     return {
         "loso_sweep_id": sweep,
         **{f"loso_{k}": f"{row[k]:.6f}" for k in keys},
         "loso_folds": str(len(row["folds"])),
     }
+
+
+def export_options(cfg: DictConfig) -> dict[str, str]:
+    """The options of this export that a LOSO sweep must share to describe its files, as MLflow params."""
+    augment = cfg.data.augment
+    values = {"epochs": cfg.trainer.max_epochs, "lr": cfg.model.optimizer.lr, "seed": cfg.seed,
+              "augment_amount": augment.amount if augment.enabled else 0}  # fmt: skip
+    return {k: str(v) for k, v in values.items()}
 
 
 def model_from_run(cfg: DictConfig, run_id: str) -> tuple[VmafNet, dict, dict[str, str]]:
@@ -191,7 +211,7 @@ def export_models(cfg: DictConfig) -> int:
             "libvmaf_version": table.libvmaf_version,
             "epochs": epochs,
             "experiment": recipe,
-            **loso_metadata(cfg, arch_cfg["name"], teacher, recipe),
+            **loso_metadata(cfg, arch_cfg["name"], teacher, recipe, None if arch is None else export_options(cfg)),
         }
         proto = to_onnx(model, output, metadata)
         diff = check_onnx(output, model, table.features)
