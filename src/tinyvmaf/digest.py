@@ -29,7 +29,18 @@ from tinyvmaf.files import inside
 from tinyvmaf.metrics import METRIC_NAMES, metrics_per_source
 from tinyvmaf.mlflow_artifacts import local_artifact_root
 from tinyvmaf.teacher.function import load_teacher
-from tinyvmaf.tracking import FOLD, KIND, LOSO, PARENT, TrackedRun, Tracking, open_sweep_run, quoted, runs_table_url
+from tinyvmaf.tracking import (
+    FOLD,
+    KIND,
+    LOSO,
+    PARENT,
+    TrackedRun,
+    Tracking,
+    open_sweep_run,
+    process_alive,
+    quoted,
+    runs_table_url,
+)
 
 
 def fold_runs(
@@ -122,12 +133,8 @@ def process_state(run: Run) -> str:
     host, pid = run.data.tags.get("host"), run.data.tags.get("pid", "")
     if host != os.uname().nodename or not pid.isdigit():
         return f"on host {host or 'unknown'}: cannot tell from here"
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
+    if not process_alive(int(pid)):
         return f"process {pid} is gone (killed): it will never finish"
-    except PermissionError:
-        pass
     return f"process {pid} is still alive"
 
 

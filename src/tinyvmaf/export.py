@@ -120,7 +120,9 @@ def model_from_run(cfg: DictConfig, run_id: str) -> tuple[VmafNet, dict, dict[st
     return model, saved["arch"], params
 
 
-def register(cfg: DictConfig, name: str, proto: onnx.ModelProto, table: FrameTable, metadata: dict[str, str]) -> str:
+def register(
+    cfg: DictConfig, corpus: Corpus, name: str, proto: onnx.ModelProto, table: FrameTable, metadata: dict[str, str]
+) -> str:
     """Log the shipped file as an MLflow model (signature, real cached frames as the input example)
     in a run of its own, register it as a new version of ``name``, and describe that version:
     its teacher, recipe and LOSO metrics as tags. Returns the version."""
@@ -132,10 +134,10 @@ def register(cfg: DictConfig, name: str, proto: onnx.ModelProto, table: FrameTab
             run.run_id,
             table.corpus,
             table.manifest[:12],
-            str(instantiate_checked(cfg.corpus).location),
+            str(corpus.location),
             "training; all sources",
         )
-        info = log_onnx_model(client, run.run_id, proto, table.features[:5], registered_name=name)
+        info = log_onnx_model(client, experiment_id, run.run_id, proto, table.features[:5], registered_name=name)
     version = str(info.registered_model_version)
     for key, value in metadata.items():
         if key != "feature_names":
@@ -219,13 +221,11 @@ def export_models(cfg: DictConfig) -> int:
             f"{output}: {arch_cfg['name']}, {metadata['n_params']} params, ONNX Runtime vs torch max |diff| {diff:.1e} on {len(table)} frames"
         )
         if cfg.register and name is not None:
-            print(f"  registered in MLflow as {name} version {register(cfg, name, proto, table, metadata)}")
-    if not cfg.get("run_id"):
+            print(f"  registered in MLflow as {name} version {register(cfg, corpus, name, proto, table, metadata)}")
+    if cfg.teacher_exports and not cfg.get("run_id"):
+        table = cache.ready(corpus)
         for name in cfg.teacher_exports:
-            output = Path(cfg.teacher_output_dir) / f"{name}.onnx"
-            proto, metadata = export_teacher(name, output, cache.ready(corpus))
+            proto, metadata = export_teacher(name, Path(cfg.teacher_output_dir) / f"{name}.onnx", table)
             if cfg.register:
-                print(
-                    f"  registered in MLflow as {name} version {register(cfg, name, proto, cache.ready(corpus), metadata)}"
-                )
+                print(f"  registered in MLflow as {name} version {register(cfg, corpus, name, proto, table, metadata)}")
     return 0

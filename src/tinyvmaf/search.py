@@ -30,7 +30,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
 
 from tinyvmaf.errors import TinyVmafError
-from tinyvmaf.tracking import TrackedRun, Tracking, find_sweep_run
+from tinyvmaf.tracking import TrackedRun, Tracking, find_sweep_run, process_alive
 
 DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 OWNER_HOST, OWNER_PID = "launcher_host", "launcher_pid"  # the launching process that asked for a trial
@@ -77,22 +77,12 @@ def requeue_abandoned(study: optuna.study.Study) -> int:
     count = 0
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         host, pid = trial.user_attrs.get(OWNER_HOST), trial.user_attrs.get(OWNER_PID)
-        if host != os.uname().nodename or pid is None or _alive(int(pid)):
+        if host != os.uname().nodename or pid is None or process_alive(int(pid)):
             continue
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
         count += 1
     return count
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 def run_search(

@@ -82,15 +82,22 @@ class Tracking:
     use ``existing_experiment()``, which never creates either."""
 
     def __init__(self, uri: str, experiment: str, log_models: bool = True) -> None:
-        self.uri, self.name, self.log_models = uri, experiment, log_models
+        self.uri, self.name = uri, experiment
+        self.log_models = log_models  # each fold run logs its model as an MLflow ONNX model
+        self._opened: tuple[MlflowClient, str] | None = None
 
     def experiment(self) -> tuple[MlflowClient, str]:
-        """Client and experiment id, creating store and experiment once.
+        """Client and experiment id, creating store and experiment once (and asked once per object).
 
         Many processes may start at the same instant (joblib workers, a SLURM array): SQLite's
         creation is serialised by a file lock, and against a server the loser of the race to
         create the experiment takes the winner's.
         """
+        if self._opened is None:
+            self._opened = self._open()
+        return self._opened
+
+    def _open(self) -> tuple[MlflowClient, str]:
         self._check_server()
         with _store_lock(self.uri):
             client = MlflowClient(tracking_uri=self.uri)
@@ -180,16 +187,11 @@ def sweep_id(cfg: DictConfig) -> str:
     return Path(hc.sweep.dir if hc.mode == RunMode.MULTIRUN else hc.run.dir).name
 
 
-def _sweep_runs(client: MlflowClient, experiment_id: str, sweep: str) -> list[Run]:
-    query = f"tags.sweep_id = {quoted(sweep, 'sweep_id')} and tags.{KIND} = '{SWEEP}'"
-    runs = client.search_runs([experiment_id], query, max_results=1000)
-    return sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
-
-
 def find_sweep_run(client: MlflowClient, experiment_id: str, sweep: str) -> Run | None:
     """The sweep's parent run, if one was opened; the earliest when racing processes opened two."""
-    runs = _sweep_runs(client, experiment_id, sweep)
-    return runs[0] if runs else None
+    query = f"tags.sweep_id = {quoted(sweep, 'sweep_id')} and tags.{KIND} = '{SWEEP}'"
+    runs = client.search_runs([experiment_id], query, max_results=1000)
+    return min(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id), default=None)
 
 
 def open_sweep_run(tracking: Tracking, sweep: str, params: dict[str, object]) -> str:
@@ -213,6 +215,17 @@ def open_sweep_run(tracking: Tracking, sweep: str, params: dict[str, object]) ->
         client.delete_run(mine.info.run_id)
         return winner.info.run_id
     return mine.info.run_id
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host still exists (a run's, or a search's launching process)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        pass
+    return True
 
 
 @cache
@@ -279,11 +292,16 @@ def _fluent_store(uri: str, experiment_id: str) -> Iterator[None]:
 
 
 def log_onnx_model(
-    client: MlflowClient, run_id: str, model: onnx.ModelProto, example: np.ndarray, registered_name: str | None = None
+    client: MlflowClient,
+    experiment_id: str,
+    run_id: str,
+    model: onnx.ModelProto,
+    example: np.ndarray,
+    registered_name: str | None = None,
 ) -> ModelInfo:
     """``model`` as the run's MLflow model ``model`` (flavor ``onnx``, signature, ``example`` rows as
     the input example); with ``registered_name``, also a new version of that registered model."""
-    with _fluent_store(client.tracking_uri, client.get_run(run_id).info.experiment_id):
+    with _fluent_store(client.tracking_uri, experiment_id):
         return mlflow.onnx.log_model(
             model, name="model", run_id=run_id, signature=onnx_signature(),
             input_example=example.astype(np.float32), registered_model_name=registered_name,

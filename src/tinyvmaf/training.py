@@ -132,17 +132,16 @@ def train(cfg: DictConfig) -> dict[str, float] | float:
     check_options(cfg)
     torch.set_num_threads(cfg.torch_threads)
     tracking: Tracking = instantiate_checked(cfg.tracking)
-    client, experiment_id = tracking.experiment()
-    sweep_run = find_sweep_run(client, experiment_id, sweep_id(cfg))  # opened by the launching process
+    sweep_run = find_sweep_run(*tracking.experiment(), sweep_id(cfg))  # opened by the launching process
     parent = sweep_run.info.run_id if sweep_run is not None else None
     trial = search_trial(cfg)
     if str(cfg.fold.heldout) == ALL_FOLDS:
-        return train_every_fold(cfg, client, experiment_id, parent, trial)
+        return train_every_fold(cfg, tracking, parent, trial)
     if trial is not None:
         raise TinyVmafError(
             f"search.trial={trial.number}: a search trial is a whole-configuration job (fold.heldout=all)"
         )
-    return train_fold(cfg, client, experiment_id, parent)
+    return train_fold(cfg, tracking, parent)
 
 
 def run_params(cfg: DictConfig) -> dict[str, object]:
@@ -168,12 +167,13 @@ def run_params(cfg: DictConfig) -> dict[str, object]:
 
 
 def train_every_fold(
-    cfg: DictConfig, client: MlflowClient, experiment_id: str, parent_run_id: str | None, trial: SearchTrial | None
+    cfg: DictConfig, tracking: Tracking, parent_run_id: str | None, trial: SearchTrial | None
 ) -> float | None:
     """One run for the configuration (under the sweep's run), one child run per held-out source;
     the configuration's run carries the LOSO means and the worst fold. As a search trial it reports
     each fold to the study, stops when the pruner says so (returning None) and tells the study its
     objective."""
+    client, experiment_id = tracking.experiment()
     corpus, cache = instantiate_checked(cfg.corpus), instantiate_checked(cfg.cache)
     sources = cache.ready(corpus).sources
     arch, sweep = cfg.arch.name, sweep_id(cfg)
@@ -193,7 +193,7 @@ def train_every_fold(
         per_fold = {}
         for step, source in enumerate(sources):
             fold_cfg = OmegaConf.merge(cfg, {"fold": {"heldout": source, "corpus": corpus.name}})  # a new config each
-            per_fold[source] = train_fold(fold_cfg, client, experiment_id, parent.run_id)
+            per_fold[source] = train_fold(fold_cfg, tracking, parent.run_id)
             if (
                 trial is not None
                 and trial.fold_done(step, per_fold[source]["heldout_rmse"])
@@ -222,10 +222,9 @@ def train_every_fold(
     return summary["loso_rmse_mean"]
 
 
-def train_fold(
-    cfg: DictConfig, client: MlflowClient, experiment_id: str, parent_run_id: str | None
-) -> dict[str, float]:
+def train_fold(cfg: DictConfig, tracking: Tracking, parent_run_id: str | None) -> dict[str, float]:
     """One LOSO fold, as its own MLflow run (a child of ``parent_run_id`` when given)."""
+    client, experiment_id = tracking.experiment()
     arch, heldout, sweep, recipe = cfg.arch.name, str(cfg.fold.heldout), sweep_id(cfg), recipe_hash(cfg)
     # A search trial is never resumed: a rerun of the search asks the study for the trial again.
     done = (
@@ -297,8 +296,8 @@ def train_fold(
             np.savez(Path(tmp) / "heldout.npz", teacher=datamodule.test_y.numpy(), predicted=predicted.numpy())
             for name in ("config.yaml", "model.pt", "heldout.npz"):
                 run.log_artifact(Path(tmp) / name)
-        if cfg.tracking.get("log_models", True):
-            log_onnx_model(client, run.run_id, onnx_graph(module.model), datamodule.test_x[:5].numpy())
+        if tracking.log_models:
+            log_onnx_model(client, experiment_id, run.run_id, onnx_graph(module.model), datamodule.test_x[:5].numpy())
     final = history.final
     print(f"{arch} fold={heldout}: " + " ".join(f"{k}={v:.4f}" for k, v in final.items()))
     return final
