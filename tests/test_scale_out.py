@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from tinyvmaf.cache import TeacherCache, shard_of
 from tinyvmaf.corpus.directory import DirectoryCorpus
 from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.tracking import Tracking
 from tinyvmaf.training import train
 
 LAUNCHERS = {
@@ -142,6 +143,31 @@ def test_many_processes_create_the_experiment_at_once_on_sqlite(tmp_path):
 def test_many_processes_create_the_experiment_at_once_on_a_server(mlflow_server, tmp_path):
     uri, _, _ = mlflow_server
     assert len(create_at_once(uri, "race", n=8)) == 1
+
+
+LOG_DATASET = """
+import sys
+from tinyvmaf.tracking import Tracking, log_dataset
+client, experiment_id = Tracking(sys.argv[1], "datasets").experiment()
+run = client.create_run(experiment_id)
+log_dataset(client, run.info.run_id, "tiny", "0123456789ab", "/data/tiny", "training")
+print(len(client.get_run(run.info.run_id).inputs.dataset_inputs))
+"""
+
+
+@pytest.mark.slow
+def test_many_runs_log_the_same_new_dataset_at_once_on_a_server(mlflow_server):
+    uri, _, _ = mlflow_server
+    Tracking(uri, "datasets").experiment()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", LOG_DATASET, uri], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(8)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-500:] for _, err in outputs]
+    assert [out.strip() for out, _ in outputs] == ["1"] * 8
 
 
 @pytest.mark.slow

@@ -257,7 +257,13 @@ def provenance_tags() -> dict[str, str]:
 def log_dataset(client: MlflowClient, run_id: str, name: str, digest: str, source: str, context: str) -> None:
     """The corpus as the run's MLflow dataset input (the UI's Datasets column): name, content hash, where it lives."""
     dataset = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": source}))
-    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
+    inputs = [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])]
+    try:
+        client.log_inputs(run_id, datasets=inputs)
+    except MlflowException:
+        # Two runs logging a dataset new to the experiment at the same instant (parallel workers): MLflow's
+        # store inserts it twice and the second insert fails on its unique key. It exists now; the retry links it.
+        client.log_inputs(run_id, datasets=inputs)
 
 
 # Where an ONNX model logged to MLflow runs: these machines have no GPU provider, and a file that
