@@ -203,7 +203,7 @@ def test_a_parallel_sweep_against_a_team_server_on_postgresql(mlflow_server, tin
 
 
 @pytest.mark.slow
-def test_whole_configuration_jobs_equal_the_per_fold_runs(tiny_overrides, run_entry, compose):
+def test_whole_configuration_jobs_one_fold_after_another_equal_the_per_fold_runs(tiny_overrides, run_entry, compose):
     proc = run_entry(
         "train.py",
         "-m",
@@ -211,6 +211,7 @@ def test_whole_configuration_jobs_equal_the_per_fold_runs(tiny_overrides, run_en
         *LAUNCHERS["joblib"],
         "arch=linear,mlp_small",
         "fold.heldout=all",
+        "stack_folds=false",  # one fold after another: bit for bit the separate runs (stacked: tests/test_stacked.py)
         "sweep_id=whole",
     )
     assert proc.returncode == 0, proc.stderr

@@ -156,21 +156,33 @@ def test_an_interrupted_search_resumes(tiny_overrides, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_pruner_stops_a_bad_trial_after_its_first_fold(tiny_overrides, tmp_path):
+@pytest.mark.parametrize(
+    "stacked, reports, pruned_tag",
+    [("true", [25, 50], "at epoch 1 of 3"), ("false", [50], "after 1 of 2 folds")],
+    ids=["stacked folds, by epoch", "one fold after another, by fold"],
+)
+def test_the_pruner_stops_a_bad_trial_at_its_first_report(stacked, reports, pruned_tag, tiny_overrides, tmp_path):
+    """Steps are the percent of the trial done: 25 and 50 % of 3 stacked epochs, or 1 of 2 folds."""
     storage = f"sqlite:///{tmp_path}/mlruns/optuna.db"
     (tmp_path / "mlruns").mkdir()
     study = optuna.create_study(study_name="pruned", storage=storage)
     study.enqueue_trial({"model.optimizer.lr": 1e-2, "arch.net.activation": "SiLU"})
-    study.enqueue_trial({"model.optimizer.lr": 1e-8, "arch.net.activation": "SiLU"})  # learns nothing in 2 epochs
-    finish(
-        start(search_command(tmp_path, tiny_overrides, "pruned", n_trials=2), tmp_path, "pruned"), tmp_path, "pruned"
-    )
+    study.enqueue_trial({"model.optimizer.lr": 1e-8, "arch.net.activation": "SiLU"})  # learns nothing in 3 epochs
+    command = [*search_command(tmp_path, tiny_overrides, "pruned", n_trials=2), f"stack_folds={stacked}"]
+    finish(start(command, tmp_path, "pruned"), tmp_path, "pruned")
     good, bad = optuna.load_study(study_name="pruned", storage=storage).trials
-    assert good.state == optuna.trial.TrialState.COMPLETE and len(good.intermediate_values) == 2
-    assert bad.state == optuna.trial.TrialState.PRUNED and list(bad.intermediate_values) == [0]
+    assert good.state == optuna.trial.TrialState.COMPLETE and list(good.intermediate_values) == reports
+    assert bad.state == optuna.trial.TrialState.PRUNED and list(bad.intermediate_values) == reports[:1]
     client = MlflowClient(tiny_overrides[5].split("=", 1)[1])
-    (run,) = client.search_runs([client.get_experiment_by_name("tinyvmaf-loso").experiment_id], "params.trial = '1'")
-    assert run.data.tags["pruned"] == "after 1 of 2 folds" and run.data.metrics["folds_done"] == 1
+    experiment = client.get_experiment_by_name("tinyvmaf-loso").experiment_id
+    (run,) = client.search_runs([experiment], "params.trial = '1'")
+    assert run.data.tags["pruned"] == pruned_tag and run.data.metrics["folds_done"] == (0 if stacked == "true" else 1)
+    folds = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    if stacked == "true":  # both folds stopped together, each run saying so
+        assert sorted(f.info.status for f in folds) == ["KILLED", "KILLED"]
+        assert all(f.data.tags["pruned"] == pruned_tag for f in folds)
+    else:
+        assert [f.info.status for f in folds] == ["FINISHED"]
 
 
 def test_search_space_syntax():

@@ -31,12 +31,13 @@ class Standardization:
 
 
 def transform_features(features: np.ndarray | torch.Tensor, log_motion: bool) -> np.ndarray | torch.Tensor:
-    """The models' input transform: optionally log1p of motion2, whose tail runs to ~100."""
+    """The models' input transform: optionally log1p of motion2, whose tail runs to ~100 (features
+    in the last dimension: [N, 6], or [K, N, 6] for stacked folds)."""
     if not log_motion:
         return features
     if isinstance(features, torch.Tensor):
-        motion = torch.log1p(features[:, MOTION : MOTION + 1].clamp(min=0))
-        return torch.cat([features[:, :MOTION], motion, features[:, MOTION + 1 :]], dim=1)
+        motion = torch.log1p(features[..., MOTION : MOTION + 1].clamp(min=0))
+        return torch.cat([features[..., :MOTION], motion, features[..., MOTION + 1 :]], dim=-1)
     out = features.copy()
-    out[:, MOTION] = np.log1p(np.maximum(features[:, MOTION], 0))
+    out[..., MOTION] = np.log1p(np.maximum(features[..., MOTION], 0))
     return out

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torchmetrics import MeanSquaredError, MetricCollection, PearsonCorrCoef, SpearmanCorrCoef
 
-from tinyvmaf.model import TinyVmafModule
+from tinyvmaf.model import StackedTinyVmafModule, TinyVmafModule
 
 METRIC_NAMES = ("plcc", "srocc", "rmse")
 
@@ -41,24 +41,35 @@ def metrics_per_source(
 
 
 class HeldoutHistory(L.Callback):
-    """Per-epoch ``train_loss`` and held-out metrics, kept in memory for one batched MLflow write."""
+    """Per-epoch ``train_loss`` and held-out metrics of each fold the module trains (one, or every
+    fold of a stacked module), kept in memory for one batched MLflow write per fold."""
 
     def __init__(self) -> None:
-        self.history: list[dict[str, float]] = []
+        self.histories: list[list[dict[str, float]]] = []
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: TinyVmafModule) -> None:
-        values = pl_module.heldout_metrics.compute()
-        pl_module.heldout_metrics.reset()
-        row = {f"heldout_{name}": float(values[name]) for name in METRIC_NAMES}
-        row["epoch"] = trainer.current_epoch
-        self.history.append(row)
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: TinyVmafModule | StackedTinyVmafModule) -> None:
+        collections = pl_module.fold_metrics
+        if not self.histories:
+            self.histories = [[] for _ in collections]
+        for history, metrics in zip(self.histories, collections):
+            values = metrics.compute()
+            metrics.reset()
+            row = {f"heldout_{name}": float(values[name]) for name in METRIC_NAMES}
+            row["epoch"] = trainer.current_epoch
+            history.append(row)
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: TinyVmafModule) -> None:
-        if self.history and self.history[-1]["epoch"] == trainer.current_epoch and pl_module.train_batches:
-            self.history[-1]["train_loss"] = float(pl_module.train_loss_sum) / pl_module.train_batches
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: TinyVmafModule | StackedTinyVmafModule) -> None:
+        losses = (pl_module.train_loss_sum / pl_module.train_batches.clamp(min=1)).tolist()
+        for history, loss in zip(self.histories, losses):
+            if history and history[-1]["epoch"] == trainer.current_epoch:
+                history[-1]["train_loss"] = loss
         pl_module.train_loss_sum.zero_()
-        pl_module.train_batches = 0
+        pl_module.train_batches.zero_()
 
     @property
-    def final(self) -> dict[str, float]:
-        return {k: v for k, v in self.history[-1].items() if k != "epoch"}
+    def history(self) -> list[dict[str, float]]:
+        """The first (for a single fold: the only) fold's history."""
+        return self.histories[0] if self.histories else []
+
+    def final(self, fold: int = 0) -> dict[str, float]:
+        return {k: v for k, v in self.histories[fold][-1].items() if k != "epoch"}

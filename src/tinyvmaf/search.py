@@ -4,8 +4,10 @@
 trials, study storage) is a file in ``configs/hparams_search/``; Hydra's sweeper plugin
 (``hydra_plugins.tinyvmaf_optuna_sweeper``) calls ``run_search`` in the launching process. Each
 trial is one whole-configuration job (``fold.heldout=all``) launched by whichever Hydra launcher
-is configured (basic, joblib, submitit); the job reports each fold's held-out RMSE to the study
-(``SearchTrial``), so the pruner can stop a bad trial after a few folds, and tells the study its
+is configured (basic, joblib, submitit); the job reports the mean held-out RMSE over its folds to
+the study as it trains (``SearchTrial``: at ``search.report_percent`` of the epochs of its stacked
+folds, or after each fold of ``stack_folds=false``; Optuna's step is the percent of the trial
+done), so the pruner can stop a bad trial early, and tells the study its
 objective (the LOSO mean RMSE) itself, wherever it ran. The study lives in a database (SQLite in
 ``mlruns/`` by default, PostgreSQL beside a team server), so several launching processes on
 several machines share it, and rerunning the command resumes it.
@@ -142,8 +144,8 @@ class SearchTrial:
         # Optuna's way to take up, in another process, a trial the launching process asked for
         self.trial = optuna.trial.Trial(self.study, found[0]._trial_id)
 
-    def fold_done(self, step: int, rmse: float) -> bool:
-        """Report fold ``step``'s held-out RMSE; True when the pruner says stop."""
+    def report(self, step: int, rmse: float) -> bool:
+        """Report the mean held-out RMSE at ``step`` (the percent of the trial's training done); True when the pruner says stop."""
         self.trial.report(rmse, step)
         return self.trial.should_prune()
 

@@ -322,6 +322,7 @@ class TrackedRun:
 
     def __init__(self, client: MlflowClient, run_id: str) -> None:
         self.client, self.run_id = client, run_id
+        self.end_status = "FINISHED"  # how the run ends when its block does not raise (KILLED: a pruned trial's)
 
     def log_params(self, params: dict[str, object]) -> None:
         self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
@@ -341,17 +342,29 @@ class TrackedRun:
     def log_artifact(self, path: Path) -> None:
         self.client.log_artifact(self.run_id, str(path))
 
+    def log_artifacts(self, folder: Path) -> None:
+        """Every file in ``folder``, in one call."""
+        self.client.log_artifacts(self.run_id, str(folder))
+
 
 @contextmanager
-def tracked_run(client: MlflowClient, experiment_id: str, run_name: str, tags: dict[str, str]) -> Iterator[TrackedRun]:
-    """A run that ends FINISHED, or FAILED (with the error as a tag) if the block raises; it records
-    the command and commit it ran from."""
+def tracked_run(
+    client: MlflowClient,
+    experiment_id: str,
+    run_name: str,
+    tags: dict[str, str],
+    params: dict[str, object] | None = None,
+) -> Iterator[TrackedRun]:
+    """A run that ends FINISHED (or its ``end_status``), or FAILED (with the error as a tag) if the
+    block raises; it records the command and commit it ran from, and ``params``."""
     run = client.create_run(experiment_id, run_name=run_name, tags={**provenance_tags(), **tags})
     tracked = TrackedRun(client, run.info.run_id)
+    if params:
+        tracked.log_params(params)
     try:
         yield tracked
     except BaseException as exc:
         client.log_batch(run.info.run_id, tags=[RunTag("error", " ".join(str(exc).split())[:4000])])
         client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
         raise
-    client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
+    client.set_terminated(run.info.run_id, tracked.end_status)

@@ -1,0 +1,218 @@
+"""Every fold of a LOSO at once: stacked against separate training, per-fold data, the stacked
+optimizer against torch's AdamW, ONNX written from the weights against torch."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from functools import partial
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from torch import nn
+
+from tinyvmaf.cache import TeacherCache
+from tinyvmaf.corpus.directory import DirectoryCorpus
+from tinyvmaf.data import Augmentation, LosoDataModule, StackedLosoDataModule
+from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.features import Standardization, transform_features
+from tinyvmaf.model import ONNX_ACTIVATIONS, StackedAdamW, VmafNet, check_graph, mlp, onnx_graph
+from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
+from tinyvmaf.teacher.function import DOMAIN_HIGH, DOMAIN_LOW
+from tinyvmaf.training import train
+
+# Sources of different lengths: their folds train on different numbers of rows, so their epochs
+# have different numbers of mini-batches and their lr schedules different lengths.
+SOURCES = {"Bars": ("testsrc2", 8), "Mandel": ("mandelbrot", 12), "Rgb": ("rgbtestsrc", 10)}
+
+
+@pytest.fixture(scope="module")
+def uneven_corpus(tmp_path_factory, make_clip):
+    root = tmp_path_factory.mktemp("uneven")
+    for source, (lavfi, frames) in SOURCES.items():
+        make_clip(root / "ref" / f"{source}.y4m", lavfi, frames=frames)
+        for crf in (22, 40):
+            codec = ["-c:v", "libx264", "-crf", str(crf), "-threads", "1"]
+            make_clip(root / "dis" / f"{source}__crf{crf}.mp4", lavfi, frames=frames, codec=codec)
+        make_clip(root / "dis" / f"{source}__half.mp4", lavfi, frames=frames, vf="scale=32:24")
+    return root
+
+
+@pytest.fixture
+def uneven_overrides(uneven_corpus, tmp_path, training_overrides):
+    overrides = [o for o in training_overrides(uneven_corpus, tmp_path) if not o.startswith("trainer.max_epochs")]
+    return [*overrides, "trainer.max_epochs=12", "fold.heldout=all"]
+
+
+def fold_rmse(tracking_uri: str, sweep: str) -> dict[str, float]:
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("tinyvmaf-loso").experiment_id
+    runs = client.search_runs([experiment], f"tags.sweep_id = '{sweep}' and tags.kind = 'fold'")
+    return {r.data.params["fold"]: r.data.metrics["heldout_rmse"] for r in runs if r.info.status == "FINISHED"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["mlp_small", "mlp_medium", "linear"])
+def test_stacked_folds_agree_with_separate_runs(arch, uneven_overrides, tmp_path, compose):
+    uri = next(o for o in uneven_overrides if o.startswith("tracking.uri=")).split("=", 1)[1]
+    train(compose("train", *uneven_overrides, f"arch={arch}", "stack_folds=false", "sweep_id=one-by-one"))
+    train(compose("train", *uneven_overrides, f"arch={arch}", "stack_folds=true", "sweep_id=stacked"))
+    sequential, stacked = fold_rmse(uri, "one-by-one"), fold_rmse(uri, "stacked")
+    assert set(sequential) == set(stacked) == set(SOURCES)
+    for fold, rmse in sequential.items():
+        assert abs(stacked[fold] - rmse) <= max(0.01 * rmse, 2e-3), (fold, rmse, stacked[fold])
+
+
+@pytest.fixture(scope="module")
+def uneven_cache(uneven_corpus, tmp_path_factory):
+    corpus = DirectoryCorpus(uneven_corpus)
+    cache = TeacherCache(tmp_path_factory.mktemp("cache"), FfmpegLibvmaf(), ["vmaf_v0.6.1"], n_jobs=2)
+    cache.build(corpus)
+    return corpus, cache
+
+
+def assert_same_standardization(a: Standardization, b: Standardization) -> None:
+    for x, y in zip(dataclasses.astuple(a), dataclasses.astuple(b)):
+        np.testing.assert_array_equal(x, y)
+
+
+def fold_modules(corpus, cache, sources) -> list[LosoDataModule]:
+    augment = Augmentation(enabled=True, amount=1.5)
+    return [LosoDataModule(corpus, cache, "vmaf_v0.6.1", heldout=s, batch_size=8, augment=augment) for s in sources]
+
+
+def test_each_stacked_fold_holds_the_data_of_its_separate_run(uneven_cache):
+    corpus, cache = uneven_cache
+    sources = list(SOURCES)
+    stacked = StackedLosoDataModule(fold_modules(corpus, cache, sources))
+    stacked.setup("fit")
+    epochs = 2
+    for k, source in enumerate(sources):
+        alone = fold_modules(corpus, cache, [source])[0]
+        alone.setup("fit")
+        assert_same_standardization(stacked.standardizations[k], alone.standardization)
+        assert torch.equal(stacked.folds[k].synthetic_x, alone.synthetic_x)  # its own augmentation draws
+        assert torch.equal(stacked.folds[k].test_x, alone.test_x)
+        # its mini-batches, in its own order: the rows of weight 1 of its slice, epoch after epoch
+        loader, mine = alone.train_dataloader(), stacked.train_dataloader()
+        for _ in range(epochs):
+            rows = torch.cat([x for x, _ in loader])
+            got = torch.cat([x[k][w[k] > 0] for x, _, w in mine])
+            assert torch.equal(rows, got)
+    steps = [f.minibatches_per_epoch for f in stacked.folds]
+    assert len(set(steps)) > 1  # the folds' epochs differ in length: the padding is exercised
+    assert len(list(stacked.train_dataloader())) == -(-max(steps) // stacked.minibatches_per_step)
+
+
+def test_changing_the_heldout_source_changes_no_other_fold_of_it(uneven_cache, monkeypatch):
+    """Fold k holds out source k: source k's frames may change its test data, never its training."""
+    corpus, cache = uneven_cache
+    sources = list(SOURCES)
+    before = StackedLosoDataModule(fold_modules(corpus, cache, sources))
+    before.setup("fit")
+    table = cache.load(corpus)
+    changed = dataclasses.replace(
+        table, features=table.features.copy(), scores={k: v.copy() for k, v in table.scores.items()}
+    )
+    rows = changed.source_of_frame == changed.sources.index("Mandel")
+    changed.features[rows] *= 0.5
+    changed.scores["vmaf_v0.6.1"][rows] = 1.0
+    monkeypatch.setattr(TeacherCache, "load", lambda self, corpus: changed)
+    after = StackedLosoDataModule(fold_modules(corpus, cache, sources))
+    after.setup("fit")
+    k = sources.index("Mandel")
+    mine_before, mine_after = before.folds[k], after.folds[k]
+    for name in ("train_x", "train_y", "synthetic_x", "synthetic_y"):
+        assert torch.equal(getattr(mine_before, name), getattr(mine_after, name)), name
+    assert_same_standardization(before.standardizations[k], after.standardizations[k])
+    assert not torch.equal(mine_before.test_x, mine_after.test_x)
+    for a, b in zip(before.train_dataloader(), after.train_dataloader()):
+        assert torch.equal(a[0][k], b[0][k]) and torch.equal(a[1][k], b[1][k])
+    others = [i for i in range(len(sources)) if i != k]
+    assert all(not torch.equal(before.folds[i].train_x, after.folds[i].train_x) for i in others)
+
+
+def test_stacked_adamw_is_torch_adamw_and_its_schedule_per_fold():
+    """Two folds of 30 and 24 steps: each row follows its own torch AdamW + OneCycleLR, the
+    shorter one untouched once its steps are done."""
+    torch.manual_seed(0)
+    optimizer = partial(torch.optim.AdamW, lr=3e-2, weight_decay=1e-3, fused=True)
+    scheduler = partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=3e-2)
+    start = torch.randn(2, 5)
+    stacked = nn.Parameter(start.clone())
+    steps = [30, 24]
+    mine = StackedAdamW(stacked, optimizer, scheduler, steps)
+    separate = [nn.Parameter(start[k].clone()) for k in range(2)]
+    torch_optimizers = [optimizer([p]) for p in separate]
+    schedules = [scheduler(o, total_steps=t) for o, t in zip(torch_optimizers, steps)]
+    for t in range(30):
+        grad = torch.randn(2, 5)
+        active = torch.tensor([t < n for n in steps])
+        stacked.grad = grad * active[:, None]
+        mine.step(active)
+        for k in range(2):
+            if active[k]:
+                separate[k].grad = grad[k].clone()
+                torch_optimizers[k].step()
+                schedules[k].step()
+        for k in range(2):
+            torch.testing.assert_close(stacked.detach()[k], separate[k].detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_stacked_training_refuses_another_optimizer():
+    with pytest.raises(TinyVmafError, match=r"^model.optimizer=SGD: stacked folds train with AdamW"):
+        StackedAdamW(nn.Parameter(torch.zeros(2, 3)), partial(torch.optim.SGD, lr=0.1), None, [5, 5])
+
+
+def random_model(activation: nn.Module, log_motion: bool) -> VmafNet:
+    torch.manual_seed(1)
+    net = mlp([16, 8])
+    net[1], net[3] = activation, copy.deepcopy(activation)
+    model = VmafNet(net, log_motion)
+    box = np.random.default_rng(0).uniform(DOMAIN_LOW, DOMAIN_HIGH, size=(1000, 6))  # fitted as on training frames
+    model.set_standardization(Standardization.fit(transform_features(box, log_motion), np.full(1000, 50.0) + box[:, 0]))
+    return model.eval()
+
+
+ACTIVATIONS = [cls() for cls in ONNX_ACTIVATIONS if cls is not nn.GELU] + [nn.GELU(), nn.GELU(approximate="tanh")]
+ACTIVATIONS += [nn.LeakyReLU(0.2), nn.ELU(0.5), nn.Softplus(beta=2.0), nn.Hardtanh(-2.0, 3.0)]
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=lambda m: repr(m))
+@pytest.mark.parametrize("log_motion", [False, True])
+def test_onnx_graph_matches_torch_for_every_activation(activation, log_motion):
+    model = random_model(activation, log_motion)
+    graph = onnx_graph(model)
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    (feed,), (out,) = session.get_inputs(), session.get_outputs()
+    assert (feed.name, feed.shape, out.name, out.shape) == ("features", ["batch", 6], "vmaf", ["batch"])
+    rng = np.random.default_rng(2)
+    for n in (1, 100_000):
+        x = rng.uniform(DOMAIN_LOW, DOMAIN_HIGH, size=(n, 6)).astype(np.float32)
+        assert check_graph(graph, model, x) <= 1e-4  # checker, then ONNX Runtime against torch
+    assert {n.op_type for n in graph.graph.node} >= {"Gemm", "Clip"}
+
+
+def test_onnx_graph_refuses_what_it_cannot_write():
+    with pytest.raises(TinyVmafError, match=r"^arch.net: no ONNX form for layer PReLU; activations known: .*SiLU"):
+        onnx_graph(random_model(nn.PReLU(), False))
+
+
+def test_a_graph_that_disagrees_with_torch_is_refused():
+    model = random_model(nn.SiLU(), False)
+    graph = onnx_graph(model)
+    with torch.no_grad():
+        model.net[0].bias += 1e-2  # the torch module moved on: the file no longer describes it
+    x = np.random.default_rng(3).uniform(DOMAIN_LOW, DOMAIN_HIGH, size=(100, 6)).astype(np.float32)
+    with pytest.raises(TinyVmafError, match=r"^the ONNX graph: ONNX Runtime disagrees with torch"):
+        check_graph(graph, model, x)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_stacked_folds_on_the_gpu_match_the_cpu(uneven_overrides, compose):
+    cpu = train(compose("train", *uneven_overrides, "sweep_id=stacked-cpu"))
+    gpu = train(compose("train", *uneven_overrides, "sweep_id=stacked-gpu", "trainer=gpu"))
+    assert abs(gpu - cpu) <= 0.05 * cpu + 1e-3
