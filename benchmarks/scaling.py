@@ -21,6 +21,7 @@ from pathlib import Path
 from common import ROOT
 
 from tinyvmaf import ffmpeg
+from tinyvmaf.cli import quiet_libraries
 from tinyvmaf.corpus import ClipPair, Video
 from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
 from tinyvmaf.tracking import Tracking, tracked_run
@@ -94,6 +95,7 @@ def mlflow_seconds_per_run(uri: str, artifacts: Path, n: int = 10) -> float:
 
 
 def main() -> None:
+    quiet_libraries()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     with tempfile.TemporaryDirectory(prefix="tinyvmaf-scaling-") as tmp:
         for size in ("1920x1080", "3840x2160"):
@@ -104,7 +106,7 @@ def main() -> None:
         print(
             f"MLflow per fold run, SQLite: {mlflow_seconds_per_run(f'sqlite:///{tmp}/mlflow.db', Path(tmp) / 'artifacts'):.3f} s"
         )
-        with team_server() as (uri, _):
+        with team_server() as (uri, _, _):
             print(
                 f"MLflow per fold run, server on PostgreSQL (127.0.0.1): {mlflow_seconds_per_run(uri, Path(tmp) / 'unused'):.3f} s"
             )

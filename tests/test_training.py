@@ -21,6 +21,7 @@ from tinyvmaf.cache import TeacherCache
 from tinyvmaf.corpus.directory import DirectoryCorpus
 from tinyvmaf.data import LosoDataModule
 from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.export import with_arch
 from tinyvmaf.files import config_key
 from tinyvmaf.model import CensoredMSELoss, count_params
 from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
@@ -85,6 +86,33 @@ def test_every_option_of_every_group_composes_and_names_real_targets(group, comp
 def test_fold_options_are_the_default_corpus_sources(repo):
     sources = yaml.safe_load((repo / "configs" / "corpus" / "default.yaml").read_text())["sources"]
     assert options(repo, "fold") == sorted(sources)
+
+
+def test_the_shipped_recipe_is_each_archs_own_in_training_and_export(compose):
+    """experiment=shipped: each arch trains with its own search's values, an arch without them with
+    the default's, the command line still wins, and export.py trains each model with its arch's."""
+    recipe = compose("train", "experiment=shipped").recipe
+    assert recipe.mlp_small.lr != recipe.mlp_medium.lr and recipe.mlp_small.epochs != recipe.mlp_medium.epochs
+    for arch, values in (
+        ("mlp_small", recipe.mlp_small),
+        ("mlp_medium", recipe.mlp_medium),
+        ("linear", recipe.default),
+    ):
+        cfg = compose("train", "experiment=shipped", f"arch={arch}")
+        assert (cfg.model.optimizer.lr, cfg.model.optimizer.weight_decay, cfg.trainer.max_epochs) == (
+            values.lr,
+            values.weight_decay,
+            values.epochs,
+        )
+        assert cfg.model.scheduler.max_lr == values.lr and cfg.data.augment.amount == values.augment.amount
+    assert compose("train", "experiment=shipped", "arch=mlp_medium", "trainer.max_epochs=7").trainer.max_epochs == 7
+    export = compose("export")
+    for name, arch in (("vmaf_tiny_v1", "mlp_small"), ("vmaf_tiny_v1_medium", "mlp_medium")):
+        cfg = with_arch(export, export.exports[name].arch)
+        assert cfg.arch.name == arch and cfg.trainer.max_epochs == recipe[arch].epochs
+        assert cfg.model.optimizer.lr == recipe[arch].lr and instantiate(cfg.model.net)[0].out_features == (
+            16 if arch == "mlp_small" else 64
+        )
 
 
 @pytest.mark.parametrize("arch, n_params", [("mlp_small", 257), ("mlp_medium", 2561), ("linear", 7)])

@@ -246,6 +246,15 @@ def comparison(digest: dict, other: dict, sweep: str, other_sweep: str) -> list[
     return lines
 
 
+def recipe_line(params: dict[str, str]) -> str:
+    """An arch's recipe as its runs recorded it (a per-arch recipe differs from arch to arch)."""
+    augment = f"x{params['augment_amount']}" if params.get("augment") == "True" else "off"
+    return (
+        f"Recipe `{params.get('experiment')}`: {params.get('epochs')} epochs, lr {params.get('lr')}, "
+        f"weight decay {params.get('weight_decay')}, {params.get('activation')}, feature-space augmentation {augment}."
+    )
+
+
 def markdown(
     sweep_id: str, archs: dict, status: SweepStatus, teacher_row: dict | None = None, comparison_lines: list[str] = ()
 ) -> str:
@@ -258,8 +267,7 @@ def markdown(
         "",
         f"Teacher `{params.get('teacher')}` (libvmaf {run.data.tags.get('libvmaf_version')}), "
         f"corpus `{data.name + ':' + data.digest if data else params.get('corpus')}`, "
-        f"{params.get('epochs')} epochs, lr {params.get('lr')}, batch {params.get('batch_size')}, seed {params.get('seed')}, "
-        f"feature-space augmentation {'x' + params['augment_amount'] if params.get('augment') == 'True' else 'off'}. "
+        f"batch {params.get('batch_size')}, seed {params.get('seed')}. "
         "Leave-one-source-out: each fold trains on every other source and is scored on the held-out one.",
         "",
         "## Aggregate (mean ± sample std across folds)",
@@ -288,10 +296,13 @@ def markdown(
         ]
     lines += completeness_lines(status)
     lines += comparison_lines
+    runs = {r.info.run_id: r for r in status.finished.values()}
     for arch, row in archs.items():
         lines += [
             "",
             f"## {arch}",
+            "",
+            recipe_line(runs[row["folds"][0]["run_id"]].data.params),
             "",
             "| fold | n | teacher mean | teacher std | PLCC | SROCC | RMSE |",
             "|---|---:|---:|---:|---:|---:|---:|",

@@ -41,10 +41,14 @@ def to_onnx(model: VmafNet, path: Path, metadata: dict[str, str]) -> onnx.ModelP
     return proto
 
 
-def train_on_all_sources(
-    cfg: DictConfig, arch: DictConfig, corpus: Corpus, cache: TeacherCache
-) -> tuple[VmafNet, FrameTable]:
-    datamodule, module, trainer = prepare_fit(cfg, corpus, cache, heldout=None, net=arch.net, limit_val_batches=0)
+def with_arch(cfg: DictConfig, arch: DictConfig) -> DictConfig:
+    """The export configuration of one shipped model: its arch in place of ``arch``, so that a
+    per-arch recipe (``experiment=shipped``) resolves to that arch's values."""
+    return OmegaConf.merge(cfg, {"arch": arch})
+
+
+def train_on_all_sources(cfg: DictConfig, corpus: Corpus, cache: TeacherCache) -> tuple[VmafNet, FrameTable]:
+    datamodule, module, trainer = prepare_fit(cfg, corpus, cache, heldout=None, limit_val_batches=0)
     trainer.fit(module, datamodule=datamodule)
     return module.model, datamodule.table
 
@@ -168,8 +172,6 @@ def export_teacher(name: str, output: Path, table: FrameTable) -> tuple[onnx.Mod
 
 def export_models(cfg: DictConfig) -> int:
     """``export.py``: train each shipping model on every source (or take a run's) and write it."""
-    if not cfg.get("run_id"):
-        check_options(cfg)
     torch.set_num_threads(cfg.torch_threads)
     corpus = instantiate_checked(cfg.corpus)
     cache: TeacherCache = instantiate_checked(cfg.cache)
@@ -185,9 +187,11 @@ def export_models(cfg: DictConfig) -> int:
             teacher, epochs, recipe = params["teacher"], params["epochs"], params.get("experiment", "default")
             table = cache.ready(corpus)
         else:
-            model, table = train_on_all_sources(cfg, arch, corpus, cache)
+            recipe_cfg = with_arch(cfg, arch)
+            check_options(recipe_cfg)
+            model, table = train_on_all_sources(recipe_cfg, corpus, cache)
             arch_cfg = OmegaConf.to_container(arch, resolve=True)
-            teacher, epochs, recipe = cfg.teacher.model, str(cfg.trainer.max_epochs), cfg.experiment_name
+            teacher, epochs, recipe = cfg.teacher.model, str(recipe_cfg.trainer.max_epochs), cfg.experiment_name
         metadata = {
             "feature_names": json.dumps(list(FEATURE_NAMES)),
             "teacher": teacher,
@@ -197,7 +201,9 @@ def export_models(cfg: DictConfig) -> int:
             "libvmaf_version": table.libvmaf_version,
             "epochs": epochs,
             "experiment": recipe,
-            **loso_metadata(cfg, arch_cfg["name"], teacher, recipe, None if arch is None else export_options(cfg)),
+            **loso_metadata(
+                cfg, arch_cfg["name"], teacher, recipe, None if arch is None else export_options(recipe_cfg)
+            ),
         }
         proto = to_onnx(model, output, metadata)
         diff = check_graph(output, model, table.features)

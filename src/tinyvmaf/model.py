@@ -29,10 +29,10 @@ from torchmetrics import MetricCollection
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.features import MOTION, Standardization, transform_features
 from tinyvmaf.teacher import FEATURE_NAMES
+from tinyvmaf.teacher.function import ONNX_IR_VERSION, ONNX_OPSET
 
 N_FEATURES = len(FEATURE_NAMES)
 VMAF_RANGE = (0.0, 100.0)  # the shipped graph clips to it; the censored loss knows it
-ONNX_OPSET = 17
 ONNX_TOLERANCE = 1e-4  # VMAF points: ONNX Runtime against torch on real frames, on every export
 
 
@@ -214,7 +214,9 @@ def onnx_graph(model: VmafNet) -> onnx.ModelProto:
         [helper.make_tensor_value_info("vmaf", TensorProto.FLOAT, ["batch"])],
         g.initializers,
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)], producer_name="tinyvmaf")
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)], ir_version=ONNX_IR_VERSION, producer_name="tinyvmaf"
+    )
 
 
 def check_graph(graph: onnx.ModelProto | Path, model: VmafNet, features: np.ndarray) -> float:

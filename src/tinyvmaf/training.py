@@ -57,22 +57,15 @@ def fold_data(cfg: DictConfig, corpus: Corpus, cache: TeacherCache, heldout: str
 
 
 def prepare_fit(
-    cfg: DictConfig,
-    corpus: Corpus,
-    cache: TeacherCache,
-    heldout: str | None,
-    net: DictConfig | None = None,
-    **trainer_options: Any,
+    cfg: DictConfig, corpus: Corpus, cache: TeacherCache, heldout: str | None, **trainer_options: Any
 ) -> tuple[LosoDataModule, TinyVmafModule, L.Trainer]:
     """Data (cache built if needed), seeded model and Trainer, as configured; ``heldout=None``
-    trains on every source. ``net`` overrides the arch's network (export builds several)."""
+    trains on every source."""
     datamodule = fold_data(cfg, corpus, cache, heldout)
     datamodule.prepare_data()
     datamodule.setup("fit")
     L.seed_everything(cfg.seed, verbose=False)
-    module: TinyVmafModule = instantiate_checked(
-        cfg.model, **({"net": instantiate_checked(net)} if net is not None else {})
-    )
+    module: TinyVmafModule = instantiate_checked(cfg.model)
     trainer: L.Trainer = instantiate_checked(cfg.trainer, **trainer_options)
     return datamodule, module, trainer
 

@@ -26,6 +26,11 @@ from tinyvmaf.teacher import FEATURE_NAMES
 DOMAIN_LOW = np.zeros(len(FEATURE_NAMES))
 DOMAIN_HIGH = np.array([1.0, 100.0, 1.0, 1.0, 1.0, 1.0])
 
+# Every ONNX graph tinyvmaf writes (this teacher's and the tiny models'): opset 17, IR version 8,
+# which ONNX Runtime reads from 1.11 on.
+ONNX_OPSET = 17
+ONNX_IR_VERSION = 8
+
 # libvmaf's options that select a variant of a feature, and how its JSON log names that variant.
 _VARIANTS = {"adm_enhn_gain_limit": "_egl_{:g}", "vif_enhn_gain_limit": "_egl_{:g}"}
 
@@ -79,7 +84,7 @@ class SvrTeacher:
         """Every number the model holds: support vectors, coefficients, rescaling, gamma and rho."""
         return self.support_vectors.size + self.coefficients.size + self.slopes.size + self.intercepts.size + 2
 
-    def onnx_graph(self, opset: int = 17) -> onnx.ModelProto:
+    def onnx_graph(self) -> onnx.ModelProto:
         """This model as one self-contained ONNX graph with the tiny models' contract: ``features``
         float32 [N, 6] (``feature_columns`` order) -> ``vmaf`` float32 [N], any N. Inside, in float64
         as in libvmaf: the feature rescale, the RBF SVR over the support vectors (the squared distance
@@ -123,7 +128,10 @@ class SvrTeacher:
             [onnx.numpy_helper.from_array(np.asarray(v), name=k) for k, v in constants.items()],
         )
         model = onnx.helper.make_model(
-            graph, opset_imports=[onnx.helper.make_opsetid("", opset)], producer_name="tinyvmaf"
+            graph,
+            opset_imports=[onnx.helper.make_opsetid("", ONNX_OPSET)],
+            ir_version=ONNX_IR_VERSION,
+            producer_name="tinyvmaf",
         )
         onnx.checker.check_model(model, full_check=True)
         return model
