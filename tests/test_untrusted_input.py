@@ -486,7 +486,7 @@ def test_read_only_commands_create_no_store(tmp_path, run_entry):
     )
     assert not (tmp_path / "nowhere").exists()
     store = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    MlflowClient(store).create_experiment("tinyvmaf-loso")
+    MlflowClient(store).create_experiment("tinyvmaf-loso", artifact_location="mlflow-artifacts:/tinyvmaf-loso")
     proc = run_entry("export.py", f"tracking.uri={store}", "run_id=0123abc", f"output={tmp_path}/x.onnx")
     assert proc.returncode == 1 and proc.stderr.strip() == f"error: run_id=0123abc: no such run in {store}"
     assert not (tmp_path / "x.onnx").exists()

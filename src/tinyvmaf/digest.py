@@ -36,6 +36,7 @@ from tinyvmaf.tracking import (
     PARENT,
     TrackedRun,
     Tracking,
+    check_artifact_location,
     open_sweep_run,
     process_alive,
     quoted,
@@ -332,7 +333,11 @@ def scatter_figure(client: MlflowClient, digest: dict, path: Path) -> None:
         for ax, (arch, row) in zip(axes[0], digest.items()):
             for i, f in enumerate(row["folds"]):
                 try:
-                    data = np.load(client.download_artifacts(f["run_id"], "heldout.npz", tmp))
+                    location = client.get_run(f["run_id"]).info.artifact_uri
+                    check_artifact_location(
+                        client.tracking_uri, location, f"run {f['run_id']} ({arch} fold {f['fold']})"
+                    )
+                    data = np.load(client.download_artifacts(f["run_id"], "heldout.npz", tmp), allow_pickle=False)
                 except MlflowException:
                     print(
                         f"warning: run {f['run_id']} ({arch} {f['fold']}) has no heldout.npz: left out of the scatter plot"

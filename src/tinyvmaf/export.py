@@ -9,7 +9,10 @@ and the LOSO metrics of the recipe.
 from __future__ import annotations
 
 import json
+import pickle
+import re
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +25,10 @@ from tinyvmaf.cache import FrameTable, TeacherCache
 from tinyvmaf.corpus import Corpus
 from tinyvmaf.digest import aggregate, fold_runs, sweep_status
 from tinyvmaf.errors import TinyVmafError, instantiate_checked
-from tinyvmaf.model import VmafNet, check_graph, count_params, onnx_graph
+from tinyvmaf.model import VmafNet, check_graph, count_params, model_from_weights, onnx_graph
 from tinyvmaf.teacher import FEATURE_NAMES
 from tinyvmaf.teacher.function import load_teacher
-from tinyvmaf.tracking import EXPORT, KIND, log_dataset, log_onnx_model, run_by_id, tracked_run
+from tinyvmaf.tracking import EXPORT, KIND, check_artifact_location, log_dataset, log_onnx_model, run_by_id, tracked_run
 from tinyvmaf.training import check_options, prepare_fit
 
 TEACHER_TOLERANCE = 1e-3  # VMAF points: libvmaf's models as ONNX against libvmaf's own scores
@@ -95,17 +98,33 @@ def export_options(cfg: DictConfig) -> dict[str, str]:
 
 
 def model_from_run(cfg: DictConfig, run_id: str) -> tuple[VmafNet, dict, dict[str, str]]:
-    """The run's model, its arch config, and its MLflow params (the recipe it was trained with)."""
+    """The run's model, its arch (name and hidden widths), and its MLflow params (the recipe it was
+    trained with). The store may come from someone else: ``model.pt`` is read with
+    ``weights_only=True`` and the model rebuilt from its weights' shapes and the run's
+    ``activation`` param, never from a config stored with it."""
     client, _ = instantiate_checked(cfg.tracking).existing_experiment()
-    params = run_by_id(client, run_id).data.params
+    run = run_by_id(client, run_id)
+    check_artifact_location(client.tracking_uri, run.info.artifact_uri, f"run_id={run_id}")
+    params = run.data.params
+    what = f"run_id={run_id}: model.pt"
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            saved = torch.load(client.download_artifacts(run_id, "model.pt", tmp), weights_only=False)
+            with warnings.catch_warnings():  # "Detected pickle protocol 4": said again below as one line
+                warnings.simplefilter("ignore", UserWarning)
+                saved = torch.load(client.download_artifacts(run_id, "model.pt", tmp), weights_only=True)
+        except pickle.UnpicklingError as exc:
+            asked = re.search(r"(Unsupported (?:global|operand)[^.\n]*)", str(exc))
+            raise TinyVmafError(
+                f"{what} holds more than weights, so it is not loaded ({asked.group(1) if asked else 'not plain tensors'})"
+            ) from None
         except Exception as exc:
-            raise TinyVmafError(f"run_id={run_id}: no model.pt artifact ({type(exc).__name__})") from None
-    model = VmafNet(instantiate_checked(saved["arch"]["net"]), saved.get("log_motion", False))
-    model.load_state_dict(saved["state_dict"])
-    return model, saved["arch"], params
+            raise TinyVmafError(f"run_id={run_id}: no readable model.pt artifact ({type(exc).__name__})") from None
+    if not isinstance(saved, dict):
+        raise TinyVmafError(f"{what}: not a tinyvmaf checkpoint")
+    model = model_from_weights(saved.get("state_dict"), params.get("activation"), saved.get("log_motion", False), what)
+    arch = saved.get("arch") if isinstance(saved.get("arch"), dict) else {}
+    name = arch.get("name") if isinstance(arch.get("name"), str) else params.get("arch", "unknown")
+    return model, {"name": name[:100]}, params
 
 
 def register(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -236,6 +237,37 @@ def check_graph(graph: onnx.ModelProto | Path, model: VmafNet, features: np.ndar
             f"{where}: ONNX Runtime disagrees with torch (max |diff| {diff:.2e} > {ONNX_TOLERANCE}, shape {got.shape})"
         )
     return diff
+
+
+def model_from_weights(state: object, activation: object, log_motion: object, what: str) -> VmafNet:
+    """A ``VmafNet`` rebuilt from a state dict read from someone else's file, never from a config
+    read with it: the layers from the weights' shapes (6 -> ... -> 1, each width the next's input),
+    the activation by name from the ones tinyvmaf writes as ONNX, every tensor float and finite."""
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise TinyVmafError(f"{what}: not a tinyvmaf model (no state dict of tensors)")
+    known = {cls.__name__: cls for cls in ONNX_ACTIVATIONS}
+    if activation not in (*known, "none"):
+        raise TinyVmafError(f"{what}: activation {activation!r:.40} is not one of {', '.join(sorted(known))}")
+    if not isinstance(log_motion, bool):
+        raise TinyVmafError(f"{what}: log_motion is {log_motion!r:.40}, not true or false")
+    weights = sorted((int(k.split(".")[1]), v) for k, v in state.items() if re.fullmatch(r"net\.\d{1,3}\.weight", k))
+    widths = [N_FEATURES]
+    for index, (layer, w) in enumerate(weights):
+        if layer != 2 * index or w.dim() != 2 or w.shape[1] != widths[-1] or not 0 < w.shape[0] <= 4096:
+            raise TinyVmafError(f"{what}: layer net.{layer} of shape {tuple(w.shape)} does not continue a 6-input MLP")
+        widths.append(int(w.shape[0]))
+    if widths[-1] != 1 or len(widths) < 2 or (activation == "none") != (len(widths) == 2):
+        raise TinyVmafError(f"{what}: the weights {widths} are not a 6 -> ... -> 1 MLP with activation {activation}")
+    model = VmafNet(mlp(widths[1:-1], activation if activation != "none" else "ReLU"), log_motion)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise TinyVmafError(f"{what}: its tensors do not fit the model ({' '.join(str(exc).split())[:200]})") from None
+    if not all(torch.isfinite(t).all() for t in model.state_dict().values()):
+        raise TinyVmafError(f"{what}: holds non-finite weights or standardization")
+    return model.float()
 
 
 # --- one fold --------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import mlflow
 import mlflow.onnx
@@ -57,6 +58,27 @@ def _store_lock(uri: str) -> Iterator[None]:
             yield
     else:
         yield
+
+
+def check_artifact_location(tracking_uri: str, location: str | None, what: str) -> None:
+    """A local store's artifact location (of an experiment or run, as its database says) must lie
+    inside the store's artifact folder: a received store must not make tinyvmaf read or write
+    elsewhere. A server keeps its artifacts itself, so nothing is checked against one."""
+    root = local_artifact_root(tracking_uri)
+    if root is None:
+        return
+    parsed = urlparse(location or "")
+    if parsed.scheme == "mlflow-artifacts" and not parsed.netloc:
+        path = root / unquote(parsed.path).lstrip("/")
+    elif parsed.scheme in ("file", "") and not parsed.netloc and location:
+        path = Path(unquote(parsed.path))
+    else:
+        path = None
+    if path is None or not path.resolve().is_relative_to(root.resolve()):
+        raise TinyVmafError(
+            f"{what}: its artifact location {location!r:.200} lies outside the store's artifact folder {root}; "
+            "nothing is read or written there"
+        )
 
 
 KIND = "kind"  # tag: what a run is in the tree
@@ -103,7 +125,7 @@ class Tracking:
             client = MlflowClient(tracking_uri=self.uri)
             found = self._find(client)
             if found is not None:
-                return client, found.experiment_id
+                return client, self._checked(found)
             tags = {
                 "mlflow.experimentKind": "custom_model_development",
                 f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps(RUNS_VIEW),
@@ -144,7 +166,12 @@ class Tracking:
             raise TinyVmafError(
                 f"tracking.experiment={self.name}: no such experiment in {self.uri}; run train.py first"
             )
-        return client, found.experiment_id
+        return client, self._checked(found)
+
+    def _checked(self, experiment: Experiment) -> str:
+        """The experiment's id, once its artifact location is known to stay inside the store."""
+        check_artifact_location(self.uri, experiment.artifact_location, f"tracking.experiment={self.name}")
+        return experiment.experiment_id
 
     def _find(self, client: MlflowClient) -> Experiment | None:
         try:
@@ -320,9 +347,15 @@ def log_onnx_model(
 class TrackedRun:
     """One MLflow run; params, metrics and tags go out in batches to keep per-run overhead small."""
 
-    def __init__(self, client: MlflowClient, run_id: str) -> None:
+    def __init__(self, client: MlflowClient, run_id: str, artifact_uri: str | None = None) -> None:
         self.client, self.run_id = client, run_id
         self.end_status = "FINISHED"  # how the run ends when its block does not raise (KILLED: a pruned trial's)
+        self._artifact_uri = artifact_uri  # checked before the first artifact is written
+
+    def _artifacts_checked(self) -> None:
+        if self._artifact_uri is None:
+            self._artifact_uri = self.client.get_run(self.run_id).info.artifact_uri
+        check_artifact_location(self.client.tracking_uri, self._artifact_uri, f"run {self.run_id}")
 
     def log_params(self, params: dict[str, object]) -> None:
         self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
@@ -340,10 +373,12 @@ class TrackedRun:
             self.client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
 
     def log_artifact(self, path: Path) -> None:
+        self._artifacts_checked()
         self.client.log_artifact(self.run_id, str(path))
 
     def log_artifacts(self, folder: Path) -> None:
         """Every file in ``folder``, in one call."""
+        self._artifacts_checked()
         self.client.log_artifacts(self.run_id, str(folder))
 
 
@@ -358,7 +393,7 @@ def tracked_run(
     """A run that ends FINISHED (or its ``end_status``), or FAILED (with the error as a tag) if the
     block raises; it records the command and commit it ran from, and ``params``."""
     run = client.create_run(experiment_id, run_name=run_name, tags={**provenance_tags(), **tags})
-    tracked = TrackedRun(client, run.info.run_id)
+    tracked = TrackedRun(client, run.info.run_id, run.info.artifact_uri)
     if params:
         tracked.log_params(params)
     try:

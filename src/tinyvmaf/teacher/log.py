@@ -1,14 +1,22 @@
 """Reading libvmaf JSON logs, from the ffmpeg filter or the ``vmaf`` CLI, new and old naming.
 
-Logs can come from another machine or another tool, so every value is checked: a frame that
-is not an object, or a value that is missing, null, non-numeric or non-finite, is one line
-naming the frame and the metric.
+Logs can come from another machine or another tool, so what is read is bounded and every value
+is checked: the log must be a regular file of at most ``MAX_LOG_BYTES``; it is parsed frame by
+frame into one array per metric (a log of millions of frames takes 8 bytes a value, not a
+Python object per value); frames must carry ``frameNum`` 0, 1, 2... in order (a gap, a
+duplicate or a frame out of place is an error); and a metric that is missing, null,
+non-numeric or non-finite in some frame is one line naming the frame and the metric, once that
+metric is asked for.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
+import stat
+from array import array
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,66 +27,196 @@ from tinyvmaf.teacher import FEATURE_NAMES, VARIANT_SUFFIXES, TeacherResult
 # libvmaf < 2 and the float extractors write ``adm2``; libvmaf 2+ writes ``integer_adm2``.
 LEGACY_NAMES = {name: name.removeprefix("integer_") for name in FEATURE_NAMES}
 
+MAX_LOG_BYTES = 8 * 2**30
+MAX_FRAMES = 20_000_000  # 93 hours at 60 frames/s
+MAX_METRICS = 1024  # per frame
+MAX_VALUE_BYTES = 16 * 2**20  # one JSON value of the log (a frame, or a top-level entry)
+_CHUNK = 2**20
+_DECODER = json.JSONDecoder()
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
 
-def read_log(path: Path) -> dict:
+
+@dataclass
+class LibvmafLog:
+    """A log's frames, one array per metric (the metrics of its first frame)."""
+
+    path: Path
+    frames: int = 0
+    values: dict[str, array] = field(default_factory=dict)
+    problems: dict[str, tuple[int, str]] = field(default_factory=dict)  # metric -> its first non-number
+
+    def has(self, name: str) -> bool:
+        return name in self.values
+
+    def column(self, name: str) -> np.ndarray:
+        """One metric of every frame, each value a finite number."""
+        if name not in self.values:
+            raise TinyVmafError(f"{self.path}: frame 0: {name} is missing")
+        values = np.frombuffer(self.values[name], dtype=np.float64).copy()
+        bad = np.flatnonzero(~np.isfinite(values))
+        if len(bad):
+            frame, problem = self.problems.get(name, (None, None))
+            if frame != bad[0]:
+                frame, problem = int(bad[0]), f"not finite ({values[bad[0]]})"
+            raise TinyVmafError(f"{self.path}: frame {frame}: {name} is {problem}")
+        return values
+
+    def add(self, index: int, frame: object) -> None:
+        if not isinstance(frame, dict) or not isinstance(frame.get("metrics"), dict):
+            raise TinyVmafError(f"{self.path}: frame {index} of the libvmaf log is not an object with 'metrics'")
+        number = frame.get("frameNum")
+        if type(number) is not int or number != index:
+            raise TinyVmafError(
+                f"{self.path}: frame {index} of the libvmaf log has frameNum {number!r:.40}: frames must be numbered "
+                "0, 1, 2, ... in order (a gap, a duplicate or a frame out of place)"
+            )
+        metrics = frame["metrics"]
+        if index == 0:
+            if len(metrics) > MAX_METRICS:
+                raise TinyVmafError(f"{self.path}: frame 0 holds {len(metrics)} metrics, more than {MAX_METRICS}")
+            self.values = {name: array("d") for name in metrics}
+        for name, column in self.values.items():
+            value = metrics.get(name)
+            if type(value) is float or type(value) is int:  # not bool; NaN and inf are caught by column()
+                column.append(value)
+                continue
+            column.append(math.nan)
+            if name not in self.problems:
+                what = ("null" if name in metrics else "missing") if value is None else f"not a number ({value!r:.40})"
+                self.problems[name] = (index, what)
+        self.frames = index + 1
+
+
+class _Reader:
+    """JSON values read one at a time from a file, with a bounded buffer."""
+
+    def __init__(self, path: Path, file) -> None:
+        self.path, self.file, self.buffer, self.at, self.eof = path, file, "", 0, False
+
+    def _fill(self) -> bool:
+        if self.eof:
+            return False
+        chunk = self.file.read(_CHUNK)
+        if not chunk:
+            self.eof = True
+            return False
+        self.buffer = self.buffer[self.at :] + chunk.decode("utf-8", errors="replace")
+        self.at = 0
+        return True
+
+    def peek(self) -> str:
+        """The next character that is not whitespace ('' at the end of the file)."""
+        while True:
+            self.at = _WHITESPACE.match(self.buffer, self.at).end()
+            if self.at < len(self.buffer) or not self._fill():
+                return self.buffer[self.at : self.at + 1]
+
+    def expect(self, char: str) -> None:
+        if self.peek() != char:
+            raise self.bad(f"expected {char!r}")
+        self.at += 1
+
+    def value(self) -> object:
+        self.peek()
+        while True:
+            try:
+                value, end = _DECODER.raw_decode(self.buffer, self.at)
+            except (ValueError, RecursionError):
+                if len(self.buffer) - self.at > MAX_VALUE_BYTES:
+                    raise self.bad(f"a value larger than {MAX_VALUE_BYTES:,} bytes") from None
+                if self._fill():
+                    continue
+                raise self.bad("not valid JSON") from None
+            if end == len(self.buffer) and self._fill():  # a number may go on in the next chunk
+                continue
+            self.at = end
+            return value
+
+    def bad(self, why: str) -> TinyVmafError:
+        return TinyVmafError(f"{self.path}: not a libvmaf JSON log ({why})")
+
+
+def read_log(path: Path) -> LibvmafLog:
+    """A libvmaf JSON log, checked and bounded as this module's docstring says."""
+    path = Path(path)
     try:
-        log = json.loads(Path(path).read_bytes())
+        info = path.stat()
     except FileNotFoundError:
         raise TinyVmafError(f"{path}: no such libvmaf log") from None
-    except (OSError, ValueError, RecursionError) as exc:
-        raise TinyVmafError(f"{path}: not a libvmaf JSON log ({' '.join(str(exc).split())})") from None
-    if not isinstance(log, dict) or not isinstance(log.get("frames"), list):
+    except OSError as exc:
+        raise TinyVmafError(f"{path}: cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise TinyVmafError(f"{path}: not a regular file")
+    if info.st_size > MAX_LOG_BYTES:
+        raise TinyVmafError(f"{path}: {info.st_size:,} bytes, more than the {MAX_LOG_BYTES:,} a libvmaf log may hold")
+    log = LibvmafLog(path)
+    found = False
+    with open(path, "rb") as file:
+        reader = _Reader(path, file)
+        reader.expect("{")
+        while reader.peek() != "}":
+            key = reader.value()
+            if not isinstance(key, str):
+                raise reader.bad("a key that is not a string")
+            reader.expect(":")
+            if key == "frames":
+                if found:
+                    raise reader.bad("two 'frames' lists")
+                _read_frames(reader, log)
+                found = True
+            else:
+                reader.value()  # another entry (version, fps, pooled metrics...): read and dropped
+            if reader.peek() != "}":
+                reader.expect(",")
+        reader.expect("}")
+        if reader.peek():
+            raise reader.bad("more after the log's closing '}'")
+    if not found:
         raise TinyVmafError(f"{path}: not a libvmaf JSON log (no 'frames' list)")
-    if not log["frames"]:
+    if not log.frames:
         raise TinyVmafError(f"{path}: the libvmaf log has zero frames")
-    for i, frame in enumerate(log["frames"]):
-        if not isinstance(frame, dict) or not isinstance(frame.get("metrics"), dict):
-            raise TinyVmafError(f"{path}: frame {i} of the libvmaf log is not an object with 'metrics'")
     return log
 
 
-def column(log: dict, name: str, source: Path) -> np.ndarray:
-    """One metric of every frame of a log that ``read_log`` accepted, each value a finite number."""
-    values = []
-    for i, frame in enumerate(log["frames"]):
-        value = frame["metrics"].get(name)
-        if value is None:
-            raise TinyVmafError(f"{source}: frame {i}: {name} is {'null' if name in frame['metrics'] else 'missing'}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TinyVmafError(f"{source}: frame {i}: {name} is not a number ({value!r:.40})")
-        if not math.isfinite(value):
-            raise TinyVmafError(f"{source}: frame {i}: {name} is not finite ({value})")
-        values.append(value)
-    return np.array(values, dtype=np.float64)
+def _read_frames(reader: _Reader, log: LibvmafLog) -> None:
+    if reader.peek() != "[":
+        raise TinyVmafError(f"{reader.path}: not a libvmaf JSON log (no 'frames' list)")
+    reader.expect("[")
+    index = 0
+    while reader.peek() != "]":
+        if index:
+            reader.expect(",")
+        if index >= MAX_FRAMES:
+            raise TinyVmafError(f"{reader.path}: more than {MAX_FRAMES:,} frames")
+        log.add(index, reader.value())
+        index += 1
+    reader.expect("]")
 
 
-def features_from_log(log: dict, source: Path) -> np.ndarray:
+def features_from_log(log: LibvmafLog) -> np.ndarray:
     """The six features per frame, [n_frames, 6], whichever naming the log uses."""
-    metrics = log["frames"][0]["metrics"]
     names = list(FEATURE_NAMES)
-    if not all(n in metrics for n in names):
+    if not all(log.has(n) for n in names):
         names = [LEGACY_NAMES[n] for n in FEATURE_NAMES]
-    missing = [n for n in FEATURE_NAMES if n not in metrics and LEGACY_NAMES[n] not in metrics]
+    missing = [n for n in FEATURE_NAMES if not log.has(n) and not log.has(LEGACY_NAMES[n])]
     if missing:
-        raise TinyVmafError(f"{source}: the libvmaf log lacks feature(s) {', '.join(missing)}")
-    return np.stack([column(log, n, source) for n in names], axis=1)
+        raise TinyVmafError(f"{log.path}: the libvmaf log lacks feature(s) {', '.join(missing)}")
+    return np.stack([log.column(n) for n in names], axis=1)
 
 
-def scores_from_log(log: dict, models: list[str], source: Path) -> dict[str, np.ndarray]:
-    metrics = log["frames"][0]["metrics"]
-    missing = [m for m in models if m not in metrics]
+def scores_from_log(log: LibvmafLog, models: list[str]) -> dict[str, np.ndarray]:
+    missing = [m for m in models if not log.has(m)]
     if missing:
-        raise TinyVmafError(f"{source}: the libvmaf log has no score for {', '.join(missing)}")
-    return {m: column(log, m, source) for m in models}
+        raise TinyVmafError(f"{log.path}: the libvmaf log has no score for {', '.join(missing)}")
+    return {m: log.column(m) for m in models}
 
 
-def variants_from_log(log: dict, source: Path) -> dict[str, np.ndarray]:
+def variants_from_log(log: LibvmafLog) -> dict[str, np.ndarray]:
     """Feature variants the log holds (logged when a model such as vmaf_v0.6.1neg needs them)."""
-    metrics = log["frames"][0]["metrics"]
-    names = [n + s for n in FEATURE_NAMES for s in VARIANT_SUFFIXES if n + s in metrics]
-    return {n: column(log, n, source) for n in names}
+    names = [n + s for n in FEATURE_NAMES for s in VARIANT_SUFFIXES if log.has(n + s)]
+    return {n: log.column(n) for n in names}
 
 
 def result_from_log(path: Path, models: list[str]) -> TeacherResult:
     log = read_log(path)
-    return TeacherResult(features_from_log(log, path), scores_from_log(log, models, path), variants_from_log(log, path))
+    return TeacherResult(features_from_log(log), scores_from_log(log, models), variants_from_log(log))
