@@ -18,10 +18,15 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 from onnx import TensorProto, helper, numpy_helper
 
 from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.files import config_literal
 from tinyvmaf.score import OnnxVmaf
 from tinyvmaf.teacher import FEATURE_NAMES
 from tinyvmaf.training import train
@@ -358,3 +363,120 @@ def test_a_log_from_dev_zero_or_a_fifo_is_refused_at_once(tmp_path, repo):
         assert time.monotonic() - start < 60 and proc.returncode == 1
         assert proc.stderr.strip().splitlines() == [f"error: {log}: not a regular file"]
         assert peak < 1_500_000
+
+
+# --- dataset files -------------------------------------------------------------------------------
+
+
+DATASET = """dataset_name = 'D'
+yuv_fmt = 'yuv420p'
+width = 64
+height = 48
+ref_videos = [
+    {{'content_id': 0, 'content_name': 'A', 'path': 'a.yuv'}},
+    {{'content_id': {second_ref}, 'content_name': 'B', 'path': 'b.yuv'}},
+]
+dis_videos = [
+    {{'content_id': 0, 'asset_id': 1, 'path': 'a1.yuv'}},
+    {{'content_id': 1, 'asset_id': 2, 'path': 'b2.yuv'}},
+    {{'content_id': 0, 'asset_id': {third_asset}, 'path': 'a3.yuv'}},
+]
+"""
+
+
+@pytest.mark.parametrize(
+    "second_ref, third_asset, refusal",
+    [
+        (
+            1,
+            1,
+            r"d.py:12 \(dis_videos\[2\]\): asset_id 1 of content_id 0 is also that of .*d.py:10 \(dis_videos\[0\]\)",
+        ),
+        (
+            1,
+            "'1'",
+            r"d.py:12 \(dis_videos\[2\]\): asset_id '1' of content_id 0 is also that of .*d.py:10 \(dis_videos\[0\]\)",
+        ),
+        ("'0'", 3, r"d.py:7 \(ref_videos\[1\]\): content_id '0' is also that of .*d.py:6 \(ref_videos\[0\]\)"),
+    ],
+    ids=["same asset_id", "1 and '1'", "same content_id"],
+)
+def test_dataset_entries_that_would_share_a_clip_or_a_reference_are_one_line(
+    second_ref, third_asset, refusal, tmp_path
+):
+    from tinyvmaf.corpus.dataset_file import DatasetFileCorpus
+
+    path = tmp_path / "d.py"
+    path.write_text(DATASET.format(second_ref=second_ref, third_asset=third_asset))
+    with pytest.raises(TinyVmafError, match=rf"^{tmp_path}/{refusal}: each entry needs its own$"):
+        DatasetFileCorpus(path).pairs()
+    path.write_text(DATASET.format(second_ref=1, third_asset=3))
+    assert [p.asset for p in DatasetFileCorpus(path).pairs()] == ["A__1", "B__2", "A__3"]
+
+
+# --- names that Hydra would interpolate --------------------------------------------------------
+
+
+@given(st.text(alphabet="${}\\:.abc", max_size=30))
+def test_a_name_written_into_a_config_reads_back_as_itself(name):
+    written = {"heldout": config_literal(name)}
+    assert OmegaConf.create(written).heldout == name
+    assert OmegaConf.create(yaml.safe_load(yaml.safe_dump(written))).heldout == name
+
+
+@pytest.mark.slow
+def test_a_source_named_like_an_interpolation_is_trained_under_its_own_name(
+    tiny_corpus_master, tmp_path, repo, run_entry
+):
+    name = "${oc.env:HOME}"
+    root = Path(shutil.copytree(tiny_corpus_master, tmp_path / "corpus"))
+    (root / "ref" / "Mandel.y4m").rename(root / "ref" / f"{name}.y4m")
+    for clip in (root / "dis").glob("Mandel__*"):
+        clip.rename(clip.with_name(clip.name.replace("Mandel", name)))
+    corpus = ["corpus=directory", f"corpus.root={root}", "corpus.name=interpolated"]
+    store = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    common = [*corpus, f"paths.data_dir={tmp_path}/data", f"tracking.uri={store}", "trainer.max_epochs=1",
+              "data.batch_size=8", "cache.models=[vmaf_v0.6.1]", "arch=linear"]  # fmt: skip
+    group = repo / "configs" / "fold" / "interpolated"
+    try:
+        assert run_entry("make_folds.py", *corpus, f"paths.data_dir={tmp_path}/data").returncode == 0
+        proc = run_entry("train.py", "-m", *common, "+fold/interpolated=glob(*)", "sweep_id=by-fold")
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        shutil.rmtree(group, ignore_errors=True)
+    assert f"linear fold={name}: " in proc.stdout and os.environ["HOME"] not in proc.stdout.replace(str(tmp_path), "")
+    proc = run_entry("train.py", *common, "fold.heldout=all", "fold.corpus=interpolated", "sweep_id=stacked")
+    assert proc.returncode == 0, proc.stderr
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("tinyvmaf-loso").experiment_id
+    for sweep in ("by-fold", "stacked"):
+        runs = client.search_runs([experiment], f"tags.sweep_id = '{sweep}' and tags.kind = 'fold'")
+        assert sorted(r.data.params["fold"] for r in runs) == sorted(["Bars", name])
+        assert all(r.info.status == "FINISHED" for r in runs)
+
+
+# --- credentials -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("uri", ["postgresql://alice:s3cretpw@127.0.0.1:9/x", "http://alice:s3cretpw@127.0.0.1:9"])
+def test_an_unreachable_store_is_one_line_within_seconds_and_shows_no_password(uri, tmp_path, run_entry):
+    start = time.monotonic()
+    proc = run_entry("evaluate.py", f"tracking.uri={uri}")
+    assert time.monotonic() - start < 30 and proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"error: tracking.uri={uri.replace('s3cretpw', '***')}: ")
+    assert "s3cretpw" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_a_database_that_refuses_the_connection_shows_no_password(mlflow_server, tmp_path, run_entry):
+    _, _, database = mlflow_server  # postgresql+psycopg://postgres@127.0.0.1:PORT/optuna
+    uri = database.replace("postgres@", "postgres:s3cretpw@").rsplit("/", 1)[0] + "/no_such_database"
+    start = time.monotonic()
+    proc = run_entry("train.py", f"tracking.uri={uri}", "fold.heldout=Bars")
+    assert time.monotonic() - start < 30 and proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"error: tracking.uri={uri.replace('s3cretpw', '***')}: cannot connect to the database "
+        f'(OperationalError: connection failed: connection to server at "127.0.0.1", port {uri.split(":")[3].split("/")[0]} '
+        f'failed: FATAL: database "no_such_database" does not exist)'
+    ]

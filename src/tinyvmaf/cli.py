@@ -20,7 +20,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from tinyvmaf.errors import instantiate_checked, user_error
+from tinyvmaf.errors import instantiate_checked, user_error, without_passwords
 
 INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C
 
@@ -87,7 +87,7 @@ def _mark_failed(message: str) -> None:
     """The job's verdict, where the launching process finds it: the job's own output folder."""
     folder = Path(HydraConfig.get().runtime.output_dir)
     overrides = " ".join(HydraConfig.get().overrides.task)
-    (folder / FAILED_MARKER).write_text(f"{overrides}: {' '.join(message.split())}\n")
+    (folder / FAILED_MARKER).write_text(without_passwords(f"{overrides}: {' '.join(message.split())}") + "\n")
 
 
 class FailedJobsExit(Callback):
@@ -162,7 +162,7 @@ class SweepRun(Callback):
         self.sweep = sweep_id(config)  # resolved now: it may read the Hydra config, gone at the end
         self.search = bool(config.get("search", {}).get("study"))
         tracking = _or_exit(lambda: instantiate_checked(config.tracking))
-        overrides = " ".join(config.hydra.overrides.task)
+        overrides = without_passwords(" ".join(config.hydra.overrides.task))
         params = {"experiment": config.get("experiment_name", "default"), "teacher": config.teacher.model}
         _or_exit(lambda: open_sweep_run(tracking, self.sweep, {**params, "sweep": overrides}))
 

@@ -1,6 +1,7 @@
 """User-facing errors: one line naming the file or option at fault, never a traceback."""
 
 import math
+import re
 from typing import Any
 
 from hydra.errors import InstantiationException
@@ -15,12 +16,21 @@ class TinyVmafError(Exception):
     """
 
 
+_PASSWORD = re.compile(r"(?<=://)([^\s/@:]*):[^\s/]*@")
+
+
+def without_passwords(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` in it replaced by ``***``."""
+    return _PASSWORD.sub(r"\1:***@", text)
+
+
 def user_error(exc: BaseException) -> str | None:
     """The one-line message of a user's mistake behind ``exc``, also when Hydra wrapped it while
-    instantiating a config node; None for anything else (a bug, which keeps its traceback)."""
+    instantiating a config node, with no password in it; None for anything else (a bug, which
+    keeps its traceback)."""
     exc = _unwrapped(exc)
     if isinstance(exc, TinyVmafError):
-        return " ".join(str(exc).split())
+        return without_passwords(" ".join(str(exc).split()))
     if isinstance(exc, MissingMandatoryValue):
         return f"{exc.full_key}: missing value; give it on the command line ({exc.full_key}=...)"
     return None

@@ -55,6 +55,14 @@ def config_key(name: str, what: str = "name") -> str:
     return f"{re.sub(r'[^A-Za-z0-9_-]+', '_', name)[:60]}-{digest}"
 
 
+def config_literal(value: str) -> str:
+    """``value`` as a string OmegaConf reads back as itself: a user's name is data, never an
+    interpolation (``${oc.env:HOME}`` stays that text). OmegaConf reads ``\\${`` as an escaped
+    ``${`` and ``\\\\`` before one as an escaped backslash, so every backslash run before a ``${``
+    is doubled and one more added."""
+    return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", value)
+
+
 def inside(folder: Path, name: str, suffix: str = "", what: str = "name") -> Path:
     """``folder/<safe_name(name)><suffix>``: a path that cannot leave ``folder``."""
     return folder / f"{safe_name(name, what)}{suffix}"

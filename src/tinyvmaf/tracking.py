@@ -43,7 +43,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 from omegaconf import DictConfig
 
-from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.errors import TinyVmafError, without_passwords
 from tinyvmaf.files import safe_name
 from tinyvmaf.mlflow_artifacts import local_artifact_root
 from tinyvmaf.teacher import FEATURE_NAMES
@@ -144,14 +144,34 @@ class Tracking:
         return f"mlflow-artifacts:/{safe_name(self.name)}" if local_artifact_root(self.uri) else None
 
     def _check_server(self) -> None:
-        """One line within seconds for a server that is down, instead of minutes of MLflow's retries."""
-        if not self.uri.startswith(("http://", "https://")):
-            return
+        """One line within seconds for a server or database that does not answer (or refuses the
+        credentials), instead of minutes of MLflow's retries and a traceback."""
+        if self.uri.startswith(("http://", "https://")):
+            try:
+                requests.get(f"{self.uri.rstrip('/')}/health", timeout=5).raise_for_status()
+            except requests.RequestException as exc:
+                raise TinyVmafError(
+                    f"tracking.uri={self.uri}: no MLflow server answers there ({type(exc).__name__})"
+                ) from None
+        elif not self.uri.startswith("sqlite:") and "://" in self.uri:
+            self._check_database()
+
+    def _check_database(self) -> None:
+        import sqlalchemy  # MLflow's own dependency; only a database store pays for the import
+
         try:
-            requests.get(f"{self.uri.rstrip('/')}/health", timeout=5).raise_for_status()
-        except requests.RequestException as exc:
+            url = sqlalchemy.engine.make_url(self.uri)
+        except Exception:
+            raise TinyVmafError(f"tracking.uri={self.uri}: not a database URI MLflow can open") from None
+        timeout = {"connect_timeout": 5} if url.get_backend_name() == "postgresql" else {}
+        try:
+            engine = sqlalchemy.create_engine(url, connect_args=timeout, poolclass=sqlalchemy.pool.NullPool)
+            with engine.connect():
+                pass
+        except Exception as exc:
+            first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
             raise TinyVmafError(
-                f"tracking.uri={self.uri}: no MLflow server answers there ({type(exc).__name__})"
+                f"tracking.uri={self.uri}: cannot connect to the database ({type(exc).__name__}: {first})"
             ) from None
 
     def existing_experiment(self) -> tuple[MlflowClient, str]:
@@ -273,7 +293,7 @@ def provenance_tags() -> dict[str, str]:
     tags = {
         "mlflow.source.name": script.name,
         "mlflow.source.type": "LOCAL",
-        "command": shlex.join(["python", script.name, *overrides]),
+        "command": without_passwords(shlex.join(["python", script.name, *overrides])),
     }
     commit = _git_commit(script.parent)
     if commit:

@@ -23,6 +23,7 @@ from tinyvmaf.cache import TeacherCache
 from tinyvmaf.corpus import Corpus
 from tinyvmaf.data import LosoDataModule, StackedLosoDataModule
 from tinyvmaf.errors import TinyVmafError, finite_number, instantiate_checked
+from tinyvmaf.files import config_literal
 from tinyvmaf.metrics import METRIC_NAMES, HeldoutHistory
 from tinyvmaf.model import StackedTinyVmafModule, TinyVmafModule, VmafNet, check_graph, count_params, onnx_graph
 from tinyvmaf.tracking import (
@@ -50,10 +51,13 @@ def target_name(node: DictConfig | None) -> str:
 
 
 def fold_data(cfg: DictConfig, corpus: Corpus, cache: TeacherCache, heldout: str | None) -> LosoDataModule:
-    """The configured data module of one fold (``heldout=None``: every source)."""
-    return instantiate_checked(
-        cfg.data, corpus=corpus, cache=cache, teacher=cfg.teacher.model, heldout=heldout, seed=cfg.seed
+    """The configured data module of one fold (``heldout=None``: every source). The source's name
+    is data, handed to the constructor itself: through instantiate's options Hydra would resolve
+    a name such as ``${oc.env:HOME}`` as an interpolation."""
+    make = instantiate_checked(
+        cfg.data, _partial_=True, corpus=corpus, cache=cache, teacher=cfg.teacher.model, seed=cfg.seed
     )
+    return make(heldout=heldout)
 
 
 def prepare_fit(
@@ -190,7 +194,8 @@ def run_params(cfg: DictConfig) -> dict[str, object]:
 
 def fold_config(cfg: DictConfig, corpus: Corpus, source: str) -> DictConfig:
     """The configuration of one fold of a whole-configuration job: what its separate run is given."""
-    return OmegaConf.merge(cfg, {"fold": {"heldout": source, "corpus": corpus.name}})  # a new config each
+    names = {"heldout": config_literal(source), "corpus": config_literal(corpus.name)}  # data, never interpolations
+    return OmegaConf.merge(cfg, {"fold": names})  # a new config each
 
 
 def train_every_fold(

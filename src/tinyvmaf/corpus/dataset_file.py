@@ -53,6 +53,7 @@ class _Reader:
         self.path = path
         self.values: dict[str, Any] = {}
         self.lines: dict[str, int] = {}  # where each name was assigned, for field errors
+        self.dict_lines: dict[int, int] = {}  # id() of each dict built -> its line: an entry's own line
         self.total = 0
 
     def assignments(self, tree: ast.Module) -> None:
@@ -90,6 +91,7 @@ class _Reader:
                     if not isinstance(key, _KEYS):
                         self.refuse(k, f"a dict key must be a string or a number, found {type(key).__name__}")
                     items[key] = self.literal(v, depth + 1)
+                self.dict_lines[id(items)] = node.lineno
                 return self.counted(node, items)
             case ast.Name() if node.id in self.values:
                 return self.values[node.id]
@@ -136,13 +138,24 @@ class DatasetFileCorpus:
     def __init__(self, path: str | Path, name: str | None = None) -> None:
         self.path = Path(path).expanduser().resolve()
         read = read_dataset_file(self.path)
-        self._values, self._lines = read.values, read.lines
+        self._values, self._lines, self._dict_lines = read.values, read.lines, read.dict_lines
         self.name = name or self._field("dataset_name", str, self.path.stem)
 
     def _where(self, key: str, entry: str) -> str:
         """``file:line`` of the assignment holding ``key`` (or the entry's list), for field errors."""
         line = self._lines.get(entry.partition("[")[0] if entry else key)
         return f"{self.path}:{line}" if line else str(self.path)
+
+    def _entry_line(self, entry: dict, list_key: str) -> str:
+        """``file:line`` of one ref/dis entry (its own dict's line, else its list's)."""
+        line = self._dict_lines.get(id(entry), self._lines.get(list_key))
+        return f"{self.path}:{line}" if line else str(self.path)
+
+    def _unique(self, seen: dict[str, str], key: str, where: str, what: str) -> None:
+        """Refuse a second entry under the same name (1 and '1' are the same: names are text)."""
+        if key in seen:
+            raise TinyVmafError(f"{where}: {what} is also that of {seen[key]}: each entry needs its own")
+        seen[key] = where
 
     def _field(
         self, key: str, kind: type | tuple[type, ...], default: Any = ..., within: dict | None = None, entry: str = ""
@@ -192,12 +205,14 @@ class DatasetFileCorpus:
             self._yuv_fmt(),
             float(self._positive("fps", default=25.0, kind=(int, float))),
         )
-        refs = {}
+        refs, ref_ids, assets = {}, {}, {}
         for i, ref in enumerate(self._field("ref_videos", list)):
             entry = f"ref_videos[{i}]: "
             if not isinstance(ref, dict):
                 raise TinyVmafError(f"{self._where('', entry)}: {entry}must be a dict, found {ref!r:.60}")
             content_id = self._field("content_id", (int, str), within=ref, entry=entry)
+            where = f"{self._entry_line(ref, 'ref_videos')} (ref_videos[{i}])"
+            self._unique(ref_ids, str(content_id), where, f"content_id {content_id!r}")
             refs[content_id] = (
                 self._field("content_name", str, within=ref, entry=entry),
                 self._video(ref, "ref_dir", base, entry),
@@ -213,7 +228,10 @@ class DatasetFileCorpus:
                     f"{self._where('', entry)}: {entry}content_id {content_id!r} names no ref_videos entry"
                 )
             source, reference = refs[content_id]
-            asset = f"{source}__{self._field('asset_id', (int, str), i, dis, entry)}"
+            asset_id = self._field("asset_id", (int, str), i, dis, entry)
+            asset = f"{source}__{asset_id}"
+            where = f"{self._entry_line(dis, 'dis_videos')} (dis_videos[{i}])"
+            self._unique(assets, asset, where, f"asset_id {asset_id!r} of content_id {content_id!r}")
             distorted = self._video(dis, "dis_dir", base, entry)
             dmos = self._field(
                 "dmos",

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from tinyvmaf.corpus import Corpus, sources_of
 from tinyvmaf.errors import instantiate_checked
-from tinyvmaf.files import config_key, inside
+from tinyvmaf.files import config_key, config_literal, inside
 
 # Each option sits in the subgroup fold/<corpus> but fills the `fold` node, like the default's.
 HEADER = "# @package fold\n# written by make_folds.py for corpus {corpus!r}; rerun it when the corpus changes\n"
@@ -29,7 +29,8 @@ def write_fold_options(corpus: Corpus, folder: Path) -> tuple[str, list[str]]:
     for old in group.glob("*.yaml"):
         old.unlink()
     for source in sources:
-        body = yaml.safe_dump({"heldout": source, "corpus": corpus.name}, allow_unicode=True, sort_keys=False)
+        names = {"heldout": config_literal(source), "corpus": config_literal(corpus.name)}  # data, never interpolations
+        body = yaml.safe_dump(names, allow_unicode=True, sort_keys=False)
         inside(group, source, ".yaml", what="source name").write_text(HEADER.format(corpus=corpus.name) + body)
     return f"fold/{group.name}", sources
 
