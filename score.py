@@ -3,12 +3,14 @@
 import hydra
 from omegaconf import DictConfig
 
-from tinyvmaf.cli import run_command
-from tinyvmaf.score import score_command
+from tinyvmaf.cli import no_telemetry, run_command
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="score")
 def main(cfg: DictConfig) -> None:
+    no_telemetry()  # before MLflow and ONNX Runtime are imported: both read their switch then
+    from tinyvmaf.score import score_command
+
     run_command(score_command, cfg)
 
 

@@ -18,8 +18,10 @@ from servers import team_server
 
 from tinyvmaf import ffmpeg
 from tinyvmaf.cache import TeacherCache
+from tinyvmaf.cli import no_telemetry
 from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
 
+no_telemetry()  # before any test module imports MLflow or ONNX Runtime, as the entry points do
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 SIZE = "64x48"

@@ -251,13 +251,21 @@ def test_score_a_libvmaf_log_in_either_naming(exported, tmp_path, make_clip):
     model = OnnxVmaf(tmp / "models" / "a.onnx")
     scored = score_log(model, libvmaf_log(make_clip, tmp_path / "new"))
     legacy = score_log(model, libvmaf_log(make_clip, tmp_path / "old", legacy=True))
-    assert legacy == scored  # the same features, hence the same scores, frame by frame
-    assert len({f["tiny"] for f in scored["frames"]}) > 1  # frames differ: a column swap would show
-    assert len(scored["frames"]) == 8 and {"frame", "tiny", "vmaf_v0.6.1"} == set(scored["frames"][0])
+    columns = scored["columns"]
+    assert all(np.array_equal(legacy["columns"][k], v) for k, v in columns.items())  # the same scores, frame by frame
+    assert len(set(columns["tiny"])) > 1  # frames differ: a column swap would show
+    assert list(columns) == ["frame", "tiny", "vmaf_v0.6.1"] and len(columns["tiny"]) == 8
     assert 0 <= scored["pooled"]["tiny_mean"] <= 100
-    assert render(scored, "csv").splitlines()[0] == "frame,tiny,vmaf_v0.6.1"
-    assert json.loads(render(scored, "json"))["pooled"] == scored["pooled"]
-    assert "pooled: tiny_mean" in render(scored, "table")
+    csv = "".join(render(scored, "csv")).splitlines()
+    assert csv[0] == "frame,tiny,vmaf_v0.6.1" and [float(x) for x in csv[1].split(",")[1:]] == [
+        columns["tiny"][0],
+        columns["vmaf_v0.6.1"][0],
+    ]
+    written = json.loads("".join(render(scored, "json")))
+    assert written["pooled"] == scored["pooled"] and [f["tiny"] for f in written["frames"]] == columns["tiny"].tolist()
+    assert [f["frame"] for f in written["frames"]] == list(range(8))
+    table = "".join(render(scored, "table")).splitlines()
+    assert "pooled: tiny_mean" in table[-1] and len(table) == 8 + 3
 
 
 def test_score_a_pair_runs_libvmaf_for_the_features(exported, tmp_path, make_clip):
@@ -265,7 +273,7 @@ def test_score_a_pair_runs_libvmaf_for_the_features(exported, tmp_path, make_cli
     log = libvmaf_log(make_clip, tmp_path)
     scored = score_pair(OnnxVmaf(tmp / "models" / "a.onnx"), FfmpegLibvmaf(), tmp_path / "r.y4m", tmp_path / "d.mp4")
     direct = [f["metrics"]["vmaf"] for f in json.loads(log.read_text())["frames"]]
-    np.testing.assert_allclose([f["vmaf_v0.6.1"] for f in scored["frames"]], direct, atol=1e-6)
+    np.testing.assert_allclose(scored["columns"]["vmaf_v0.6.1"], direct, atol=1e-6)
 
 
 def test_bad_models_and_logs(exported, tmp_path):

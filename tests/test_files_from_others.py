@@ -480,3 +480,149 @@ def test_a_database_that_refuses_the_connection_shows_no_password(mlflow_server,
         f'(OperationalError: connection failed: connection to server at "127.0.0.1", port {uri.split(":")[3].split("/")[0]} '
         f'failed: FATAL: database "no_such_database" does not exist)'
     ]
+
+
+# --- libvmaf logs ------------------------------------------------------------------------------
+
+
+def log_of(numbers: list[int]) -> dict:
+    metrics = {n: 0.5 for n in FEATURE_NAMES}
+    return {"frames": [{"frameNum": n, "metrics": {**metrics, "vmaf": float(i)}} for i, n in enumerate(numbers)]}
+
+
+@given(numbers=st.lists(st.integers(0, 12), min_size=2, max_size=12))
+def test_frames_out_of_order_repeated_or_missing_are_refused(tmp_path_factory, numbers):
+    from tinyvmaf.teacher.log import read_log
+
+    path = tmp_path_factory.mktemp("log") / "log.json"
+    path.write_text(json.dumps(log_of(numbers)))
+    if numbers == list(range(len(numbers))):
+        assert read_log(path).column("vmaf").tolist() == [float(i) for i in range(len(numbers))]
+        return
+    first = next(i for i, n in enumerate(numbers) if n != i)
+    with pytest.raises(
+        TinyVmafError, match=rf"frame {first} of the libvmaf log has frameNum {numbers[first]}: frames must"
+    ):
+        read_log(path)
+
+
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        ('{"frames": [', "not valid JSON"),
+        ('{"frames": []}', "zero frames"),
+        ('{"version": "3", "fps": 25}', "no 'frames' list"),
+        ('{"frames": [{"frameNum": 0, "metrics": {}}], "frames": []}', "two 'frames' lists"),
+        ('{"frames": [{"frameNum": 0, "metrics": {"integer_adm2": 1}}]} trailing', "more after"),
+        ("[1, 2]", "expected '{'"),
+    ],
+)
+def test_a_broken_log_is_one_line(text, why, tmp_path):
+    from tinyvmaf.teacher.log import read_log
+
+    path = tmp_path / "log.json"
+    path.write_text(text)
+    with pytest.raises(TinyVmafError, match=rf"^{path}: .*{why}"):
+        read_log(path)
+
+
+def test_a_log_split_across_read_chunks_reads_as_a_whole(tmp_path, monkeypatch):
+    """Values cut by the reader's chunk boundary (numbers, strings, frames) are read whole."""
+    from tinyvmaf.teacher import log as reader
+
+    monkeypatch.setattr(reader, "_CHUNK", 7)
+    path = tmp_path / "log.json"
+    data = log_of(list(range(30)))
+    data["version"] = "3.0.0 and a long string"
+    path.write_text(json.dumps(data, indent=4))
+    assert reader.read_log(path).column("vmaf").tolist() == [float(i) for i in range(30)]
+
+
+# --- corpus folders ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "yuv, refusal",
+    [
+        ({"width": 64, "height": 48, "fps": 0}, "corpus.yuv.fps=0: must be a finite number > 0"),
+        ({"width": 64, "height": 48, "fps": -25}, "corpus.yuv.fps=-25: must be a finite number > 0"),
+        ({"width": 64, "height": 48, "fps": float("nan")}, "corpus.yuv.fps=nan: must be a finite number > 0"),
+        ({"width": 0, "height": 48}, "corpus.yuv.width=0: must be an integer > 0"),
+        ({"width": 64, "height": 48, "colour": 1}, "corpus.yuv: unknown key\\(s\\) colour"),
+        ({"width": 64, "height": 48, "pix_fmt": "rgb24"}, "corpus.yuv.pix_fmt='rgb24': use one of"),
+    ],
+)
+def test_a_bad_yuv_format_is_one_line_naming_the_option(yuv, refusal, tmp_path):
+    from tinyvmaf.corpus.directory import DirectoryCorpus
+
+    with pytest.raises(TinyVmafError, match=f"^{refusal}"):
+        DirectoryCorpus(tmp_path, yuv=yuv)
+
+
+@pytest.mark.parametrize(
+    "make, said",
+    [
+        (lambda p: os.mkfifo(p), "a FIFO, not a regular file"),
+        (lambda p: p.mkdir(), "a folder, not a regular file"),
+        (lambda p: p.symlink_to(p.parent / "nothing-here"), "a link to nothing"),
+        (lambda p: p.symlink_to("/dev/zero"), "a link to a device or socket, not a regular file"),
+    ],
+    ids=["fifo", "folder", "dangling link", "link to /dev/zero"],
+)
+@pytest.mark.parametrize("where", ["ref/Bars.y4m", "dis/Bars__odd.mp4"])
+def test_a_corpus_entry_that_is_not_a_file_is_named_not_skipped(make, said, where, tiny_corpus):
+    from tinyvmaf.corpus.directory import DirectoryCorpus
+
+    path = tiny_corpus / where
+    path.unlink(missing_ok=True)
+    make(path)
+    with pytest.raises(TinyVmafError, match=rf"^{path}: {said}"):
+        DirectoryCorpus(tiny_corpus).pairs()
+
+
+def test_a_full_disk_while_consolidating_is_one_line_after_the_failures_and_a_rerun_resumes(
+    tiny_corpus, tmp_path, cache_for, monkeypatch, capsys
+):
+    import errno
+
+    from tinyvmaf.cache import build_cache
+
+    (tiny_corpus / "dis" / "Bars__broken.mp4").write_bytes(b"not a video")
+    cfg = OmegaConf.create(
+        {"corpus": {"_target_": "tinyvmaf.corpus.directory.DirectoryCorpus", "root": str(tiny_corpus)},
+         "cache": {"_target_": "tinyvmaf.cache.TeacherCache", "root": str(tmp_path / "cache"),
+                   "libvmaf": {"_target_": "tinyvmaf.teacher.ffmpeg_filter.FfmpegLibvmaf"},
+                   "models": ["vmaf_v0.6.1"], "n_jobs": 2}}
+    )  # fmt: skip
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    with pytest.raises(TinyVmafError, match=r"frames.npz cannot be written \(No space left on device\); every clip"):
+        build_cache(cfg)
+    assert "failed Bars__broken" in capsys.readouterr().out  # the failure list came first
+    entries = list((tmp_path / "cache" / "corpus" / "clips").glob("*.json"))
+    assert len(entries) == 6 and not list((tmp_path / "cache").rglob("frames.npz"))
+    monkeypatch.undo()
+    assert build_cache(cfg) == 1  # the broken clip still fails; the other six are consolidated, none recomputed
+    assert "0 clip(s) computed, 6 reused" in capsys.readouterr().out
+
+
+# --- telemetry ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_training_and_scoring_write_nothing_under_home(tiny_overrides, tmp_path, run_entry, repo, a_log):
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache")}
+    clean = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_DISABLE_TELEMETRY", "ORT_DISABLE_TELEMETRY")}
+    for command in (
+        [sys.executable, str(repo / "train.py"), *tiny_overrides, "fold.heldout=Bars", f"hydra.run.dir={tmp_path}/h1"],
+        score_command(repo, tmp_path, repo / "models" / "vmaf_tiny_v1.onnx", a_log),
+    ):
+        proc = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env={**clean, **env}, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+    # matplotlib (imported by torchmetrics) keeps its font list there, which it offers no switch for
+    assert [p for p in home.rglob("*") if p.is_file() and "matplotlib" not in p.parts] == []

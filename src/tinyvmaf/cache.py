@@ -53,11 +53,14 @@ class BuildReport:
     reused: list[str] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     repaired: list[Failure] = field(default_factory=list)  # damaged entries found and recomputed
+    unwritten: str | None = None  # why frames.npz or summary.json could not be written (a full disk)
 
     def warn_left_out(self) -> None:
-        """For commands that go on with the clips that did build."""
+        """For commands that go on with the clips that did build; none can if frames.npz was not written."""
         for failure in self.failures:
             print(f"warning: {failure.asset} left out of the cache: {failure.error}")
+        if self.unwritten:
+            raise TinyVmafError(self.unwritten)
 
 
 @dataclass
@@ -174,7 +177,13 @@ class TeacherCache:
             self._compute(corpus, todo, version, report)
         if self.shard is None:  # a shard leaves frames.npz to the consolidating build
             failed = {f.asset for f in report.failures}
-            self._consolidate(corpus, [(p, keys[p.asset]) for p in pairs if p.asset not in failed], report)
+            try:
+                self._consolidate(corpus, [(p, keys[p.asset]) for p in pairs if p.asset not in failed], report)
+            except OSError as exc:  # the entries are written and kept: a rerun with space consolidates them
+                report.unwritten = (
+                    f"{folder}: frames.npz cannot be written ({exc.strerror or type(exc).__name__}); "
+                    "every clip entry written so far is kept: free space and rerun"
+                )
         return report
 
     def _key(self, pair: ClipPair, inputs: _InputMemo, version: str) -> str:
@@ -494,8 +503,9 @@ def build_cache(cfg: DictConfig) -> int:
         console.print(f"[red]failed[/red] {failure.asset}: {failure.error}", soft_wrap=True)
     if report.failures:
         console.print(f"[red]{len(report.failures)} clip(s) failed[/red]")
-        return 1
-    return 0
+    if report.unwritten:
+        raise TinyVmafError(report.unwritten)
+    return 1 if report.failures else 0
 
 
 def summary_table(summary: dict) -> Table:

@@ -25,8 +25,18 @@ from tinyvmaf.errors import instantiate_checked, user_error, without_passwords
 INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C
 
 
+def no_telemetry() -> None:
+    """MLflow and ONNX Runtime report usage to their makers and keep files for it under ``$HOME``
+    (``~/.config/mlflow/telemetry.json``, ``~/.cache/Microsoft/DeveloperTools/.onnxruntime/``);
+    both let a user turn it off, before they are imported. A user who sets either variable wins."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+
 def quiet_libraries() -> None:
-    """Output that repeats on every fold of a sweep and every export, with nothing for the user to do."""
+    """Output that repeats on every fold of a sweep and every export, with nothing for the user to
+    do; and no telemetry (``no_telemetry``)."""
+    no_telemetry()
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # banners and tips
     for name in ("onnx_ir", "onnxscript", "torch.onnx"):  # every optimisation pass at INFO
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -157,6 +167,7 @@ class SweepRun(Callback):
     digest there (``evaluate.py`` for this sweep_id)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        quiet_libraries()  # before MLflow is imported: its telemetry switch is read then
         from tinyvmaf.tracking import open_sweep_run, sweep_id
 
         self.sweep = sweep_id(config)  # resolved now: it may read the Hydra config, gone at the end

@@ -3,11 +3,11 @@ JSON log, or a whole corpus cache (``evaluate.py onnx=...``)."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import stat
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -202,45 +202,58 @@ def score_pair(model: OnnxVmaf, libvmaf, reference: Path, distorted: Path) -> di
 
 
 def result(model: OnnxVmaf, features: np.ndarray, libvmaf: np.ndarray | None) -> dict:
+    """Per-frame scores as columns (a log of millions of frames stays arrays) and their means."""
     tiny = model.predict(features)
-    out = {
-        "model": str(model.path),
-        "frames": [{"frame": i, "tiny": float(t)} for i, t in enumerate(tiny)],
-        "pooled": {"tiny_mean": float(tiny.mean())},
-    }
+    columns = {"frame": np.arange(len(tiny)), "tiny": tiny}
+    pooled = {"tiny_mean": float(tiny.mean())}
     if libvmaf is not None:
-        for row, v in zip(out["frames"], libvmaf):
-            row[LIBVMAF_MODEL] = float(v)
-        out["pooled"][f"{LIBVMAF_MODEL}_mean"] = float(libvmaf.mean())
-        out["pooled"]["mean_abs_diff"] = float(np.abs(tiny - libvmaf).mean())
-    return out
+        columns[LIBVMAF_MODEL] = libvmaf
+        pooled[f"{LIBVMAF_MODEL}_mean"] = float(libvmaf.mean())
+        pooled["mean_abs_diff"] = float(np.abs(tiny - libvmaf).mean())
+    return {"model": str(model.path), "columns": columns, "pooled": pooled}
 
 
-def render(scored: dict, fmt: str) -> str:
+ROWS_PER_CHUNK = 10_000
+
+
+def _rows(scored: dict) -> Iterator[list[tuple]]:
+    """The per-frame rows, ``ROWS_PER_CHUNK`` at a time (frame numbers as ints, scores as floats)."""
+    columns = list(scored["columns"].values())
+    for start in range(0, len(columns[0]), ROWS_PER_CHUNK):
+        yield list(zip(*(c[start : start + ROWS_PER_CHUNK].tolist() for c in columns)))
+
+
+def render(scored: dict, fmt: str) -> Iterator[str]:
+    """The scores as text, in pieces (a long log is never one string): ``table`` (aligned columns),
+    ``json`` (``{"model", "frames": [{...}, ...], "pooled"}``) or ``csv``."""
+    names = list(scored["columns"])
     if fmt == "json":
-        return json.dumps(scored, indent=2, allow_nan=False)
-    if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(scored["frames"][0]))
-        writer.writeheader()
-        writer.writerows(scored["frames"])
-        return buffer.getvalue()
-    if fmt != "table":
+        yield json.dumps(scored["model"]).join(['{"model": ', ', "frames": ['])
+        first = True
+        for rows in _rows(scored):
+            text = ",\n".join(json.dumps(dict(zip(names, row)), allow_nan=False) for row in rows)
+            yield ("\n" if first else ",\n") + text
+            first = False
+        yield f'\n], "pooled": {json.dumps(scored["pooled"], allow_nan=False)}}}\n'
+    elif fmt == "csv":
+        yield ",".join(names) + "\n"
+        for rows in _rows(scored):
+            yield "".join(",".join(map(repr, row)) + "\n" for row in rows)
+    elif fmt == "table":
+        widths = [max(len(n), 9) for n in names]
+        yield f"{scored['model']}\n" + " ".join(n.rjust(w) for n, w in zip(names, widths)) + "\n"
+        line = " ".join(f"{{:>{w}d}}" if i == 0 else f"{{:>{w}.3f}}" for i, w in enumerate(widths)) + "\n"
+        for rows in _rows(scored):
+            yield "".join(line.format(*row) for row in rows)
+        yield "pooled: " + "  ".join(f"{k} {v:.3f}" for k, v in scored["pooled"].items()) + "\n"
+    else:
         raise TinyVmafError(f"format={fmt}: use table, json or csv")
-    table = Table(title=f"{scored['model']}")
-    for name in scored["frames"][0]:
-        table.add_column(name, justify="right")
-    for row in scored["frames"]:
-        table.add_row(*(str(v) if isinstance(v, int) else f"{v:.3f}" for v in row.values()))
-    buffer = io.StringIO()
-    console = Console(file=buffer, width=100)
-    console.print(table)
-    console.print("pooled: " + "  ".join(f"{k} {v:.3f}" for k, v in scored["pooled"].items()))
-    return buffer.getvalue()
 
 
 def score_command(cfg: DictConfig) -> int:
     """``score.py``: per-frame and pooled scores of a clip pair or of a libvmaf JSON log."""
+    if cfg.format not in ("table", "json", "csv"):
+        raise TinyVmafError(f"format={cfg.format}: use table, json or csv")
     model = OnnxVmaf(cfg.onnx)
     if cfg.get("log"):
         scored = score_log(model, Path(cfg.log))
@@ -248,7 +261,8 @@ def score_command(cfg: DictConfig) -> int:
         scored = score_pair(model, instantiate_checked(cfg.libvmaf), Path(cfg.reference), Path(cfg.distorted))
     else:
         raise TinyVmafError("give log=LIBVMAF_JSON, or reference=REF distorted=DIS")
-    print(render(scored, cfg.format), end="")
+    for piece in render(scored, cfg.format):
+        sys.stdout.write(piece)
     return 0
 
 

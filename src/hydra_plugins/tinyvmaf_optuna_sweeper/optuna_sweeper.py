@@ -41,6 +41,9 @@ class TinyvmafOptunaSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> None:
+        from tinyvmaf.cli import quiet_libraries
+
+        quiet_libraries()  # before Optuna and MLflow are imported (MLflow reads its telemetry switch then)
         from tinyvmaf.errors import TinyVmafError
         from tinyvmaf.search import distribution, log_study, open_study, run_search
         from tinyvmaf.tracking import sweep_id
