@@ -38,10 +38,6 @@ def quiet_libraries() -> None:
     do; and no telemetry (``no_telemetry``)."""
     no_telemetry()
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # banners and tips
-    for name in ("onnx_ir", "onnxscript", "torch.onnx"):  # every optimisation pass at INFO
-        logging.getLogger(name).setLevel(logging.WARNING)
-    # torchvision's detection ops are missing: an MLP never uses them
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     warnings.filterwarnings(
         "ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*"
     )  # inside Lightning
