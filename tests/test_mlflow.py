@@ -61,3 +61,34 @@ def test_a_moved_store_keeps_every_artifact(tiny_overrides, run_entry, tmp_path,
         assert requests.get(url.split("#")[0], timeout=10).ok
         view = experiment.tags[f"mlflow.sharedViewState.{VIEW_KEY}"]
         assert json.loads(view) == RUNS_VIEW and "metrics.`heldout_rmse`" in RUNS_VIEW["selectedColumns"]
+
+
+def test_a_logged_fold_model_carries_the_folds_final_metrics(tiny_overrides, compose, tmp_path):
+    from tinyvmaf.training import train
+
+    final = train(compose("train", *tiny_overrides, "arch=linear", "fold.heldout=Bars", "sweep_id=final"))
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name("tinyvmaf-loso").experiment_id
+    with_uri = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(client.tracking_uri)
+    try:
+        (model,) = mlflow.search_logged_models(experiment_ids=[experiment], output_format="list")
+    finally:
+        mlflow.set_tracking_uri(with_uri)
+    metrics = {m.key: (m.value, m.step) for m in model.metrics}
+    last = 2  # trainer.max_epochs=3 in the tiny overrides: epochs 0, 1, 2
+    for name in ("heldout_rmse", "heldout_plcc", "heldout_srocc", "train_loss"):
+        assert metrics[name] == (pytest.approx(final[name]), last), name
+
+
+def test_no_command_or_test_leaves_a_store_in_the_working_folder(tiny_overrides, run_entry, tmp_path, repo):
+    """MLflow's own default store is ./mlflow.db in the working folder: nothing may fall back to it."""
+    work = tmp_path / "work"
+    work.mkdir()
+    store = next(o for o in tiny_overrides if o.startswith("tracking.uri="))
+    corpus = [o for o in tiny_overrides if o.startswith(("corpus", "paths.", "cache."))]
+    assert run_entry("train.py", *tiny_overrides, "arch=linear", "fold.heldout=Bars", cwd=work).returncode == 0
+    assert run_entry("evaluate.py", store, *corpus, f"paths.reports_dir={tmp_path}/reports", cwd=work).returncode == 0
+    assert run_entry("score.py", f"onnx={repo}/models/vmaf_tiny_v1.onnx", "log=/no/such.json", cwd=work).returncode == 1
+    assert sorted(p.name for p in work.iterdir()) == []  # no mlflow.db, no mlruns/
+    assert not (repo / "mlflow.db").exists()  # nor in the checkout, by any test run before this one

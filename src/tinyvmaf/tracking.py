@@ -351,12 +351,14 @@ def log_onnx_model(
     model: onnx.ModelProto,
     example: np.ndarray,
     registered_name: str | None = None,
+    step: int = 0,
 ) -> ModelInfo:
     """``model`` as the run's MLflow model ``model`` (flavor ``onnx``, signature, ``example`` rows as
-    the input example); with ``registered_name``, also a new version of that registered model."""
+    the input example), carrying the run's metrics of ``step`` (a fold's last epoch: what the
+    model scored); with ``registered_name``, also a new version of that registered model."""
     with _fluent_store(client.tracking_uri, experiment_id):
         return mlflow.onnx.log_model(
-            model, name="model", run_id=run_id, signature=onnx_signature(),
+            model, name="model", run_id=run_id, signature=onnx_signature(), step=step,
             input_example=example.astype(np.float32), registered_model_name=registered_name,
             # pinned here: inferring them costs a Python subprocess (~1.5 s) per fold run
             pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],

@@ -409,7 +409,9 @@ def log_fold_result(
         client, experiment_id = tracking.experiment()
         proto = onnx_graph(model)
         check_graph(proto, model, data.test_x.numpy())
-        log_onnx_model(client, experiment_id, run.run_id, proto, data.test_x[:5].numpy())
+        log_onnx_model(
+            client, experiment_id, run.run_id, proto, data.test_x[:5].numpy(), step=int(history[-1]["epoch"])
+        )
 
 
 def train_fold(cfg: DictConfig, tracking: Tracking, parent_run_id: str | None) -> dict[str, float]:
