@@ -173,6 +173,12 @@ def test_registered_models_load_by_name_and_score_like_the_files(exported, monke
         assert version.tags["teacher"] == "vmaf_v0.6.1" and version.description
     tiny = client.get_model_version("vmaf_tiny_v1", "1")
     assert tiny.tags["loso_sweep_id"] == "s1" and float(tiny.tags["loso_rmse_mean"]) > 0
+    assert "trained on tiny" in tiny.description and "LOSO over 2 sources (sweep s1)" in tiny.description
+    teacher = client.get_model_version("vmaf_v0.6.1", "1")
+    assert "trained" not in teacher.description.replace("not trained", "")
+    assert teacher.description.startswith("libvmaf's own vmaf_v0.6.1 model (libsvm nu-SVR (RBF), 211 support vectors)")
+    assert f"max |difference| {float(teacher.tags['parity_max_abs_diff']):.1e}" in teacher.description
+    assert float(teacher.tags["parity_max_abs_diff"]) <= 1e-3 and teacher.tags["parity_frames"] == "48"
 
 
 def test_exported_files_are_self_contained_and_follow_the_contract(exported, tmp_path):

@@ -149,19 +149,33 @@ def register(
     for key, value in metadata.items():
         if key != "feature_names":
             client.set_model_version_tag(name, version, key, value)
+    client.update_model_version(name, version, describe(metadata))
+    return version
+
+
+def describe(metadata: dict[str, str]) -> str:
+    """A registered version's description: a trained model's recipe and LOSO figures, or, for
+    libvmaf's own model, that nobody trained it and how closely it matches libvmaf."""
+    contract = (
+        "Input `features` float32 [N, 6] in the order of the `feature_names` metadata; output `vmaf` float32 [N]."
+    )
+    if metadata.get("experiment") == "libvmaf":
+        return (
+            f"libvmaf's own {metadata['teacher']} model ({metadata['arch']}, {metadata['n_support_vectors']} support vectors) "
+            f"as one ONNX graph, not trained: the model JSON libvmaf ships, computed in float64. Against the scores "
+            f"libvmaf {metadata['libvmaf_version']} logged for {metadata['parity_frames']} frames of {metadata['corpus']}: "
+            f"max |difference| {float(metadata['parity_max_abs_diff']):.1e}. {contract}"
+        )
     loso = (
         f"LOSO over {metadata['loso_folds']} sources (sweep {metadata['loso_sweep_id']}): RMSE {float(metadata['loso_rmse_mean']):.3f}, "
         f"PLCC {float(metadata['loso_plcc_mean']):.4f}."
         if "loso_rmse_mean" in metadata
         else "No LOSO sweep of this recipe was found."
     )
-    client.update_model_version(
-        name, version,
+    return (
         f"{metadata['arch']} ({metadata['n_params']} parameters) predicting {metadata['teacher']} from libvmaf's six features, "
-        f"trained on {metadata['corpus']} (libvmaf {metadata['libvmaf_version']}). {loso} Input `features` float32 [N, 6] "
-        f"in the order of the `feature_names` metadata; output `vmaf` float32 [N].",
-    )  # fmt: skip
-    return version
+        f"trained on {metadata['corpus']} (libvmaf {metadata['libvmaf_version']}). {loso} {contract}"
+    )
 
 
 def export_teacher(name: str, output: Path, table: FrameTable) -> tuple[onnx.ModelProto, dict[str, str]]:
@@ -183,6 +197,7 @@ def export_teacher(name: str, output: Path, table: FrameTable) -> tuple[onnx.Mod
     diff = float(np.abs(got - table.scores[name]).max())
     if diff > TEACHER_TOLERANCE:
         raise TinyVmafError(f"{output}: disagrees with libvmaf's {name} (max |diff| {diff:.2e} > {TEACHER_TOLERANCE})")
+    metadata |= {"parity_max_abs_diff": f"{diff:.3e}", "parity_frames": str(len(table))}  # for its registered version
     print(
         f"{output}: {name}, {teacher.n_params} numbers, ONNX Runtime vs libvmaf max |diff| {diff:.1e} on {len(table)} frames"
     )
