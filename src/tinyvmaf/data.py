@@ -255,10 +255,6 @@ class StackedLosoDataModule(L.LightningDataModule):
             fold.setup(stage)
 
     @property
-    def heldout(self) -> list[str]:
-        return [f.heldout for f in self.folds]
-
-    @property
     def standardizations(self) -> list[Standardization]:
         return [f.standardization for f in self.folds]
 

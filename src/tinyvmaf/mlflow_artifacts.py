@@ -29,6 +29,12 @@ def local_artifact_root(tracking_uri: str) -> Path | None:
     return Path(tracking_uri.removeprefix(SQLITE_PREFIX)).parent / ARTIFACTS_FOLDER
 
 
+def store_path(root: Path, artifact_uri: str) -> Path:
+    """Where ``mlflow-artifacts:/<path>`` lies under a local store's artifact folder ``root``
+    (resolved: a ``..`` in it shows as a path outside ``root``)."""
+    return (root / unquote(urlparse(artifact_uri).path).lstrip("/")).resolve()
+
+
 def artifact_repository(artifact_uri: str, tracking_uri: str | None = None, registry_uri: str | None = None):
     """MLflow's ``mlflow-artifacts`` repository factory, with the local SQLite store as above."""
     import mlflow
@@ -39,8 +45,7 @@ def artifact_repository(artifact_uri: str, tracking_uri: str | None = None, regi
     root = local_artifact_root(tracking_uri or mlflow.get_tracking_uri())
     if root is None:
         return MlflowArtifactsRepository(artifact_uri, tracking_uri=tracking_uri, registry_uri=registry_uri)
-    relative = unquote(urlparse(artifact_uri).path).lstrip("/")
-    path = (root / relative).resolve()
+    path = store_path(root, artifact_uri)
     if not path.is_relative_to(root.resolve()):
         raise MlflowException(f"{artifact_uri}: reaches outside the store's artifact folder {root}")
     return LocalArtifactRepository(path.as_uri(), tracking_uri=tracking_uri, registry_uri=registry_uri)

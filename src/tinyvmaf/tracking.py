@@ -45,7 +45,7 @@ from omegaconf import DictConfig
 
 from tinyvmaf.errors import TinyVmafError, without_passwords
 from tinyvmaf.files import safe_name
-from tinyvmaf.mlflow_artifacts import local_artifact_root
+from tinyvmaf.mlflow_artifacts import local_artifact_root, store_path
 from tinyvmaf.teacher import FEATURE_NAMES
 
 
@@ -69,7 +69,7 @@ def check_artifact_location(tracking_uri: str, location: str | None, what: str) 
         return
     parsed = urlparse(location or "")
     if parsed.scheme == "mlflow-artifacts" and not parsed.netloc:
-        path = root / unquote(parsed.path).lstrip("/")
+        path = store_path(root, location)
     elif parsed.scheme in ("file", "") and not parsed.netloc and location:
         path = Path(unquote(parsed.path))
     else:
@@ -169,7 +169,8 @@ class Tracking:
             with engine.connect():
                 pass
         except Exception as exc:
-            first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            text = str(getattr(exc, "orig", None) or exc).strip()
+            first = text.splitlines()[0][:200] if text else ""
             raise TinyVmafError(
                 f"tracking.uri={self.uri}: cannot connect to the database ({type(exc).__name__}: {first})"
             ) from None

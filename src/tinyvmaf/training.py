@@ -332,10 +332,7 @@ def train_stacked(
                 run.log_tags({"pruned": pruned})
                 run.end_status = "KILLED"
             per_fold[fold.heldout] = history.final(k)
-            print(
-                f"{cfg.arch.name} fold={fold.heldout}: "
-                + " ".join(f"{k}={v:.4f}" for k, v in per_fold[fold.heldout].items())
-            )
+            print_fold(cfg.arch.name, fold.heldout, per_fold[fold.heldout])
     return per_fold, pruned
 
 
@@ -414,6 +411,10 @@ def log_fold_result(
         )
 
 
+def print_fold(arch: str, heldout: str, final: dict[str, float]) -> None:
+    print(f"{arch} fold={heldout}: " + " ".join(f"{k}={v:.4f}" for k, v in final.items()))
+
+
 def train_fold(cfg: DictConfig, tracking: Tracking, parent_run_id: str | None) -> dict[str, float]:
     """One LOSO fold, as its own MLflow run (a child of ``parent_run_id`` when given)."""
     client, experiment_id = tracking.experiment()
@@ -430,5 +431,5 @@ def train_fold(cfg: DictConfig, tracking: Tracking, parent_run_id: str | None) -
             raise TinyVmafError(f"{arch} fold={heldout}: training ended without a single held-out evaluation")
         log_fold_result(run, tracking, cfg, module.model, datamodule, history.history)
     final = history.final()
-    print(f"{arch} fold={heldout}: " + " ".join(f"{k}={v:.4f}" for k, v in final.items()))
+    print_fold(arch, heldout, final)
     return final
