@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -127,12 +129,13 @@ def test_unknown_sweep_id_is_a_one_line_error(swept, compose):
 
 @pytest.fixture(scope="module")
 def exported(swept, compose):
+    """export.py on the swept store: mlp_small's recipe is sweep s1's exactly, so s1 is its LOSO;
+    nobody ran mlp_medium's, so export.py runs it first."""
     tmp, base = swept
-    overrides = [o for o in base if not o.startswith(("fold.", "data.batch_size"))]
+    overrides = [o for o in base if not o.startswith("fold.")]
     cfg = compose(
         "export",
         "~experiment",  # the swept recipe (3 epochs, default augmentation): the metadata must name it
-        "loso_sweep_id=s1",
         *overrides,
         f"exports.vmaf_tiny_v1.output={tmp}/models/a.onnx",
         f"exports.vmaf_tiny_v1_medium.output={tmp}/models/b.onnx",
@@ -142,16 +145,105 @@ def exported(swept, compose):
     return tmp, cfg
 
 
-def test_export_takes_no_loso_metrics_from_a_sweep_of_other_options(swept, compose, tmp_path, capsys):
+def test_export_runs_the_loso_of_its_recipe_when_the_store_has_none(swept, compose, tmp_path, capsys):
+    """Sweep s1 trained mlp_small for 3 epochs: it does not vouch for a 4-epoch file, so export.py
+    runs the 4-epoch LOSO itself, and the file carries that LOSO's figures; loso=false ships unvalidated."""
     tmp, base = swept
-    overrides = [o for o in base if not o.startswith(("fold.", "data.batch_size", "trainer.max_epochs"))]
-    cfg = compose(
-        "export", "~experiment", "loso_sweep_id=s1", *overrides, "trainer.max_epochs=4", "register=false",
-        f"exports.vmaf_tiny_v1.output={tmp_path}/a.onnx", "~exports.vmaf_tiny_v1_medium", "teacher_exports=[]",
-    )  # fmt: skip
-    assert export_models(cfg) == 0
-    assert "warning: sweep s1 trained mlp_small otherwise (epochs 3 there, 4 here)" in capsys.readouterr().out
-    assert "loso_rmse_mean" not in ort.InferenceSession(str(tmp_path / "a.onnx")).get_modelmeta().custom_metadata_map
+    overrides = [o for o in base if not o.startswith(("fold.", "trainer.max_epochs"))]
+    options = ["export", "~experiment", *overrides, "trainer.max_epochs=4", "register=false",
+               f"exports.vmaf_tiny_v1.output={tmp_path}/a.onnx", "~exports.vmaf_tiny_v1_medium", "teacher_exports=[]"]  # fmt: skip
+    assert export_models(compose(*options)) == 0
+    assert (
+        "mlp_small: no finished LOSO of this recipe and corpus in the store: running one (2 folds"
+        in capsys.readouterr().out
+    )
+    meta = ort.InferenceSession(str(tmp_path / "a.onnx")).get_modelmeta().custom_metadata_map
+    assert meta["loso_sweep_id"].startswith("export-mlp_small-") and meta["loso_folds"] == "2"
+    client = MlflowClient(f"sqlite:///{tmp}/mlruns/mlflow.db")
+    folds = client.search_runs([meta["loso_experiment_id"]], f"tags.mlflow.parentRunId = '{meta['loso_run_id']}'")
+    assert sorted(r.data.params["fold"] for r in folds) == ["Bars", "Mandel"]
+    assert {r.data.params["epochs"] for r in folds} == {"4"}
+    rmse = [r.data.metrics["heldout_rmse"] for r in folds]
+    assert float(meta["loso_rmse_mean"]) == pytest.approx(np.mean(rmse), abs=1e-6)
+    assert float(meta["loso_rmse_worst"]) == pytest.approx(max(rmse), abs=1e-6)
+    assert export_models(compose(*options)) == 0  # again: that LOSO is in the store now
+    assert "running one" not in capsys.readouterr().out
+    assert export_models(compose(*options, "loso=false")) == 0
+    assert "warning: loso=false: the mlp_small file is not validated" in capsys.readouterr().out
+    meta = ort.InferenceSession(str(tmp_path / "a.onnx")).get_modelmeta().custom_metadata_map
+    assert meta["loso"] == "not run (loso=false): unvalidated" and not any(k.startswith("loso_") for k in meta)
+
+
+def test_the_lusoris_layout_drops_into_that_toolchains_folder(swept, compose, tmp_path):
+    """layout=lusoris: input `input` [N, 6] raw adm2, vif_scale0..3, motion2 -> `score` [N, 1],
+    equal to the standard file's scores; a sidecar; its entry added to the folder's registry.json."""
+    tmp, base = swept
+    folder = tmp_path / "model" / "tiny"
+    folder.mkdir(parents=True)
+    theirs = {"id": "vmaf_tiny_v2", "kind": "fr", "onnx": "vmaf_tiny_v2.onnx", "sha256": "0" * 64}
+    stale = {"id": "vmaf_tiny_v1", "kind": "fr", "onnx": "vmaf_tiny_v1.onnx", "sha256": "1" * 64}
+    (folder / "registry.json").write_text(json.dumps({"schema_version": 1, "models": [stale, theirs]}))
+    options = ["export", "~experiment", *[o for o in base if not o.startswith("fold.")], "loso=false", "register=false",
+               "~exports.vmaf_tiny_v1_medium", "teacher_exports=[]"]  # fmt: skip
+    assert export_models(compose(*options, f"exports.vmaf_tiny_v1.output={tmp_path}/standard.onnx")) == 0
+    assert export_models(compose(*options, "layout=lusoris", f"lusoris_dir={folder}")) == 0
+    path = folder / "vmaf_tiny_v1.onnx"
+    proto = onnx.load(str(path), load_external_data=False)
+    assert proto.opset_import[0].version == 17 and proto.ir_version <= 10 and path.stat().st_size < 50e6
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+    assert {n.op_type for n in proto.graph.node} <= {
+        "Gather",
+        "Sub",
+        "Div",
+        "Gemm",
+        "Mul",
+        "Sigmoid",
+        "Add",
+        "Clip",
+        "Reshape",
+    }
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert (inp.name, inp.type, inp.shape[1], out.name, out.type, out.shape[1]) == (
+        "input",
+        "tensor(float)",
+        6,
+        "score",
+        "tensor(float)",
+        1,
+    )
+    table = instantiate(compose(*options).cache).load(instantiate(compose(*options).corpus))
+    order = [
+        "integer_adm2",
+        "integer_vif_scale0",
+        "integer_vif_scale1",
+        "integer_vif_scale2",
+        "integer_vif_scale3",
+        "integer_motion2",
+    ]
+    raw = table.columns(order).astype(np.float32)  # every frame of the corpus, in that toolchain's order
+    standard = ort.InferenceSession(str(tmp_path / "standard.onnx"), providers=["CPUExecutionProvider"])
+    want = standard.run(["vmaf"], {"features": table.features.astype(np.float32)})[0]
+    got = session.run(["score"], {"input": raw})[0]
+    assert got.shape == (len(table), 1) and np.array_equal(got[:, 0], want)
+    registry = json.loads((folder / "registry.json").read_text())
+    assert registry["schema_version"] == 1 and [m["id"] for m in registry["models"]] == ["vmaf_tiny_v1", "vmaf_tiny_v2"]
+    entry, kept = registry["models"]
+    assert kept == theirs and entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert re.fullmatch("[0-9a-f]{64}", entry["sha256"]) and (entry["kind"], entry["onnx"], entry["opset"]) == (
+        "fr",
+        "vmaf_tiny_v1.onnx",
+        17,
+    )
+    assert entry["license"] and 0 < len(entry["notes"]) <= 512 and "Unvalidated" in entry["notes"]
+    sidecar = json.loads((folder / "vmaf_tiny_v1.json").read_text())
+    assert (sidecar["kind"], sidecar["name"], sidecar["input_name"], sidecar["output_name"], sidecar["onnx_opset"]) == (
+        "fr", "vmaf_tiny_v1", "input", "score", 17)  # fmt: skip
+    assert sidecar["features"] == ["adm2", "vif_scale0", "vif_scale1", "vif_scale2", "vif_scale3", "motion2"]
+    assert json.loads(session.get_modelmeta().custom_metadata_map["feature_names"]) == order
+    (folder / "registry.json").write_text("{not json")
+    with pytest.raises(TinyVmafError, match=r"registry.json: not JSON"):
+        export_models(compose(*options, "layout=lusoris", f"lusoris_dir={folder}"))
 
 
 def test_registered_models_load_by_name_and_score_like_the_files(exported, monkeypatch):
@@ -173,7 +265,17 @@ def test_registered_models_load_by_name_and_score_like_the_files(exported, monke
         assert version.tags["teacher"] == "vmaf_v0.6.1" and version.description
     tiny = client.get_model_version("vmaf_tiny_v1", "1")
     assert tiny.tags["loso_sweep_id"] == "s1" and float(tiny.tags["loso_rmse_mean"]) > 0
-    assert "trained on tiny" in tiny.description and "LOSO over 2 sources (sweep s1)" in tiny.description
+    assert (
+        "trained on tiny" in tiny.description
+        and "Validated by a LOSO of this recipe over 2 sources" in tiny.description
+    )
+    medium = client.get_model_version("vmaf_tiny_v1_medium", "1")  # its LOSO ran in export.py, as one stacked job
+    loso = client.get_run(medium.tags["loso_run_id"])
+    assert loso.data.tags["kind"] == "loso" and loso.data.params["arch"] == "mlp_medium"
+    assert float(medium.tags["loso_rmse_mean"]) == pytest.approx(loso.data.metrics["loso_rmse_mean"], abs=1e-6)
+    assert f"(#/experiments/{loso.info.experiment_id}/runs/{loso.info.run_id})" in medium.description
+    export_run = client.get_run(client.get_model_version("vmaf_tiny_v1_medium", "1").run_id)
+    assert export_run.data.tags["loso_run_id"] == loso.info.run_id and "loso_rmse_worst" in export_run.data.metrics
     teacher = client.get_model_version("vmaf_v0.6.1", "1")
     assert "trained" not in teacher.description.replace("not trained", "")
     assert teacher.description.startswith("libvmaf's own vmaf_v0.6.1 model (libsvm nu-SVR (RBF), 211 support vectors)")
@@ -211,7 +313,7 @@ def test_run_model_export_matches_torch(swept, tmp_path, compose):
     client = MlflowClient(f"sqlite:///{tmp}/mlruns/mlflow.db")
     run = client.search_runs(
         [client.get_experiment_by_name("tinyvmaf-loso").experiment_id],
-        "params.arch = 'mlp_small' and attributes.status = 'FINISHED' and tags.kind = 'fold'",
+        "params.arch = 'mlp_small' and attributes.status = 'FINISHED' and tags.kind = 'fold' and tags.sweep_id = 's1'",
     )[0]
     overrides = [o for o in base if not o.startswith(("fold.", "data.batch_size"))]
     # another epoch count and teacher in the export config: the metadata must still be the run's
@@ -224,7 +326,8 @@ def test_run_model_export_matches_torch(swept, tmp_path, compose):
         "teacher=vmaf_4k_v0.6.1",
     )
     assert export_models(cfg) == 0
-    model, _, params = model_from_run(cfg, run.info.run_id)
+    model, _, run = model_from_run(cfg, run.info.run_id)
+    params = run.data.params
     x = np.random.default_rng(0).uniform(0, 1, (50, 6)).astype(np.float32)
     with torch.no_grad():
         want = model.predict(torch.from_numpy(x)).numpy()
@@ -233,6 +336,7 @@ def test_run_model_export_matches_torch(swept, tmp_path, compose):
     assert np.abs(got - want).max() <= 1e-3
     meta = session.get_modelmeta().custom_metadata_map
     assert (meta["epochs"], meta["teacher"]) == (params["epochs"], params["teacher"]) == ("3", "vmaf_v0.6.1")
+    assert (meta["loso_sweep_id"], meta["loso_folds"]) == ("s1", "2")  # its own sweep's runs of its configuration
 
 
 def libvmaf_log(make_clip, tmp_path: Path, legacy: bool = False) -> Path:

@@ -8,37 +8,59 @@ and the LOSO metrics of the recipe.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import re
 import tempfile
 import warnings
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from tinyvmaf.cache import FrameTable, TeacherCache
 from tinyvmaf.corpus import Corpus
-from tinyvmaf.digest import aggregate, fold_runs, sweep_status
 from tinyvmaf.errors import TinyVmafError, instantiate_checked
+from tinyvmaf.lusoris import write_lusoris
 from tinyvmaf.model import VmafNet, check_graph, count_params, model_from_weights, onnx_graph
 from tinyvmaf.teacher import FEATURE_NAMES
 from tinyvmaf.teacher.function import load_teacher
-from tinyvmaf.tracking import EXPORT, KIND, check_artifact_location, log_dataset, log_onnx_model, run_by_id, tracked_run
-from tinyvmaf.training import check_options, prepare_fit
+from tinyvmaf.tracking import (
+    EXPORT,
+    FOLD,
+    KIND,
+    PARENT,
+    Tracking,
+    check_artifact_location,
+    log_dataset,
+    log_onnx_model,
+    quoted,
+    run_by_id,
+    tracked_run,
+)
+from tinyvmaf.training import ALL_FOLDS, check_options, fold_config, prepare_fit, recipe_hash, train_every_fold
 
+LUSORIS = "lusoris"
+LAYOUTS = ("standard", LUSORIS)  # tinyvmaf's own files, or the reference toolchain's model/tiny/ (tinyvmaf.lusoris)
 TEACHER_TOLERANCE = 1e-3  # VMAF points: libvmaf's models as ONNX against libvmaf's own scores
+
+
+def with_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> onnx.ModelProto:
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=str(value))
+    return proto
 
 
 def to_onnx(model: VmafNet, path: Path, metadata: dict[str, str]) -> onnx.ModelProto:
     """Write the clipped model as one ONNX file (no external data) with ``metadata_props``."""
-    proto = onnx_graph(model)
-    for key, value in metadata.items():
-        proto.metadata_props.add(key=key, value=str(value))
+    proto = with_metadata(onnx_graph(model), metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(proto, str(path), save_as_external_data=False)
     return proto
@@ -56,50 +78,106 @@ def train_on_all_sources(cfg: DictConfig, corpus: Corpus, cache: TeacherCache) -
     return module.model, datamodule.table
 
 
-def loso_metadata(
-    cfg: DictConfig, arch: str, teacher: str, recipe: str, trained_with: dict[str, str] | None = None
-) -> dict[str, str]:
-    """The LOSO metrics of a named recipe (``experiment_name``) from a sweep in MLflow (its latest by
-    default); with ``trained_with``, only if the sweep's runs of ``arch`` have those params (a sweep
-    run under the recipe's name with other options does not describe the file)."""
-    try:
-        client, experiment_id = instantiate_checked(cfg.tracking).existing_experiment()
-        sweep, runs = fold_runs(client, experiment_id, cfg.get("loso_sweep_id"), recipe=recipe)
-    except TinyVmafError as exc:
-        print(f"warning: no LOSO metrics in the metadata: {exc}")
-        return {}
-    digest = aggregate(sweep_status([r for r in runs if r.data.params.get("teacher") == teacher]))
-    if arch not in digest:
-        print(f"warning: sweep {sweep} has no finished {arch} runs: no LOSO metrics in the metadata")
-        return {}
-    row = digest[arch]
-    params = next(r for r in runs if r.info.run_id == row["folds"][0]["run_id"]).data.params
-    differ = {k: (params.get(k), v) for k, v in (trained_with or {}).items() if params.get(k) != v}
-    if differ:
-        said = ", ".join(f"{k} {a} there, {b} here" for k, (a, b) in differ.items())
-        print(
-            f"warning: sweep {sweep} trained {arch} otherwise ({said}): no LOSO metrics in the metadata; give loso_sweep_id="
-        )
-        return {}
-    keys = [f"{m}_{s}" for m in ("plcc", "srocc", "rmse") for s in ("mean", "std")]
+LOSO_METRICS = ("rmse", "plcc", "srocc")
+
+
+def loso_figures(runs: list[Run]) -> dict[str, str]:
+    """A LOSO's figures from its finished fold runs (one per held-out source), as metadata and
+    version tags: mean and sample std of each held-out metric, the worst fold's RMSE and PLCC,
+    the sweep, and the run the folds sit under (the stacked job's, or the sweep's)."""
+    values = {m: np.array([r.data.metrics[f"heldout_{m}"] for r in runs]) for m in LOSO_METRICS}
+    parents = {r.data.tags.get(PARENT) for r in runs}
     return {
-        "loso_sweep_id": sweep,
-        **{f"loso_{k}": f"{row[k]:.6f}" for k in keys},
-        "loso_folds": str(len(row["folds"])),
+        "loso_sweep_id": runs[0].data.tags.get("sweep_id", ""),
+        **({"loso_run_id": parents.pop()} if len(parents) == 1 and None not in parents else {}),
+        "loso_experiment_id": runs[0].info.experiment_id,
+        "loso_folds": str(len(runs)),
+        **{f"loso_{m}_mean": f"{v.mean():.6f}" for m, v in values.items()},
+        **{f"loso_{m}_std": f"{v.std(ddof=1) if len(v) > 1 else 0.0:.6f}" for m, v in values.items()},
+        "loso_rmse_worst": f"{values['rmse'].max():.6f}",
+        "loso_plcc_worst": f"{values['plcc'].min():.6f}",
     }
 
 
-def export_options(cfg: DictConfig) -> dict[str, str]:
-    """The options of this export that a LOSO sweep must share to describe its files, as MLflow params."""
-    augment = cfg.data.augment
-    values = {"epochs": cfg.trainer.max_epochs, "lr": cfg.model.optimizer.lr, "seed": cfg.seed,
-              "augment_amount": augment.amount if augment.enabled else 0}  # fmt: skip
-    return {k: str(v) for k, v in values.items()}
+def finished_loso(
+    client: MlflowClient, experiment_id: str, arch: str, expected: dict[str, str], data: str
+) -> list[Run] | None:
+    """The latest sweep's finished fold runs of ``arch`` that cover every held-out source of
+    ``expected`` (source -> recipe hash) with that exact recipe, trained on the data whose digest
+    is ``data``; None when the store holds no such LOSO."""
+    query = f"tags.{KIND} = '{FOLD}' and attributes.status = 'FINISHED' and params.arch = {quoted(arch, 'arch')}"
+    runs = client.search_runs([experiment_id], query, max_results=50000, order_by=["attributes.start_time DESC"])
+    by_sweep: dict[str, dict[str, Run]] = defaultdict(dict)
+    for r in runs:
+        fold = r.data.params.get("fold")
+        if (
+            r.data.tags.get("recipe_hash") == expected.get(fold)
+            and [d.dataset.digest for d in r.inputs.dataset_inputs] == [data]
+            and all(f"heldout_{m}" in r.data.metrics for m in LOSO_METRICS)
+        ):
+            by_sweep[r.data.tags.get("sweep_id", "")].setdefault(fold, r)  # latest first
+    for folds in by_sweep.values():  # in the order of each sweep's latest run
+        if set(folds) == set(expected):
+            return [folds[s] for s in expected]
+    return None
 
 
-def model_from_run(cfg: DictConfig, run_id: str) -> tuple[VmafNet, dict, dict[str, str]]:
-    """The run's model, its arch (name and hidden widths), and its MLflow params (the recipe it was
-    trained with). The store may come from someone else: ``model.pt`` is read with
+def validated(
+    cfg: DictConfig, recipe_cfg: DictConfig, corpus: Corpus, cache: TeacherCache, table: FrameTable
+) -> dict[str, str]:
+    """The LOSO evidence of the recipe a shipped model is trained with: a finished LOSO of that
+    exact recipe and corpus from the store, or one run here and now (stacked, every fold of the
+    corpus, under sweep ``export-<arch>-<recipe>``, which a rerun resumes); ``loso=false`` ships
+    the file unvalidated, and says so."""
+    arch = recipe_cfg.arch.name
+    if not cfg.loso:
+        print(f"warning: loso=false: the {arch} file is not validated (no LOSO of its recipe was looked for or run)")
+        return {"loso": "not run (loso=false): unvalidated"}
+    tracking: Tracking = instantiate_checked(cfg.tracking)
+    client, experiment_id = tracking.experiment()
+    expected = {s: recipe_hash(fold_config(recipe_cfg, corpus, s)) for s in table.sources}
+    data = table.manifest[:12]
+    found = finished_loso(client, experiment_id, arch, expected, data)
+    if found is None:
+        sweep = f"export-{arch}-{hashlib.sha256(''.join(expected.values()).encode()).hexdigest()[:12]}"
+        print(
+            f"{arch}: no finished LOSO of this recipe and corpus in the store: running one ({len(expected)} folds, sweep {sweep})"
+        )
+        loso_cfg = OmegaConf.merge(fold_config(recipe_cfg, corpus, ALL_FOLDS), {"sweep_id": sweep})
+        train_every_fold(loso_cfg, tracking, None, None)
+        found = finished_loso(client, experiment_id, arch, expected, data)
+        if found is None:
+            raise TinyVmafError(f"{arch}: the LOSO of sweep {sweep} did not finish every fold")
+    figures = loso_figures(found)
+    print(
+        f"{arch}: LOSO of this recipe (sweep {figures['loso_sweep_id']}): mean RMSE {float(figures['loso_rmse_mean']):.4f}, "
+        f"worst {float(figures['loso_rmse_worst']):.4f}, mean PLCC {float(figures['loso_plcc_mean']):.4f}"
+    )
+    return figures
+
+
+def run_loso(client: MlflowClient, run: Run) -> dict[str, str]:
+    """For one fold run's model (``run_id=``): the LOSO figures of its sweep's finished runs of
+    the same configuration (every param alike but the held-out fold)."""
+    sweep = quoted(run.data.tags.get("sweep_id", ""), "sweep_id")
+    query = f"tags.{KIND} = '{FOLD}' and attributes.status = 'FINISHED' and tags.sweep_id = {sweep}"
+    found = client.search_runs(
+        [run.info.experiment_id], query, max_results=50000, order_by=["attributes.start_time DESC"]
+    )
+    alike: dict[str, Run] = {}
+    for r in found:
+        if configuration(r) == configuration(run) and all(f"heldout_{m}" in r.data.metrics for m in LOSO_METRICS):
+            alike.setdefault(r.data.params.get("fold"), r)
+    return loso_figures(list(alike.values())) if alike else {}
+
+
+def configuration(run: Run) -> dict[str, str]:
+    return {k: v for k, v in run.data.params.items() if k != "fold"}
+
+
+def model_from_run(cfg: DictConfig, run_id: str) -> tuple[VmafNet, dict, Run]:
+    """The run's model, its arch (name and hidden widths), and the run (its params: the recipe it
+    was trained with). The store may come from someone else: ``model.pt`` is read with
     ``weights_only=True`` and the model rebuilt from its weights' shapes and the run's
     ``activation`` param, never from a config stored with it."""
     client, _ = instantiate_checked(cfg.tracking).existing_experiment()
@@ -124,7 +202,7 @@ def model_from_run(cfg: DictConfig, run_id: str) -> tuple[VmafNet, dict, dict[st
     model = model_from_weights(saved.get("state_dict"), params.get("activation"), saved.get("log_motion", False), what)
     arch = saved.get("arch") if isinstance(saved.get("arch"), dict) else {}
     name = arch.get("name") if isinstance(arch.get("name"), str) else params.get("arch", "unknown")
-    return model, {"name": name[:100]}, params
+    return model, {"name": name[:100]}, run
 
 
 def register(
@@ -136,6 +214,14 @@ def register(
     client, experiment_id = instantiate_checked(cfg.tracking).experiment()
     with tracked_run(client, experiment_id, f"export-{name}", {KIND: EXPORT}) as run:
         run.log_params({k: metadata[k] for k in ("arch", "teacher", "experiment", "epochs") if k in metadata})
+        loso = {
+            k: float(v)
+            for k, v in metadata.items()
+            if k.startswith("loso_") and k.endswith(("_mean", "_std", "_worst"))
+        }
+        if loso:  # the export run shows its evidence, and points at it
+            run.log_metrics([{"step": 0, **loso}], step_key="step")
+            run.log_tags({k: metadata[k] for k in ("loso_sweep_id", "loso_run_id") if k in metadata})
         log_dataset(
             client,
             run.run_id,
@@ -166,12 +252,18 @@ def describe(metadata: dict[str, str]) -> str:
             f"libvmaf {metadata['libvmaf_version']} logged for {metadata['parity_frames']} frames of {metadata['corpus']}: "
             f"max |difference| {float(metadata['parity_max_abs_diff']):.1e}. {contract}"
         )
-    loso = (
-        f"LOSO over {metadata['loso_folds']} sources (sweep {metadata['loso_sweep_id']}): RMSE {float(metadata['loso_rmse_mean']):.3f}, "
-        f"PLCC {float(metadata['loso_plcc_mean']):.4f}."
-        if "loso_rmse_mean" in metadata
-        else "No LOSO sweep of this recipe was found."
-    )
+    if "loso_rmse_mean" in metadata:
+        where = f"sweep {metadata['loso_sweep_id']}"
+        if metadata.get("loso_run_id"):
+            link = f"#/experiments/{metadata['loso_experiment_id']}/runs/{metadata['loso_run_id']}"
+            where = f"[run {metadata['loso_run_id'][:8]}]({link}), {where}"
+        loso = (
+            f"Validated by a LOSO of this recipe over {metadata['loso_folds']} sources ({where}): held-out RMSE mean "
+            f"{float(metadata['loso_rmse_mean']):.3f} (worst fold {float(metadata['loso_rmse_worst']):.3f}), "
+            f"PLCC mean {float(metadata['loso_plcc_mean']):.4f} (worst {float(metadata['loso_plcc_worst']):.4f})."
+        )
+    else:
+        loso = f"**Unvalidated**: {metadata.get('loso', 'no LOSO of this recipe was found')}."
     return (
         f"{metadata['arch']} ({metadata['n_params']} parameters) predicting {metadata['teacher']} from libvmaf's six features, "
         f"trained on {metadata['corpus']} (libvmaf {metadata['libvmaf_version']}). {loso} {contract}"
@@ -205,8 +297,13 @@ def export_teacher(name: str, output: Path, table: FrameTable) -> tuple[onnx.Mod
 
 
 def export_models(cfg: DictConfig) -> int:
-    """``export.py``: train each shipping model on every source (or take a run's) and write it."""
+    """``export.py``: train each shipping model on every source, with the LOSO of its recipe as its
+    evidence (or take a fold run's model), and write it."""
     torch.set_num_threads(cfg.torch_threads)
+    if cfg.layout not in LAYOUTS:
+        raise TinyVmafError(f"layout={cfg.layout}: not one of {', '.join(LAYOUTS)}")
+    if cfg.layout == LUSORIS and cfg.get("run_id"):
+        raise TinyVmafError("layout=lusoris: writes the shipped models (exports), not a fold run's (run_id=)")
     corpus = instantiate_checked(cfg.corpus)
     cache: TeacherCache = instantiate_checked(cfg.cache)
     jobs = (
@@ -217,12 +314,16 @@ def export_models(cfg: DictConfig) -> int:
     for name, output, arch in jobs:
         if arch is None:
             # The metadata describes the run's recipe, not this export config's.
-            model, arch_cfg, params = model_from_run(cfg, cfg.run_id)
+            model, arch_cfg, run = model_from_run(cfg, cfg.run_id)
+            params = run.data.params
             teacher, epochs, recipe = params["teacher"], params["epochs"], params.get("experiment", "default")
             table = cache.ready(corpus)
+            evidence = run_loso(instantiate_checked(cfg.tracking).existing_experiment()[0], run)
         else:
             recipe_cfg = with_arch(cfg, arch)
             check_options(recipe_cfg)
+            table = cache.ready(corpus)
+            evidence = validated(cfg, recipe_cfg, corpus, cache, table)
             model, table = train_on_all_sources(recipe_cfg, corpus, cache)
             arch_cfg = OmegaConf.to_container(arch, resolve=True)
             teacher, epochs, recipe = cfg.teacher.model, str(recipe_cfg.trainer.max_epochs), cfg.experiment_name
@@ -235,18 +336,22 @@ def export_models(cfg: DictConfig) -> int:
             "libvmaf_version": table.libvmaf_version,
             "epochs": epochs,
             "experiment": recipe,
-            **loso_metadata(
-                cfg, arch_cfg["name"], teacher, recipe, None if arch is None else export_options(recipe_cfg)
-            ),
+            **evidence,
         }
-        proto = to_onnx(model, output, metadata)
-        diff = check_graph(output, model, table.features)
+        if cfg.layout == LUSORIS:
+            output, diff = write_lusoris(name, model, metadata, table.features, Path(cfg.lusoris_dir), cfg.license)
+            proto = with_metadata(onnx_graph(model), metadata)  # what MLflow registers: tinyvmaf's contract
+        else:
+            proto = to_onnx(model, output, metadata)
+            diff = check_graph(output, model, table.features)
         print(
             f"{output}: {arch_cfg['name']}, {metadata['n_params']} params, ONNX Runtime vs torch max |diff| {diff:.1e} on {len(table)} frames"
         )
         if cfg.register and name is not None:
             print(f"  registered in MLflow as {name} version {register(cfg, corpus, name, proto, table, metadata)}")
-    if cfg.teacher_exports and not cfg.get("run_id"):
+    if cfg.teacher_exports and cfg.layout == LUSORIS:
+        print(f"teacher_exports ({', '.join(cfg.teacher_exports)}): written in the standard layout only; not written")
+    elif cfg.teacher_exports and not cfg.get("run_id"):
         table = cache.ready(corpus)
         for name in cfg.teacher_exports:
             proto, metadata = export_teacher(name, Path(cfg.teacher_output_dir) / f"{name}.onnx", table)

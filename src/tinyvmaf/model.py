@@ -16,6 +16,7 @@ import math
 import re
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -189,12 +190,36 @@ def _onnx_layers(g: _OnnxGraph, x: str, net: nn.Module) -> str:
     return x
 
 
-def onnx_graph(model: VmafNet) -> onnx.ModelProto:
-    """The clipped model as one self-contained ONNX graph, ``features`` [N, 6] -> ``vmaf`` [N], any N,
+@dataclass(frozen=True)
+class OnnxContract:
+    """What a written graph looks like from outside: its input and output names, the feature
+    each input column holds (a permutation of ``FEATURE_NAMES``), and the output's shape."""
+
+    input: str = "features"
+    output: str = "vmaf"
+    features: tuple[str, ...] = FEATURE_NAMES
+    column_output: bool = False  # [N, 1] rather than [N]
+
+    def inputs_from(self, features: np.ndarray) -> np.ndarray:
+        """Frames in ``FEATURE_NAMES`` order, as this contract's input takes them."""
+        columns = [FEATURE_NAMES.index(f) for f in self.features]
+        return np.ascontiguousarray(features[:, columns], dtype=np.float32)
+
+
+TINYVMAF_CONTRACT = OnnxContract()
+
+
+def onnx_graph(model: VmafNet, contract: OnnxContract = TINYVMAF_CONTRACT) -> onnx.ModelProto:
+    """The clipped model as one self-contained ONNX graph, [N, 6] -> [N] (or [N, 1]), any N,
     written from the weights: the optional log of motion2, standardize, Gemm + activation per layer,
-    de-standardize, clip to the VMAF range."""
+    de-standardize, clip to the VMAF range. Another column order is one Gather back to
+    ``FEATURE_NAMES`` order first, so every score is bit for bit the standard graph's."""
     g = _OnnxGraph()
-    x = "features"
+    x = contract.input
+    if contract.features != FEATURE_NAMES:
+        order = np.array([contract.features.index(f) for f in FEATURE_NAMES], dtype=np.int64)
+        g.initializers.append(numpy_helper.from_array(order, "feature_order"))
+        x = g.op("Gather", x, "feature_order", axis=1)
     if model.log_motion:  # log1p(max(motion2, 0)) in motion2's column, the others as they are
         mask = np.arange(N_FEATURES) == MOTION
         logged = g.op("Log", g.op("Add", g.op("Max", x, g.constant("zero", 0.0)), g.constant("one", 1.0)))
@@ -206,13 +231,14 @@ def onnx_graph(model: VmafNet) -> onnx.ModelProto:
     x = g.op("Add", g.op("Mul", x, g.constant("target_std", model.target_std.cpu().numpy().reshape(1))),
              g.constant("target_mean", model.target_mean.cpu().numpy().reshape(1)))  # fmt: skip
     x = _clip(g, x, *VMAF_RANGE)
-    g.initializers.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), "flat"))
-    g.nodes.append(helper.make_node("Reshape", [x, "flat"], ["vmaf"]))
+    shape = ["batch", 1] if contract.column_output else ["batch"]
+    g.initializers.append(numpy_helper.from_array(np.array([-1, 1] if contract.column_output else [-1]), "shape"))
+    g.nodes.append(helper.make_node("Reshape", [x, "shape"], [contract.output]))
     graph = helper.make_graph(
         g.nodes,
         "tinyvmaf",
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", N_FEATURES])],
-        [helper.make_tensor_value_info("vmaf", TensorProto.FLOAT, ["batch"])],
+        [helper.make_tensor_value_info(contract.input, TensorProto.FLOAT, ["batch", N_FEATURES])],
+        [helper.make_tensor_value_info(contract.output, TensorProto.FLOAT, shape)],
         g.initializers,
     )
     return helper.make_model(
@@ -220,18 +246,22 @@ def onnx_graph(model: VmafNet) -> onnx.ModelProto:
     )
 
 
-def check_graph(graph: onnx.ModelProto | Path, model: VmafNet, features: np.ndarray) -> float:
-    """``onnx.checker``, then ONNX Runtime against the torch module on ``features`` (real frames);
-    returns the max |difference|, which must stay within ``ONNX_TOLERANCE``."""
+def check_graph(
+    graph: onnx.ModelProto | Path, model: VmafNet, features: np.ndarray, contract: OnnxContract = TINYVMAF_CONTRACT
+) -> float:
+    """``onnx.checker``, then ONNX Runtime against the torch module on ``features`` (real frames,
+    in ``FEATURE_NAMES`` order, fed in the contract's); returns the max |difference|, which must
+    stay within ``ONNX_TOLERANCE``."""
     onnx.checker.check_model(graph if isinstance(graph, onnx.ModelProto) else str(graph), full_check=True)
     source = graph.SerializeToString() if isinstance(graph, onnx.ModelProto) else str(graph)
     session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
     x = np.asarray(features, dtype=np.float32)
-    got = session.run(["vmaf"], {"features": x})[0]
+    got = session.run([contract.output], {contract.input: contract.inputs_from(x)})[0]
     with torch.no_grad():
         want = model.eval().predict(torch.from_numpy(x).to(model.feature_mean.device)).cpu().numpy()
-    diff = float(np.abs(got - want).max())
-    if got.shape != (len(x),) or not diff <= ONNX_TOLERANCE:
+    wanted_shape = (len(x), 1) if contract.column_output else (len(x),)
+    diff = float(np.abs(got.reshape(-1) - want).max())
+    if got.shape != wanted_shape or not diff <= ONNX_TOLERANCE:
         where = graph if isinstance(graph, Path) else "the ONNX graph"
         raise TinyVmafError(
             f"{where}: ONNX Runtime disagrees with torch (max |diff| {diff:.2e} > {ONNX_TOLERANCE}, shape {got.shape})"
