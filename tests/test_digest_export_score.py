@@ -273,7 +273,8 @@ def test_registered_models_load_by_name_and_score_like_the_files(exported, monke
     loso = client.get_run(medium.tags["loso_run_id"])
     assert loso.data.tags["kind"] == "loso" and loso.data.params["arch"] == "mlp_medium"
     assert float(medium.tags["loso_rmse_mean"]) == pytest.approx(loso.data.metrics["loso_rmse_mean"], abs=1e-6)
-    assert f"(#/experiments/{loso.info.experiment_id}/runs/{loso.info.run_id})" in medium.description
+    link = f"(#/experiments/{loso.info.experiment_id}/runs/{loso.info.run_id}?workflowType=machine_learning)"
+    assert link in medium.description
     export_run = client.get_run(client.get_model_version("vmaf_tiny_v1_medium", "1").run_id)
     assert export_run.data.tags["loso_run_id"] == loso.info.run_id and "loso_rmse_worst" in export_run.data.metrics
     teacher = client.get_model_version("vmaf_v0.6.1", "1")

@@ -40,6 +40,7 @@ from tinyvmaf.tracking import (
     open_sweep_run,
     process_alive,
     quoted,
+    run_page_link,
     runs_table_url,
 )
 
@@ -486,9 +487,11 @@ def write_digest(cfg: DictConfig) -> int:
         )
     print(f"digest: {out}/digest.md")
     artifacts = local_artifact_root(tracking.uri)
+    ui = tracking.uri if artifacts is None else "http://127.0.0.1:5000"
     if artifacts is None:
-        print(f"MLflow: {runs_table_url(tracking.uri, experiment_id)}")
+        print(f"MLflow: {runs_table_url(ui, experiment_id)}")
     else:
         print(f"MLflow: mlflow ui --backend-store-uri {tracking.uri} --artifacts-destination {artifacts}")
-        print(f"        then open {runs_table_url('http://127.0.0.1:5000', experiment_id)}")
+        print(f"        then open {runs_table_url(ui, experiment_id)}")
+    print(f"        this sweep's run: {ui.rstrip('/')}/{run_page_link(experiment_id, sweep_run)}")
     return 0

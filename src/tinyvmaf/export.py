@@ -43,6 +43,7 @@ from tinyvmaf.tracking import (
     log_onnx_model,
     quoted,
     run_by_id,
+    run_page_link,
     tracked_run,
 )
 from tinyvmaf.training import ALL_FOLDS, check_options, fold_config, prepare_fit, recipe_hash, train_every_fold
@@ -255,7 +256,7 @@ def describe(metadata: dict[str, str]) -> str:
     if "loso_rmse_mean" in metadata:
         where = f"sweep {metadata['loso_sweep_id']}"
         if metadata.get("loso_run_id"):
-            link = f"#/experiments/{metadata['loso_experiment_id']}/runs/{metadata['loso_run_id']}"
+            link = run_page_link(metadata["loso_experiment_id"], metadata["loso_run_id"])
             where = f"[run {metadata['loso_run_id'][:8]}]({link}), {where}"
         loso = (
             f"Validated by a LOSO of this recipe over {metadata['loso_folds']} sources ({where}): held-out RMSE mean "

@@ -218,10 +218,21 @@ def run_by_id(client: MlflowClient, run_id: str) -> Run:
         raise TinyVmafError(f"run_id={run_id}: no such run in {client.tracking_uri}") from None
 
 
+# MLflow 3.17's UI picks its views (GenAI or machine learning) from the link's ``workflowType``,
+# else from the browser's own setting (localStorage ``mlflow.workflowType_v1``, GenAI until the
+# user flips the switch once); it does not read the experiment's ``mlflow.experimentKind`` tag.
+# So every link tinyvmaf prints or writes names the machine-learning views.
+MACHINE_LEARNING_VIEWS = "workflowType=machine_learning"
+
+
 def runs_table_url(ui: str, experiment_id: str) -> str:
-    """The experiment's runs table in the MLflow UI at ``ui``, with tinyvmaf's columns (MLflow 3 would
-    otherwise open its GenAI overview)."""
-    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+    """The experiment's runs table in the MLflow UI at ``ui``, with tinyvmaf's columns."""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?{MACHINE_LEARNING_VIEWS}&viewStateShareKey={VIEW_KEY}"
+
+
+def run_page_link(experiment_id: str, run_id: str) -> str:
+    """A run's page, relative to the UI's root (as a link inside MLflow's own Markdown)."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}?{MACHINE_LEARNING_VIEWS}"
 
 
 def sweep_id(cfg: DictConfig) -> str:
