@@ -43,6 +43,9 @@ def quiet_libraries() -> None:
     )  # inside Lightning
     # SROCC needs every prediction in memory by nature; a few thousand frames are nothing
     warnings.filterwarnings("ignore", message=".*SpearmanCorrcoef` will save all targets.*")
+    # Lightning's check for multi-process SLURM jobs, on any machine with SLURM installed: tinyvmaf's
+    # jobs are one process each (tinyvmaf.training.make_trainer)
+    warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used.*")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per downloaded file
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run at ..." per run on a server
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.plugins.environments import LightningEnvironment
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
@@ -70,8 +71,14 @@ def prepare_fit(
     datamodule.setup("fit")
     L.seed_everything(cfg.seed, verbose=False)
     module: TinyVmafModule = instantiate_checked(cfg.model)
-    trainer: L.Trainer = instantiate_checked(cfg.trainer, **trainer_options)
-    return datamodule, module, trainer
+    return datamodule, module, make_trainer(cfg, **trainer_options)
+
+
+def make_trainer(cfg: DictConfig, **options: Any) -> L.Trainer:
+    """The configured Trainer, in one process whatever the machine: on a SLURM node Lightning would
+    otherwise take the job for a multi-process one of its own, requeue it itself on SIGUSR1 (the
+    launcher's business) and warn that ``srun`` is not used."""
+    return instantiate_checked(cfg.trainer, plugins=[LightningEnvironment()], **options)
 
 
 def _positive_int(cfg: DictConfig, key: str) -> None:
@@ -318,7 +325,7 @@ def train_stacked(
         report = (
             ReportToTrial(trial, history, cfg.trainer.max_epochs, list(cfg.search.report_percent)) if trial else None
         )
-        trainer: L.Trainer = instantiate_checked(cfg.trainer, callbacks=[history, *([report] if report else [])])
+        trainer = make_trainer(cfg, callbacks=[history, *([report] if report else [])])
         for run, fold in zip(fold_runs, folds):
             log_fold_inputs(run, client, corpus, fold, single.n_params, single.activation)
         trainer.fit(module, datamodule=datamodule)
