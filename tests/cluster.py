@@ -49,7 +49,9 @@ MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
 
 def _munge_answers() -> bool:
     encode = subprocess.run(["munge", "-n"], capture_output=True)
-    return encode.returncode == 0 and subprocess.run(["unmunge"], input=encode.stdout, capture_output=True).returncode == 0
+    return (
+        encode.returncode == 0 and subprocess.run(["unmunge"], input=encode.stdout, capture_output=True).returncode == 0
+    )
 
 
 def _listening(port: int) -> bool:
@@ -153,9 +155,7 @@ def _network_down() -> None:
 
 
 def _slurm_conf(folder: Path, ports: dict[str, int]) -> str:
-    nodes = "\n".join(
-        f"NodeName={n} NodeAddr={a} CPUs=1 RealMemory=2000 State=UNKNOWN" for n, a in NODES.items()
-    )
+    nodes = "\n".join(f"NodeName={n} NodeAddr={a} CPUs=1 RealMemory=2000 State=UNKNOWN" for n, a in NODES.items())
     return f"""ClusterName=tinyvmaf
 SlurmctldHost={socket.gethostname()}({HOST_ADDRESS})
 MailProg=/bin/true
@@ -224,7 +224,12 @@ def slurm_cluster() -> Iterator[Cluster]:
             _wait("munged", _munge_answers, log=folder / "munge" / "munged.log")
         # MariaDB for slurmdbd, on 127.0.0.1 only, its data folder owned by mysql
         shutil.chown(folder / "mysql", "mysql", "mysql")
-        _run("mariadb-install-db", f"--datadir={folder / 'mysql'}", "--user=mysql", "--auth-root-authentication-method=normal")
+        _run(
+            "mariadb-install-db",
+            f"--datadir={folder / 'mysql'}",
+            "--user=mysql",
+            "--auth-root-authentication-method=normal",
+        )
         mysql_socket = folder / "mysql" / "mysql.sock"
         cluster.daemons["mariadbd"] = subprocess.Popen(
             ["mariadbd", f"--datadir={folder / 'mysql'}", "--user=mysql", "--bind-address=127.0.0.1",
