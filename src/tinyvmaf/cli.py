@@ -20,7 +20,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from tinyvmaf.errors import instantiate_checked, user_error, without_passwords
+from tinyvmaf.errors import Interrupted, instantiate_checked, user_error, without_passwords
 
 INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C
 
@@ -51,14 +51,16 @@ def quiet_libraries() -> None:
 
 
 def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+    raise Interrupted(signal.Signals(signum).name)
 
 
 def run_command(command: Callable[..., Any], *args: Any) -> Any:
     """Run an entry point's command; a user error becomes ``error: ...`` and exit status 1.
 
-    SIGTERM (a scheduler's stop, ``kill``) is handled as Ctrl-C: whatever the command holds is
-    cleaned up on the way out, and the status is 130. Inside a Hydra multirun a failed job
+    SIGTERM (a scheduler's stop or preemption, ``kill``) is handled as Ctrl-C: whatever the command
+    holds is cleaned up on the way out (its MLflow runs end KILLED), and the status is 130. Both
+    raise ``Interrupted``, not ``KeyboardInterrupt``, which Lightning's ``Trainer.fit`` would turn
+    into ``sys.exit(1)``. Inside a Hydra multirun a failed job
     leaves a ``FAILED`` file in its output folder and returns instead of exiting, so the sweep
     goes on; ``FailedJobsExit`` reads those files in the launching process, wherever the job ran.
     """
@@ -66,9 +68,10 @@ def run_command(command: Callable[..., Any], *args: Any) -> Any:
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, _interrupt)
     try:
         status = command(*args)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         print("error: interrupted", file=sys.stderr)
         sys.exit(INTERRUPTED)
     except Exception as exc:

@@ -16,6 +16,13 @@ class TinyVmafError(Exception):
     """
 
 
+class Interrupted(BaseException):
+    """SIGTERM (a scheduler's stop, a preemption, ``kill``) or Ctrl-C, raised by the entry points'
+    signal handler: what is running stops and cleans up on the way out (its MLflow runs end
+    KILLED), and the command exits 130. A ``BaseException``, so that no ``except Exception`` takes
+    it for an error."""
+
+
 _PASSWORD = re.compile(r"(?<=://)([^\s/@:]*):[^\s/]*@")
 
 

@@ -43,7 +43,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 from omegaconf import DictConfig
 
-from tinyvmaf.errors import TinyVmafError, without_passwords
+from tinyvmaf.errors import Interrupted, TinyVmafError, without_passwords
 from tinyvmaf.files import safe_name
 from tinyvmaf.mlflow_artifacts import local_artifact_root, store_path
 from tinyvmaf.teacher import FEATURE_NAMES
@@ -424,14 +424,19 @@ def tracked_run(
     tags: dict[str, str],
     params: dict[str, object] | None = None,
 ) -> Iterator[TrackedRun]:
-    """A run that ends FINISHED (or its ``end_status``), or FAILED (with the error as a tag) if the
-    block raises; it records the command and commit it ran from, and ``params``."""
+    """A run that ends FINISHED (or its ``end_status``), FAILED (with the error as a tag) if the
+    block raises, or KILLED if it is interrupted (SIGTERM, Ctrl-C); it records the command and commit it ran from, and ``params``."""
     run = client.create_run(experiment_id, run_name=run_name, tags={**provenance_tags(), **tags})
     tracked = TrackedRun(client, run.info.run_id, run.info.artifact_uri)
     if params:
         tracked.log_params(params)
     try:
         yield tracked
+    except (Interrupted, KeyboardInterrupt) as exc:  # stopped from outside: not a failure of the run's own
+        said = f"interrupted ({exc})" if str(exc) else "interrupted"
+        client.log_batch(run.info.run_id, tags=[RunTag("error", said)])
+        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+        raise
     except BaseException as exc:
         client.log_batch(run.info.run_id, tags=[RunTag("error", " ".join(str(exc).split())[:4000])])
         client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
