@@ -24,7 +24,7 @@ from tinyvmaf.training import train
 LAUNCHERS = {
     "basic": [],
     "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
-    "submitit_local": ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"],
+    "submitit_local": ["hydra/launcher=tinyvmaf_submitit_local", "hydra.launcher.timeout_min=10"],
 }
 
 
@@ -48,7 +48,7 @@ def test_a_failed_fold_fails_the_sweep_under_every_launcher(launcher, tiny_overr
         "trainer.max_epochs=1",
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "error: 1 of 2 runs failed: " in proc.stderr and "fold=Ghost: no such source in corpus 'tiny'" in proc.stderr
+    assert "error: 1 of 2 jobs failed: " in proc.stderr and "fold=Ghost: no such source in corpus 'tiny'" in proc.stderr
     statuses = sorted(
         (r.data.params["fold"], r.info.status) for r in experiment_runs(tiny_overrides[5].split("=", 1)[1])
     )
@@ -103,7 +103,7 @@ def test_build_cache_multirun_builds_every_corpus(tiny_corpus, make_clip, run_en
         f"corpus.root={tiny_corpus},{other}",
         f"paths.data_dir={tmp_path}/data",
     )
-    assert proc.returncode == 1 and "1 of 2 runs failed" in proc.stderr and "exit status 1" in proc.stderr
+    assert proc.returncode == 1 and "1 of 2 jobs failed" in proc.stderr and "exit status 1" in proc.stderr
 
 
 def test_an_unreachable_server_is_one_line_within_seconds(tiny_overrides, run_entry):
@@ -285,5 +285,7 @@ def test_the_slurm_example_composes_onto_the_submitit_plugin(repo):
     with initialize_config_dir(config_dir=str(repo / "configs"), version_base="1.3"):
         cfg = hydra_compose("train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
-    assert (launcher.partition, launcher.cpus_per_task, launcher.array_parallelism) == ("cpu", 2, 64)
-    assert get_object(launcher._target_).__name__ == "SlurmLauncher"
+    assert (launcher.partition, launcher.cpus_per_task, launcher.array_parallelism) == ("cpu", 1, 64)
+    bases = [c.__name__ for c in get_object(launcher._target_).__mro__]  # Hydra loads plugins as modules of its own
+    assert {"SlurmLauncher", "SubmititVerdict"} <= set(bases) and launcher.cancel_jobs_on_exit is True
+    assert not launcher.setup  # nothing relative to the launch folder: jobs run this Python by its absolute path

@@ -211,7 +211,7 @@ def test_tiny_multirun_end_to_end_with_one_bad_fold(
     proc = run_entry("train.py", "-m", "arch=mlp_small,linear", "fold.heldout=Bars,Mandel,Ghost", *overrides)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "error: fold=Ghost: no such source in corpus 'tiny'; valid: Bars, Mandel" in proc.stderr
-    assert "2 of 6 runs failed" in proc.stderr
+    assert "2 of 6 jobs failed" in proc.stderr
     cfg = compose("train", *overrides)
     client = MlflowClient(cfg.tracking.uri)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", cfg.tracking.uri)  # for mlflow.models.get_model_info

@@ -430,7 +430,7 @@ def test_the_digest_states_missing_killed_and_duplicate_runs(tiny_overrides, com
         f"paths.reports_dir={tmp_path}/reports",
     ]
     proc = run_entry(*evaluate)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 3, proc.stderr  # written, and incomplete
     assert (
         "1 finished, 0 failed, 1 still RUNNING, 0 missing. **Incomplete: the means above cover the finished folds only.**"
         in proc.stdout

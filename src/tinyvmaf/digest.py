@@ -14,6 +14,7 @@ import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -37,6 +38,8 @@ from tinyvmaf.tracking import (
     TrackedRun,
     Tracking,
     check_artifact_location,
+    find_sweep_run,
+    ledger_of_run,
     open_sweep_run,
     process_alive,
     quoted,
@@ -69,85 +72,147 @@ def fold_runs(
     return str(sweep_id), mine
 
 
+INCOMPLETE = 3  # evaluate.py's exit status for a digest written of a sweep that lacks runs (0: complete, 1: error)
+
+
 @dataclass
 class SweepStatus:
-    """What a sweep holds against what a LOSO sweep should: every arch seen x every source of its corpus."""
+    """What a sweep holds against what it was asked: the (arch, fold) pairs its commands planned
+    (its job ledger), else every arch seen x every source of the corpus its runs trained on."""
 
     finished: dict[tuple[str, str], Run]  # (arch, fold) -> the latest finished run
-    failed: list[dict]  # (arch, fold) pairs with no finished run whose latest run FAILED or was KILLED
-    running: list[dict]  # ... whose latest run is still RUNNING (or whose process died: a kill -9)
-    missing: list[tuple[str, str]]  # pairs no run of the sweep ever started
+    failed: list[dict]  # pairs with no finished run whose latest run FAILED or was KILLED
+    running: list[dict]  # ... whose latest run is still RUNNING (its process or job alive, dead or unknown)
+    missing: list[dict]  # pairs expected that no run of the sweep ever started (pending, or never submitted)
     duplicates: list[dict]  # pairs finished more than once: only the latest counts
     archs: list[str]
     folds: list[str]
+    pairs: list[tuple[str, str]]  # every pair expected
+    stale: list[dict]  # RUNNING runs of pairs finished since: attempts whose job or process is gone
 
     @property
     def expected(self) -> int:
-        return len(self.archs) * len(self.folds)
+        return len(self.pairs)
 
     @property
     def complete(self) -> bool:
-        return len(self.finished) == self.expected
+        return all(p in self.finished for p in self.pairs)
 
 
-def sweep_status(runs: list[Run]) -> SweepStatus:
-    """Group a sweep's runs by (arch, fold); the folds expected are the sources of the corpus the runs trained on."""
+def sweep_status(runs: list[Run], ledger: list[dict] | None = None) -> SweepStatus:
+    """Group a sweep's runs by (arch, fold) against the pairs the sweep was asked for: its
+    ``ledger``'s jobs when it has one, else every arch seen x every source of the runs' corpus.
+    RUNNING runs and missing pairs are told apart by what SLURM says of their jobs, where it can
+    be asked, or by their process on this host."""
     oldest_first = sorted(runs, key=lambda r: r.info.start_time or 0)
     by_pair: dict[tuple[str, str], list[Run]] = defaultdict(list)  # each pair's runs, latest first
     sources: dict[str, None] = {}
     for r in reversed(oldest_first):
         by_pair[(r.data.params.get("arch", "?"), r.data.params.get("fold", "?"))].append(r)
         sources.update(dict.fromkeys(json.loads(r.data.tags.get("corpus_sources", "[]"))))
-    # in the order the sweep started them: the user's order on the command line
-    archs = list(dict.fromkeys(r.data.params.get("arch", "?") for r in oldest_first))
-    folds = sorted(set(sources) | {f for _, f in by_pair})
-    finished, failed, running, duplicates = {}, [], [], []
+    jobs = {(j["arch"], f): j for j in ledger or [] for f in j["folds"]}
+    if jobs:
+        pairs = list(dict.fromkeys([*jobs, *((a, f) for a, f in sorted(by_pair, key=lambda p: p[1]))]))
+    else:  # in the order the sweep started them: the user's order on the command line
+        archs = list(dict.fromkeys(r.data.params.get("arch", "?") for r in oldest_first))
+        pairs = [(a, f) for a in archs for f in sorted(set(sources) | {f for _, f in by_pair})]
+    states = _slurm_states([*by_pair.values()], jobs.values())
+    finished, failed, running, duplicates, stale = {}, [], [], [], []
     for (arch, fold), pair_runs in by_pair.items():
         done = [
             r
             for r in pair_runs
             if r.info.status == "FINISHED" and all(f"heldout_{m}" in r.data.metrics for m in METRIC_NAMES)
         ]
+        live = [r for r in pair_runs if r.info.status == "RUNNING"]
         if done:
             finished[(arch, fold)] = done[0]
             if len(done) > 1:
                 duplicates.append({"arch": arch, "fold": fold, "runs": len(done), "counted": done[0].info.run_id})
+            stale += [_row(arch, fold, r, states) for r in live if run_liveness(r, states)[0] != "alive"]
             continue
         latest = pair_runs[0]
-        row = {
-            "arch": arch,
-            "fold": fold,
-            "status": latest.info.status,
-            "run_id": latest.info.run_id,
-            "error": latest.data.tags.get("error", ""),
-        }
         if latest.info.status == "RUNNING":
-            row["process"] = process_state(latest)
-            running.append(row)
+            running.append(_row(arch, fold, latest, states))
         else:
-            failed.append(row)
-    missing = [(a, f) for a in archs for f in folds if (a, f) not in by_pair]
-    return SweepStatus(finished, failed, running, missing, duplicates, archs, folds)
+            failed.append(_row(arch, fold, latest, states))
+    missing = [
+        {"arch": a, "fold": f, "why": _never_started(jobs.get((a, f)), states)}
+        for a, f in pairs
+        if (a, f) not in by_pair
+    ]
+    archs = list(dict.fromkeys(a for a, _ in pairs))
+    folds = list(dict.fromkeys(f for _, f in sorted(pairs, key=lambda p: p[1])))
+    return SweepStatus(finished, failed, running, missing, duplicates, archs, folds, pairs, stale)
 
 
-def process_state(run: Run) -> str:
-    """Whether a RUNNING run's process is alive; only a process on this host can be asked."""
+def _row(arch: str, fold: str, run: Run, states: dict) -> dict:
+    row = {"arch": arch, "fold": fold, "status": run.info.status, "run_id": run.info.run_id,
+           "error": run.data.tags.get("error", "")}  # fmt: skip
+    if run.info.status == "RUNNING":
+        row["alive"], row["process"] = run_liveness(run, states)
+    return row
+
+
+def _slurm_states(pair_runs: list[list[Run]], jobs: Any) -> dict:
+    """SLURM's word on every job the sweep's RUNNING runs and planned jobs name (one query)."""
+    from tinyvmaf.slurm import job_states
+
+    names = [r.data.tags.get("slurm_job") for runs in pair_runs for r in runs if r.info.status == "RUNNING"]
+    names += [j.get("slurm_job") for j in jobs]
+    names = [n for n in names if isinstance(n, str) and n]
+    return (job_states(names) or {}) if names else {}
+
+
+def run_liveness(run: Run, states: dict) -> tuple[str, str]:
+    """Whether a RUNNING run's attempt can still finish: ``alive``, ``dead`` or ``unknown``, and why.
+    A SLURM job's run asks SLURM (its attempt is dead once the job is over or was requeued past
+    it); any other run asks this host for its process."""
+    job = run.data.tags.get("slurm_job")
+    if job:
+        state = states.get(job)
+        attempt = int(run.data.tags.get("slurm_restart", "0") or 0)
+        if state is None:
+            return "unknown", f"SLURM job {job}: SLURM cannot be asked from here, or has forgotten it"
+        if state.attempts > attempt + 1:
+            return "dead", f"SLURM job {job} was requeued: this attempt ({attempt + 1}) is gone"
+        if state.live:
+            return "alive", f"SLURM job {job} is {state.state}"
+        return "dead", f"SLURM job {job} ended {state.state}: this run will never finish"
     host, pid = run.data.tags.get("host"), run.data.tags.get("pid", "")
     if host != os.uname().nodename or not pid.isdigit():
-        return f"on host {host or 'unknown'}: cannot tell from here"
+        return "unknown", f"on host {host or 'unknown'}: cannot tell from here"
     if not process_alive(int(pid)):
-        return f"process {pid} is gone (killed): it will never finish"
-    return f"process {pid} is still alive"
+        return "dead", f"process {pid} is gone (killed): it will never finish"
+    return "alive", f"process {pid} is still alive"
+
+
+def _never_started(job: dict | None, states: dict) -> str:
+    rerun = "rerun the sweep with the same sweep_id to train only what is missing"
+    if job is None or not job.get("slurm_job"):
+        return f"never started; {rerun}"
+    state = states.get(job["slurm_job"])
+    if state is None:
+        return f"SLURM job {job['slurm_job']}: no run yet, and SLURM cannot be asked from here"
+    if state.live:
+        return f"SLURM job {job['slurm_job']} is {state.state}: not started yet"
+    return f"SLURM job {job['slurm_job']} ended {state.state} without starting a run; {rerun}"
 
 
 def mark_running_failed(client: MlflowClient, status: SweepStatus) -> None:
-    """``fail_running=true``: what the user declares dead is marked FAILED, with that said in its error tag."""
-    for row in status.running:
+    """``fail_running=true``: RUNNING runs that cannot finish are marked FAILED, saying why: those
+    whose job or process is known dead, attempts superseded by a finished run, and those nobody here
+    can ask about (the user declares them dead). A run known alive is left alone."""
+    for row in [*status.running, *status.stale]:
+        if row["alive"] == "alive":
+            continue
         client.set_tag(row["run_id"], "error", f"marked failed by evaluate.py fail_running=true ({row['process']})")
         client.set_terminated(row["run_id"], "FAILED")
         row["status"] = "FAILED"
-        status.failed.append(row)
-    status.running = []
+        if row in status.running:
+            status.failed.append(row)
+    status.running = [r for r in status.running if r["status"] == "RUNNING"]
+    status.stale = []
 
 
 def aggregate(status: SweepStatus) -> dict:
@@ -195,15 +260,17 @@ def completeness_lines(status: SweepStatus) -> list[str]:
         "",
         "## Completeness",
         "",
-        f"{len(status.archs)} arch(s) x {len(status.folds)} fold(s) = {status.expected} runs expected: "
+        f"{len(status.archs)} arch(s), {len(status.folds)} fold(s): {status.expected} runs expected: "
         f"{len(status.finished)} finished, {len(status.failed)} failed, {len(status.running)} still RUNNING, {len(status.missing)} missing."
         + ("" if status.complete else " **Incomplete: the means above cover the finished folds only.**"),
     ]
     lines += [f"- failed: {f['arch']} fold {f['fold']}: {f['status']} {f['error']}" for f in status.failed]
     lines += [f"- RUNNING: {r['arch']} fold {r['fold']} (run {r['run_id']}): {r['process']}" for r in status.running]
+    lines += [f"- missing: {m['arch']} fold {m['fold']} ({m['why']})" for m in status.missing]
     lines += [
-        f"- missing: {a} fold {f} (never started; rerun the sweep with the same sweep_id to train only what is missing)"
-        for a, f in status.missing
+        f"- a dead attempt still RUNNING: {r['arch']} fold {r['fold']} (run {r['run_id']}, finished since): {r['process']}; "
+        "fail_running=true marks it FAILED"
+        for r in status.stale
     ]
     lines += [
         f"- duplicates: {d['arch']} fold {d['fold']} finished {d['runs']} times; only the latest (run {d['counted']}) counts"
@@ -434,8 +501,10 @@ def write_digest(cfg: DictConfig) -> int:
     if cfg.get("trial") is not None:  # one trial of a search: its folds, its own digest, logged to its run
         trial = trial_run(client, experiment_id, sweep, cfg.trial)
         runs = [r for r in runs if r.data.tags.get(PARENT) == trial.info.run_id]
-    status = sweep_status(runs)
-    if cfg.get("fail_running") and status.running:
+    parent = find_sweep_run(client, experiment_id, sweep)
+    ledger = ledger_of_run(client, parent.info.run_id) if parent is not None and trial is None else None
+    status = sweep_status(runs, ledger)
+    if cfg.get("fail_running") and (status.running or status.stale):
         mark_running_failed(client, status)
     archs = aggregate(status)
     if not archs:
@@ -474,6 +543,7 @@ def write_digest(cfg: DictConfig) -> int:
         )
         adopt_runs(client, sweep_run, runs)
     logged = TrackedRun(client, sweep_run if trial is None else trial.info.run_id)
+    shown = logged.run_id
     logged.log_metrics([{"step": 0, **digest_metrics(archs, status)}], step_key="step")
     for name in ("digest.md", "digest.json", "scatter.png", "rmse_per_fold.png"):
         logged.log_artifact(out / name)
@@ -481,9 +551,9 @@ def write_digest(cfg: DictConfig) -> int:
         finish_sweep_run(client, sweep_run, status)
     print((out / "digest.md").read_text().split("\n## ")[1])
     print("\n".join(completeness_lines(status)[2:]))
-    if status.running:
+    if status.running or status.stale:
         print(
-            "warning: runs still RUNNING are left out; if their processes are gone, mark them failed with fail_running=true"
+            "warning: runs still RUNNING are left out; those whose process or job is gone: mark them failed with fail_running=true"
         )
     print(f"digest: {out}/digest.md")
     artifacts = local_artifact_root(tracking.uri)
@@ -493,5 +563,5 @@ def write_digest(cfg: DictConfig) -> int:
     else:
         print(f"MLflow: mlflow ui --backend-store-uri {tracking.uri} --artifacts-destination {artifacts}")
         print(f"        then open {runs_table_url(ui, experiment_id)}")
-    print(f"        this sweep's run: {ui.rstrip('/')}/{run_page_link(experiment_id, sweep_run)}")
-    return 0
+    print(f"        this sweep's run: {ui.rstrip('/')}/{run_page_link(experiment_id, shown)}")
+    return 0 if status.complete else INCOMPLETE

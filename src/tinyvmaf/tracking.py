@@ -19,6 +19,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,6 +47,7 @@ from omegaconf import DictConfig
 from tinyvmaf.errors import Interrupted, TinyVmafError, without_passwords
 from tinyvmaf.files import safe_name
 from tinyvmaf.mlflow_artifacts import local_artifact_root, store_path
+from tinyvmaf.slurm import job_tags
 from tinyvmaf.teacher import FEATURE_NAMES
 
 
@@ -299,7 +301,8 @@ def _git_commit(folder: Path) -> str | None:
 
 
 def provenance_tags() -> dict[str, str]:
-    """MLflow's source tags: the command that ran (entry point and its Hydra overrides) and its git commit."""
+    """MLflow's source tags: the command that ran (entry point and its Hydra overrides) and its git
+    commit; inside a SLURM job, which job and attempt (``tinyvmaf.slurm.job_tags``)."""
     script = Path(sys.argv[0]).resolve()
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else sys.argv[1:]
     tags = {
@@ -310,7 +313,23 @@ def provenance_tags() -> dict[str, str]:
     commit = _git_commit(script.parent)
     if commit:
         tags["mlflow.source.git.commit"] = commit
-    return tags
+    return {**tags, **job_tags()}
+
+
+def retire_earlier_attempts(client: MlflowClient, experiment_id: str) -> None:
+    """In a requeued SLURM job: the runs its earlier attempts left RUNNING (their node died, or
+    they were preempted) end FAILED, saying so; they would otherwise stay RUNNING for ever."""
+    mine = job_tags()
+    restart = int(mine.get("slurm_restart", "0"))
+    if restart == 0:
+        return
+    query = f"tags.slurm_job_id = '{mine['slurm_job_id']}' and attributes.status = 'RUNNING'"
+    for run in client.search_runs([experiment_id], query, max_results=1000):
+        attempt = run.data.tags.get("slurm_restart", "0")
+        if attempt.isdigit() and int(attempt) < restart:
+            said = f"SLURM job {mine['slurm_job']} was requeued: attempt {int(attempt) + 1} ended without a word"
+            client.set_tag(run.info.run_id, "error", said)
+            client.set_terminated(run.info.run_id, "FAILED")
 
 
 def log_dataset(client: MlflowClient, run_id: str, name: str, digest: str, source: str, context: str) -> None:
@@ -442,3 +461,34 @@ def tracked_run(
         client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
         raise
     client.set_terminated(run.info.run_id, tracked.end_status)
+
+
+# The sweep's ledger: every job its commands planned (tinyvmaf.sweep.record_jobs), in the sweep
+# folder and as an artifact of the sweep run, for the digest to know what the sweep was asked.
+LEDGER = "jobs.json"
+
+
+def read_ledger_file(path: Path) -> list[dict]:
+    """A ledger as written by ``record_jobs``; the store or folder may come from someone else, so
+    anything else is one line naming the file."""
+    if not path.is_file():
+        return []
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise TinyVmafError(f"{path}: not a sweep's job ledger ({type(exc).__name__})") from None
+    fields = {"index": int, "overrides": list, "arch": str, "folds": list}
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and all(isinstance(e.get(k), t) for k, t in fields.items()) for e in entries
+    ):
+        raise TinyVmafError(f"{path}: not a sweep's job ledger (a list of jobs with index, overrides, arch, folds)")
+    return entries
+
+
+def ledger_of_run(client: MlflowClient, run_id: str) -> list[dict]:
+    """The job ledger logged to a sweep run (``record_jobs``), or [] when it has none."""
+    names = {a.path for a in client.list_artifacts(run_id)}
+    if LEDGER not in names:
+        return []
+    with tempfile.TemporaryDirectory() as tmp:
+        return read_ledger_file(Path(client.download_artifacts(run_id, LEDGER, tmp)))

@@ -38,6 +38,7 @@ from tinyvmaf.tracking import (
     log_dataset,
     log_onnx_model,
     quoted,
+    retire_earlier_attempts,
     sweep_id,
     tracked_run,
 )
@@ -163,6 +164,7 @@ def train(cfg: DictConfig) -> dict[str, float] | float:
     check_options(cfg)
     torch.set_num_threads(cfg.torch_threads)
     tracking: Tracking = instantiate_checked(cfg.tracking)
+    retire_earlier_attempts(*tracking.experiment())
     sweep_run = find_sweep_run(*tracking.experiment(), sweep_id(cfg))  # opened by the launching process
     parent = sweep_run.info.run_id if sweep_run is not None else None
     trial = search_trial(cfg)
