@@ -155,7 +155,7 @@ def _network_down() -> None:
 
 
 def _slurm_conf(folder: Path, ports: dict[str, int]) -> str:
-    nodes = "\n".join(f"NodeName={n} NodeAddr={a} CPUs=1 RealMemory=2000 State=UNKNOWN" for n, a in NODES.items())
+    nodes = "\n".join(f"NodeName={n} NodeAddr={a} CPUs=1 RealMemory=4000 State=UNKNOWN" for n, a in NODES.items())
     return f"""ClusterName=tinyvmaf
 SlurmctldHost={socket.gethostname()}({HOST_ADDRESS})
 MailProg=/bin/true
@@ -181,7 +181,7 @@ SlurmctldTimeout=10
 MessageTimeout=5
 KillWait=2
 InactiveLimit=0
-MinJobAge=600
+MinJobAge=30
 JobRequeue=0
 MpiDefault=none
 SchedulerType=sched/backfill

@@ -169,6 +169,21 @@ def vmaf_cli(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def slurm():
+    """A real SLURM 22.05 cluster of two namespace nodes (tests/cluster.py), for the session;
+    stopped by PID and removed at its end. CI requires it (TINYVMAF_REQUIRE_SLURM=1)."""
+    from cluster import available, slurm_cluster
+
+    lacking = available()
+    if lacking:
+        if os.environ.get("TINYVMAF_REQUIRE_SLURM"):
+            pytest.fail(lacking)
+        pytest.skip(lacking)
+    with slurm_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
 def mlflow_server():
     """A team's set-up, private to the test session: PostgreSQL 15 on a fresh cluster and a real
     ``mlflow server`` on it serving artifacts, both on 127.0.0.1, both stopped by PID afterwards.

@@ -38,9 +38,10 @@ def _wait_for(url: str, seconds: float, proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def team_server() -> Iterator[tuple[str, Path]]:
-    """A team's set-up on this machine: PostgreSQL 15 on a fresh private cluster and a real
-    ``mlflow server`` on it serving artifacts, both on 127.0.0.1, both stopped by PID on exit.
+def team_server(host: str = "127.0.0.1") -> Iterator[tuple[str, Path, str]]:
+    """A team's set-up on this machine: PostgreSQL 15 on a fresh private cluster (127.0.0.1) and a
+    real ``mlflow server`` on it serving artifacts (on ``host``: a SLURM test cluster's nodes reach
+    the host on its bridge's address), both stopped by PID on exit.
     Yields (tracking URI, the server's artifact folder, an empty PostgreSQL database for Optuna)."""
     bindir = Path(subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True).stdout.strip())
     base = Path(tempfile.mkdtemp(prefix="tinyvmaf-pg-"))  # /tmp, where the postgres user can reach it
@@ -58,11 +59,11 @@ def team_server() -> Iterator[tuple[str, Path]]:
             run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(pg_port), "-U", "postgres", database)
         artifacts = base / "artifacts"
         server = _start_mlflow(
-            "server", port, base,
+            "server", port, base, host,
             "--backend-store-uri", f"postgresql+psycopg://postgres@127.0.0.1:{pg_port}/mlflow",
             "--serve-artifacts", "--artifacts-destination", str(artifacts),
         )  # fmt: skip
-        yield f"http://127.0.0.1:{port}", artifacts, f"postgresql+psycopg://postgres@127.0.0.1:{pg_port}/optuna"
+        yield f"http://{host}:{port}", artifacts, f"postgresql+psycopg://postgres@127.0.0.1:{pg_port}/optuna"
     finally:
         if server is not None:
             _stop(server)
@@ -70,14 +71,14 @@ def team_server() -> Iterator[tuple[str, Path]]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _start_mlflow(command: str, port: int, folder: Path, *options: str) -> subprocess.Popen:
-    """``mlflow server`` or ``mlflow ui`` on 127.0.0.1:port, its log in ``folder``, answering /health."""
+def _start_mlflow(command: str, port: int, folder: Path, host: str, *options: str) -> subprocess.Popen:
+    """``mlflow server`` or ``mlflow ui`` on host:port, its log in ``folder``, answering /health."""
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", command, "--host", "127.0.0.1", "--port", str(port), "--workers", "1", *options],
+        [sys.executable, "-m", "mlflow", command, "--host", host, "--port", str(port), "--workers", "1", *options],
         stdout=open(folder / f"mlflow-{port}.log", "w"), stderr=subprocess.STDOUT, start_new_session=True, cwd=folder,
     )  # fmt: skip
     try:
-        _wait_for(f"http://127.0.0.1:{port}/health", 120, server)
+        _wait_for(f"http://{host}:{port}/health", 120, server)
     except BaseException:
         _stop(server)
         raise
@@ -98,6 +99,7 @@ def mlflow_ui(store: Path) -> Iterator[str]:
         "ui",
         port,
         store,
+        "127.0.0.1",
         "--backend-store-uri",
         f"sqlite:///{store}/mlflow.db",
         "--artifacts-destination",

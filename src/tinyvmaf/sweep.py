@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,12 @@ from tinyvmaf.errors import Interrupted, instantiate_checked, user_error, withou
 # Imported where used: MLflow must not load before its telemetry switch is set (tinyvmaf.cli), and
 # Hydra imports the plugins that use this module at every start.
 LEDGER = "jobs.json"  # tinyvmaf.tracking.LEDGER
+PLAN = "plan.json"  # in the sweep folder: this launch's jobs, by job number, for its launcher
 
-INTERRUPTED_MARKER = "INTERRUPTED"  # in the sweep folder: the launching process was stopped
+INTERRUPTED_MARKER = "INTERRUPTED"
+REQUEUE_POLL_S = (
+    2  # s between asking SLURM about a requeued job  # in the sweep folder: the launching process was stopped
+)
 
 
 @dataclass
@@ -98,6 +103,8 @@ def record_jobs(config: DictConfig, jobs: list[PlannedJob]) -> None:
     ledger = {json.dumps(j["overrides"]): j for j in read_ledger_file(folder / LEDGER)}
     ledger.update({json.dumps(j.overrides): asdict(j) for j in jobs})
     (folder / LEDGER).write_text(json.dumps(list(ledger.values()), indent=1))
+    if not any(j.slurm_job for j in jobs):  # a plan, not a launcher's update: this launch's jobs, by number
+        (folder / PLAN).write_text(json.dumps([asdict(j) for j in jobs], indent=1))
     client, experiment_id = instantiate_checked(config.tracking).experiment()
     sweep_run = find_sweep_run(client, experiment_id, sweep_id(config))
     if sweep_run is not None:
@@ -119,6 +126,12 @@ class FailedJobsExit(Callback):
     in another process (joblib) or on another machine (SLURM), where this object is not; a launcher
     writes one for a job that failed on the scheduler's side.
     """
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        """A rerun into the same sweep folder: the earlier verdicts are not this run's."""
+        sweep_dir = Path(config.hydra.sweep.dir)
+        for marker in [sweep_dir / INTERRUPTED_MARKER, *sweep_dir.glob(f"*/{FAILED_MARKER}")]:
+            marker.unlink(missing_ok=True)
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -196,9 +209,9 @@ class SweepRun(Callback):
         self.sweep = sweep_id(config)  # resolved now: it may read the Hydra config, gone at the end
         self.search = bool(config.get("search", {}).get("study"))
         tracking = _or_exit(lambda: instantiate_checked(config.tracking))
-        overrides = without_passwords(" ".join(config.hydra.overrides.task))
+        overrides = without_passwords(" ".join(command_line(config)))
         params = {"experiment": config.get("experiment_name", "default"), "teacher": config.teacher.model}
-        _or_exit(lambda: open_sweep_run(tracking, self.sweep, {**params, "sweep": overrides}))
+        self.run_id = _or_exit(lambda: open_sweep_run(tracking, self.sweep, {**params, "sweep": overrides}))
         if not self.search:  # a search's trials are the study's to choose
             self.plan(config)
 
@@ -230,11 +243,20 @@ class SweepRun(Callback):
             if message is None:
                 raise
             print(f"error: no digest for this sweep: {message}", file=sys.stderr)
+            client, _ = instantiate_checked(config.tracking).experiment()
+            client.set_tag(self.run_id, "error", f"no digest: {message}")  # not left RUNNING: nothing will finish it
+            client.set_terminated(self.run_id, "FAILED")
+
+
+def command_line(config: DictConfig) -> list[str]:
+    """The multirun's task overrides as typed: read through OmegaConf, an override holding an
+    interpolation (``x='${y}'``) would come back resolved against the launching config."""
+    return [str(o) for o in OmegaConf.to_container(config.hydra.overrides.task, resolve=False)]
 
 
 def _swept_keys(config: DictConfig) -> list[str]:
     """The keys (or groups) a multirun sweeps over, from its command line."""
-    overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    overrides = OverridesParser.create().parse_overrides(command_line(config))
     return [o.key_or_group for o in overrides if o.is_sweep_override()]
 
 
@@ -267,7 +289,7 @@ def sweep_jobs(config: DictConfig) -> list[list[str]]:
     from hydra.core.global_hydra import GlobalHydra
 
     parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
-    batches = BasicSweeper.split_arguments(parser.parse_overrides(list(config.hydra.overrides.task)), None)
+    batches = BasicSweeper.split_arguments(parser.parse_overrides(command_line(config)), None)
     return [list(job) for batch in batches for job in batch]
 
 
@@ -291,7 +313,7 @@ class SubmititVerdict:
 
     def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
         returned = super().__call__(*args, **kwargs)
-        marker = Path(str(returned.working_dir)) / FAILED_MARKER
+        marker = Path(str(returned.hydra_cfg.hydra.runtime.output_dir)) / FAILED_MARKER
         if marker.is_file():
             raise JobFailed(marker.read_text().strip())
         if returned.status == JobStatus.FAILED:  # not a user's error: a bug, its traceback in the job's log
@@ -303,10 +325,10 @@ class SubmititVerdict:
         rerun submits only the others), one array per run of consecutive job numbers, and wait."""
         from tinyvmaf.tracking import read_ledger_file
 
-        planned = {json.dumps(j["overrides"]): j for j in read_ledger_file(self._ledger())}
+        planned = {j["index"]: j for j in read_ledger_file(self._plan())}
         todo = []
         for index, overrides in enumerate(job_overrides, start=initial_job_idx):
-            entry = planned.get(json.dumps(list(overrides)))
+            entry = planned.get(index)
             if not (entry and entry.get("done")):
                 todo.append(_job(index, list(overrides)))
         if len(todo) < len(job_overrides):
@@ -317,8 +339,8 @@ class SubmititVerdict:
             self._submit_and_wait(group)
         return [JobReturn(overrides=list(o), status=JobStatus.COMPLETED) for o in job_overrides]
 
-    def _ledger(self) -> Path:
-        return Path(str(self.config.hydra.sweep.dir)) / LEDGER
+    def _plan(self) -> Path:
+        return Path(str(self.config.hydra.sweep.dir)) / PLAN
 
     def _submit_and_wait(self, group: list[PlannedJob]) -> None:
         from submitit.core.utils import FailedJobError, FailedSubmissionError, UncompletedJobError
@@ -332,12 +354,17 @@ class SubmititVerdict:
             print(f"  #{j.index} : {' '.join(filter_overrides(j.overrides))}")
         try:
             jobs = self._executor().map_array(self, *zip(*params))
-        except (subprocess.CalledProcessError, FailedSubmissionError, OSError) as exc:
+        except (
+            FailedJobError,
+            FailedSubmissionError,
+            subprocess.CalledProcessError,
+            OSError,
+        ) as exc:  # sbatch refused it
             said = _first_line(getattr(exc, "stderr", None) or getattr(exc, "output", None) or str(exc))
             for folder, o in zip(folders, overrides):
                 mark_failed_job(folder, o, f"not submitted: {said}")
             return
-        self._record(overrides, jobs)
+        self._record([j.index for j in group], jobs)
         waiting = list(jobs)
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, interrupt)
@@ -345,7 +372,7 @@ class SubmititVerdict:
             for job, folder, o in zip(jobs, folders, overrides):
                 where = f"SLURM job {job.job_id}, log {job.paths.stderr}"
                 try:
-                    job.result()
+                    _outcome(job)
                 except FailedJobError:  # the job's own command failed: its FAILED file says why
                     marker = folder / FAILED_MARKER
                     said = marker.read_text().strip().split(": ", 1)[-1] if marker.is_file() else "the job raised"
@@ -361,6 +388,7 @@ class SubmititVerdict:
     def _left_behind(self, waiting: list, jobs: list, folders: list[Path], overrides: list, exc: BaseException) -> None:
         """The launching process ends before these jobs do: cancel them (or not), and say so."""
         what = "interrupted" if isinstance(exc, (KeyboardInterrupt, Interrupted)) else f"ended by an error ({exc})"
+        waiting = [j for j in waiting if not j.paths.result_pickle.exists()]  # those done have their result
         if self.cancel_jobs_on_exit:
             from tinyvmaf.slurm import cancel
 
@@ -377,14 +405,14 @@ class SubmititVerdict:
             f"the launching process was {what}: {fate}\n"
         )
 
-    def _record(self, overrides: list[list[str]], jobs: list) -> None:
+    def _record(self, indices: list[int], jobs: list) -> None:
         """Each job's SLURM id and log into the sweep's ledger."""
         from tinyvmaf.tracking import read_ledger_file
 
-        known = {json.dumps(j["overrides"]): j for j in read_ledger_file(self._ledger())}
+        known = {j["index"]: j for j in read_ledger_file(self._plan())}
         submitted = []
-        for o, job in zip(overrides, jobs):
-            entry = known.get(json.dumps(o))
+        for index, job in zip(indices, jobs):
+            entry = known.get(index)
             if entry is not None:
                 fields = {k: entry[k] for k in ("index", "overrides", "arch", "folds", "done") if k in entry}
                 submitted.append(PlannedJob(**fields, slurm_job=str(job.job_id), log=str(job.paths.stderr)))
@@ -410,6 +438,26 @@ class SubmititVerdict:
         )
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         return executor
+
+
+def _outcome(job: Any) -> Any:
+    """A submitted job's result, waiting through its requeues: submitit takes an attempt's end
+    (NODE_FAIL, PREEMPTED) for the job's, while SLURM has queued it again."""
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
+    from tinyvmaf.slurm import job_states
+
+    while True:
+        try:
+            return job.result()
+        except FailedJobError:
+            raise
+        except UncompletedJobError:
+            states = job_states([str(job.job_id)]) if job.paths.folder.is_dir() else None
+            state = (states or {}).get(str(job.job_id))
+            if state is None or not state.live or type(job).__name__ != "SlurmJob":
+                raise
+            time.sleep(REQUEUE_POLL_S)
 
 
 def _job(index: int, overrides: list[str]) -> PlannedJob:
