@@ -254,6 +254,32 @@ def test_a_lost_node(requeue, slurm, tiny_overrides, tmp_path):
     assert marked.returncode == 3 and MlflowClient(uri).get_run(attempt.info.run_id).info.status == "FAILED"
 
 
+def test_pending_jobs_are_pending_and_a_stopped_launcher_cancels_them(slurm, tiny_overrides, tmp_path):
+    """Four long jobs on two one-CPU nodes: two run, two wait. evaluate.py calls the waiting ones
+    pending, not "never started", and the running ones alive (none finished: no digest yet); SIGTERM to the launching process
+    cancels all four (pending ones included) and it exits 130."""
+    uri = tiny_overrides[5].split("=", 1)[1]
+    sweep = [*ON_SLURM, *tiny_overrides, "arch=linear,mlp_small", "fold.heldout=Bars,Mandel", "trainer.max_epochs=100000",
+             "+trainer.max_time=00:00:10:00", "sweep_id=pending"]  # fmt: skip
+    launcher = start(slurm, tmp_path, "train.py", "-m", *sweep)
+    wait_until("two jobs training", lambda: len(running_fold_runs(uri)) == 2)
+    store = [o for o in tiny_overrides if o.startswith(("tracking", "corpus", "paths", "cache"))]
+    evaluate = subprocess.run(
+        [sys.executable, str(ROOT / "evaluate.py"), *store, "sweep_id=pending", f"paths.reports_dir={tmp_path}/reports"],
+        cwd=tmp_path, env=slurm.env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert evaluate.returncode == 1 and "none of its 2 runs finished" in evaluate.stderr, evaluate.stderr
+    assert (
+        len(re.findall(r"- missing: \S+ fold \S+ \(SLURM job \d+_\d is PENDING: not started yet\)", evaluate.stdout))
+        == 2
+    )
+    assert len(re.findall(r"- RUNNING: .*SLURM job \d+_\d is RUNNING", evaluate.stdout)) == 2, evaluate.stdout
+    launcher.send_signal(signal.SIGTERM)
+    status, log = finished(launcher)
+    assert status == 130 and "4 unfinished job(s) cancelled" in log, log
+    wait_until("every job over", lambda: not slurm.command("squeue", "-h").stdout.strip(), 60)
+
+
 def test_a_refused_submission_is_one_line_and_a_failed_sweep_run(slurm, tiny_overrides, tmp_path):
     proc = run(slurm, tmp_path, "train.py", "-m", *ON_SLURM, "hydra.launcher.cpus_per_task=2", *tiny_overrides,
                "arch=linear", "fold.heldout=Bars,Mandel", "sweep_id=refused")  # fmt: skip

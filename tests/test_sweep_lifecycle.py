@@ -41,3 +41,21 @@ def test_a_job_stopped_during_training_exits_130_and_its_run_ends_killed(stop, t
     assert proc.returncode == 130 and stderr.strip().endswith("error: interrupted"), stderr[-2000:]
     (run,) = runs_of(tmp_path / "mlruns", "tags.kind = 'fold'")
     assert run.info.status == "KILLED" and run.data.tags["error"] == f"interrupted ({stop.name})"
+
+
+@pytest.mark.slow
+def test_the_digest_expects_what_the_command_asked_and_says_so_by_its_exit_status(tiny_overrides, run_entry, tmp_path):
+    """A fold naming no source fails; the digest does not call the other source of the corpus
+    missing (the command never asked for it), and evaluate.py exits 3: written, incomplete."""
+    sweep = run_entry("train.py", "-m", *tiny_overrides, "arch=linear", "fold.heldout=Bars,Ghost", "sweep_id=asked")
+    assert sweep.returncode == 1, sweep.stderr
+    assert (
+        "2 runs expected: 1 finished, 1 failed, 0 still RUNNING, 0 missing." in sweep.stdout
+        and "Mandel" not in sweep.stdout
+    )
+    store = [o for o in tiny_overrides if o.startswith(("tracking.", "corpus", "paths.", "cache."))]
+    evaluate = run_entry("evaluate.py", *store, "sweep_id=asked", f"paths.reports_dir={tmp_path}/reports")
+    assert evaluate.returncode == 3, evaluate.stderr
+    again = run_entry("train.py", "-m", *tiny_overrides, "arch=linear", "fold.heldout=Bars,Mandel", "sweep_id=asked")
+    assert again.returncode == 0 and "1 of 2 jobs already finished in sweep asked with this recipe" in again.stdout
+    assert "3 runs expected: 2 finished, 1 failed" in again.stdout  # what both commands asked for

@@ -507,8 +507,9 @@ def write_digest(cfg: DictConfig) -> int:
     if cfg.get("fail_running") and (status.running or status.stale):
         mark_running_failed(client, status)
     archs = aggregate(status)
-    if not archs:
-        raise TinyVmafError(f"sweep_id={sweep}: none of its {len(runs)} runs finished")
+    if not archs:  # nothing to average: what the sweep holds is still worth saying
+        print("\n".join(completeness_lines(status)[3:]))
+        raise TinyVmafError(f"sweep_id={sweep}: none of its {len(runs)} runs finished: no digest")
     document: dict = {
         "sweep_id": sweep,
         "archs": archs,
