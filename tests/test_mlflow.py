@@ -45,6 +45,7 @@ def test_a_moved_store_keeps_every_artifact(tiny_overrides, run_entry, tmp_path,
         "digest.json",
         "scatter.png",
         "rmse_per_fold.png",
+        "jobs.json",  # the sweep's ledger: what its command asked for
     }
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}/mlflow.db")
     model = mlflow.pyfunc.load_model(f"models:/{fold_run.outputs.model_outputs[0].model_id}")
@@ -88,7 +89,9 @@ def test_no_command_or_test_leaves_a_store_in_the_working_folder(tiny_overrides,
     store = next(o for o in tiny_overrides if o.startswith("tracking.uri="))
     corpus = [o for o in tiny_overrides if o.startswith(("corpus", "paths.", "cache."))]
     assert run_entry("train.py", *tiny_overrides, "arch=linear", "fold.heldout=Bars", cwd=work).returncode == 0
-    assert run_entry("evaluate.py", store, *corpus, f"paths.reports_dir={tmp_path}/reports", cwd=work).returncode == 0
+    assert (
+        run_entry("evaluate.py", store, *corpus, f"paths.reports_dir={tmp_path}/reports", cwd=work).returncode == 3
+    )  # one fold of two: written, incomplete
     assert run_entry("score.py", f"onnx={repo}/models/vmaf_tiny_v1.onnx", "log=/no/such.json", cwd=work).returncode == 1
     assert sorted(p.name for p in work.iterdir()) == []  # no mlflow.db, no mlruns/
     assert not (repo / "mlflow.db").exists()  # nor in the checkout, by any test run before this one

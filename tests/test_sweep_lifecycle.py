@@ -49,10 +49,8 @@ def test_the_digest_expects_what_the_command_asked_and_says_so_by_its_exit_statu
     missing (the command never asked for it), and evaluate.py exits 3: written, incomplete."""
     sweep = run_entry("train.py", "-m", *tiny_overrides, "arch=linear", "fold.heldout=Bars,Ghost", "sweep_id=asked")
     assert sweep.returncode == 1, sweep.stderr
-    assert (
-        "2 runs expected: 1 finished, 1 failed, 0 still RUNNING, 0 missing." in sweep.stdout
-        and "Mandel" not in sweep.stdout
-    )
+    assert "2 runs expected: 1 finished, 1 failed, 0 still RUNNING, 0 missing." in sweep.stdout
+    assert "- missing" not in sweep.stdout  # Mandel is in the corpus, not in the command
     store = [o for o in tiny_overrides if o.startswith(("tracking.", "corpus", "paths.", "cache."))]
     evaluate = run_entry("evaluate.py", *store, "sweep_id=asked", f"paths.reports_dir={tmp_path}/reports")
     assert evaluate.returncode == 3, evaluate.stderr

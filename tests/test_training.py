@@ -265,7 +265,7 @@ def test_tiny_multirun_end_to_end_with_one_bad_fold(
     assert (sweep.data.metrics["folds_finished"], sweep.data.metrics["folds_failed"]) == (4, 2)
     assert sweep.info.status == "FAILED" and "incomplete" in sweep.data.tags["error"]
     assert {a.path for a in client.list_artifacts(sweep.info.run_id)} == {
-        "digest.md", "digest.json", "scatter.png", "rmse_per_fold.png",
+        "digest.md", "digest.json", "scatter.png", "rmse_per_fold.png", "jobs.json",
     }  # fmt: skip
 
 

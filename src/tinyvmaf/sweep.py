@@ -1,10 +1,10 @@
 """A sweep's life in the launching process, whatever the launcher runs its jobs on: the teacher
 cache built before any job, the sweep's MLflow run, the plan of its jobs (what each trains, which
-the sweep already finished: those are not launched again), the verdict on every job that failed,
-whether in its own code or on the scheduler's side, and the digest at the end.
+the sweep already finished: a SLURM launch does not submit those again), the verdict on every job
+that failed, whether in its own code or on the scheduler's side, and the digest at the end.
 
-Hydra calls these as callbacks (``configs/train.yaml``), as a sweeper (``tinyvmaf_basic``) and as
-launchers (``tinyvmaf_slurm``, ``tinyvmaf_submitit_local``), thin classes in ``src/hydra_plugins``.
+Hydra calls these as callbacks (``configs/train.yaml``, ``configs/hydra/default.yaml``) and as
+launchers (``tinyvmaf_slurm``, ``tinyvmaf_submitit_local``: thin classes in ``src/hydra_plugins``).
 """
 
 from __future__ import annotations
