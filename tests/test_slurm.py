@@ -41,6 +41,18 @@ def run(slurm, tmp_path: Path, script: str, *args: str, timeout: float = 600) ->
 
 
 LAUNCHER_LOGS: list[Path] = []  # the background launchers' output, shown when a wait times out
+LAUNCHERS: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def no_launcher_left():
+    """A test that failed half-way leaves no launching process waiting for ever: stopped by its PID."""
+    yield
+    while LAUNCHERS:
+        proc = LAUNCHERS.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def start(slurm, tmp_path: Path, script: str, *args: str) -> subprocess.Popen:
@@ -50,6 +62,7 @@ def start(slurm, tmp_path: Path, script: str, *args: str) -> subprocess.Popen:
         command(tmp_path, script, *args), cwd=tmp_path, env=slurm.env, stdout=out, stderr=subprocess.STDOUT, text=True
     )
     proc.log = LAUNCHER_LOGS[-1]
+    LAUNCHERS.append(proc)
     return proc
 
 

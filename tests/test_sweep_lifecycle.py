@@ -54,6 +54,9 @@ def test_the_digest_expects_what_the_command_asked_and_says_so_by_its_exit_statu
     store = [o for o in tiny_overrides if o.startswith(("tracking.", "corpus", "paths.", "cache."))]
     evaluate = run_entry("evaluate.py", *store, "sweep_id=asked", f"paths.reports_dir={tmp_path}/reports")
     assert evaluate.returncode == 3, evaluate.stderr
-    again = run_entry("train.py", "-m", *tiny_overrides, "arch=linear", "fold.heldout=Bars,Mandel", "sweep_id=asked")
+    again = subprocess.run(  # in a sweep folder of its own, as a rerun's is by default
+        [sys.executable, str(ROOT / "train.py"), "-m", *tiny_overrides, "arch=linear", "fold.heldout=Bars,Mandel",
+         "sweep_id=asked", f"hydra.sweep.dir={tmp_path}/rerun"], cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
     assert again.returncode == 0 and "1 of 2 jobs already finished in sweep asked with this recipe" in again.stdout
     assert "3 runs expected: 2 finished, 1 failed" in again.stdout  # what both commands asked for

@@ -33,10 +33,8 @@ from tinyvmaf.errors import Interrupted, instantiate_checked, user_error, withou
 LEDGER = "jobs.json"  # tinyvmaf.tracking.LEDGER
 PLAN = "plan.json"  # in the sweep folder: this launch's jobs, by job number, for its launcher
 
-INTERRUPTED_MARKER = "INTERRUPTED"
-REQUEUE_POLL_S = (
-    2  # s between asking SLURM about a requeued job  # in the sweep folder: the launching process was stopped
-)
+INTERRUPTED_MARKER = "INTERRUPTED"  # in the sweep folder: the launching process was stopped
+REQUEUE_POLL_S = 2  # s between asking SLURM about a requeued job
 
 
 @dataclass
@@ -96,17 +94,19 @@ def record_jobs(config: DictConfig, jobs: list[PlannedJob]) -> None:
     """The sweep's ledger: every job its commands planned, by overrides (a rerun's entries replace
     the earlier ones), in the sweep folder and as the sweep run's ``jobs.json``; the digest reads it
     for what the sweep was asked to train, and which SLURM job each is."""
-    from tinyvmaf.tracking import TrackedRun, find_sweep_run, read_ledger_file, sweep_id
+    from tinyvmaf.tracking import TrackedRun, find_sweep_run, ledger_of_run, read_ledger_file, sweep_id
 
     folder = Path(str(config.hydra.sweep.dir))
     folder.mkdir(parents=True, exist_ok=True)
-    ledger = {json.dumps(j["overrides"]): j for j in read_ledger_file(folder / LEDGER)}
+    client, experiment_id = instantiate_checked(config.tracking).experiment()
+    sweep_run = find_sweep_run(client, experiment_id, sweep_id(config))
+    # every launch of the sweep, whatever its folder (a rerun's is a new one by default)
+    earlier = ledger_of_run(client, sweep_run.info.run_id) if sweep_run is not None else []
+    ledger = {json.dumps(j["overrides"]): j for j in [*earlier, *read_ledger_file(folder / LEDGER)]}
     ledger.update({json.dumps(j.overrides): asdict(j) for j in jobs})
     (folder / LEDGER).write_text(json.dumps(list(ledger.values()), indent=1))
     if not any(j.slurm_job for j in jobs):  # a plan, not a launcher's update: this launch's jobs, by number
         (folder / PLAN).write_text(json.dumps([asdict(j) for j in jobs], indent=1))
-    client, experiment_id = instantiate_checked(config.tracking).experiment()
-    sweep_run = find_sweep_run(client, experiment_id, sweep_id(config))
     if sweep_run is not None:
         TrackedRun(client, sweep_run.info.run_id, sweep_run.info.artifact_uri).log_artifact(folder / LEDGER)
 
