@@ -28,9 +28,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tinyvmaf.cli import FAILED_MARKER, interrupt, quiet_libraries
 from tinyvmaf.errors import Interrupted, instantiate_checked, user_error, without_passwords
 
-# Imported where used: MLflow must not load before its telemetry switch is set (tinyvmaf.cli), and
-# Hydra imports the plugins that use this module at every start.
-LEDGER = "jobs.json"  # tinyvmaf.tracking.LEDGER
+# tinyvmaf.tracking and the stages are imported where used: MLflow must not load before its telemetry
+# switch is set (tinyvmaf.cli), and Hydra imports the plugins that use this module at every start.
 PLAN = "plan.json"  # in the sweep folder: this launch's jobs, by job number, for its launcher
 
 INTERRUPTED_MARKER = "INTERRUPTED"  # in the sweep folder: the launching process was stopped
@@ -94,7 +93,7 @@ def record_jobs(config: DictConfig, jobs: list[PlannedJob]) -> None:
     """The sweep's ledger: every job its commands planned, by overrides (a rerun's entries replace
     the earlier ones), in the sweep folder and as the sweep run's ``jobs.json``; the digest reads it
     for what the sweep was asked to train, and which SLURM job each is."""
-    from tinyvmaf.tracking import TrackedRun, find_sweep_run, ledger_of_run, read_ledger_file, sweep_id
+    from tinyvmaf.tracking import LEDGER, TrackedRun, find_sweep_run, ledger_of_run, read_ledger_file, sweep_id
 
     folder = Path(str(config.hydra.sweep.dir))
     folder.mkdir(parents=True, exist_ok=True)
@@ -141,7 +140,7 @@ class FailedJobsExit(Callback):
             else []
         )
         failed = sorted((d / FAILED_MARKER).read_text().strip() for d in jobs if (d / FAILED_MARKER).is_file())
-        from tinyvmaf.tracking import read_ledger_file
+        from tinyvmaf.tracking import LEDGER, read_ledger_file
 
         planned = read_ledger_file(sweep_dir / LEDGER)
         if not jobs and not planned:
