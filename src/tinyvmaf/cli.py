@@ -97,6 +97,11 @@ FAILED_MARKER = "FAILED"
 
 def _mark_failed(message: str) -> None:
     """The job's verdict, where the launching process finds it: the job's own output folder."""
-    folder = Path(HydraConfig.get().runtime.output_dir)
-    overrides = " ".join(HydraConfig.get().overrides.task)
-    (folder / FAILED_MARKER).write_text(without_passwords(f"{overrides}: {' '.join(message.split())}") + "\n")
+    mark_failed_job(Path(HydraConfig.get().runtime.output_dir), list(HydraConfig.get().overrides.task), message)
+
+
+def mark_failed_job(folder: Path, overrides: list[str], message: str) -> None:
+    """A job's verdict in its folder, one line: its overrides and why (no password in it). The job
+    writes its own; a launcher writes it for a job that never ran its code (refused, cancelled, lost)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / FAILED_MARKER).write_text(without_passwords(f"{' '.join(overrides)}: {' '.join(message.split())}") + "\n")

@@ -25,7 +25,7 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tinyvmaf.cli import FAILED_MARKER, interrupt, quiet_libraries
+from tinyvmaf.cli import FAILED_MARKER, interrupt, mark_failed_job, quiet_libraries
 from tinyvmaf.errors import Interrupted, instantiate_checked, user_error, without_passwords
 
 # tinyvmaf.tracking and the stages are imported where used: MLflow must not load before its telemetry
@@ -108,13 +108,6 @@ def record_jobs(config: DictConfig, jobs: list[PlannedJob]) -> None:
         (folder / PLAN).write_text(json.dumps([asdict(j) for j in jobs], indent=1))
     if sweep_run is not None:
         TrackedRun(client, sweep_run.info.run_id, sweep_run.info.artifact_uri).log_artifact(folder / LEDGER)
-
-
-def mark_failed_job(folder: Path, overrides: list[str], message: str) -> None:
-    """A job's verdict in its folder, as the job itself leaves it (``tinyvmaf.cli``): for a job that
-    never ran its own code (refused by sbatch, cancelled, its node dead)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / FAILED_MARKER).write_text(without_passwords(f"{' '.join(overrides)}: {' '.join(message.split())}") + "\n")
 
 
 class FailedJobsExit(Callback):
