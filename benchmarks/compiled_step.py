@@ -17,7 +17,8 @@ from functools import partial
 import torch
 
 from tinyvmaf.metrics import heldout_metrics
-from tinyvmaf.model import StackedTinyVmafModule, TinyVmafModule, mlp
+from tinyvmaf.model import TinyVmafModule, mlp
+from tinyvmaf.stacked import StackedTinyVmafModule
 
 FOLDS, BATCH, STEPS = 9, 256, 300
 

@@ -1,4 +1,4 @@
-"""Time writing one model's ONNX file: the graph written from the weights (``tinyvmaf.model.onnx_graph``)
+"""Time writing one model's ONNX file: the graph written from the weights (``tinyvmaf.onnx_io.onnx_graph``)
 against torch's tracing exporter (``torch.onnx.export``, dynamo), and the check every export runs.
 
     python benchmarks/onnx_export.py
@@ -23,7 +23,8 @@ import onnx
 import torch
 
 from tinyvmaf.features import Standardization
-from tinyvmaf.model import VmafNet, check_graph, mlp, onnx_graph
+from tinyvmaf.model import VmafNet, mlp
+from tinyvmaf.onnx_io import check_graph, onnx_graph
 from tinyvmaf.teacher.function import DOMAIN_HIGH, DOMAIN_LOW
 
 ARCHS = {"mlp_small": [16, 8], "mlp_medium": [64, 32], "linear": []}

@@ -24,7 +24,8 @@ from tinyvmaf.corpus.default import packaged_file
 from tinyvmaf.digest import INCOMPLETE, write_digest
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.export import export_models, model_from_run
-from tinyvmaf.score import OnnxVmaf, render, score_log, score_pair
+from tinyvmaf.onnx_io import OnnxVmaf
+from tinyvmaf.score import render, score_log, score_pair
 from tinyvmaf.teacher import FEATURE_NAMES
 from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
 from tinyvmaf.training import train

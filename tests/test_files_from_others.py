@@ -27,7 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.files import config_literal
-from tinyvmaf.score import OnnxVmaf
+from tinyvmaf.onnx_io import OnnxVmaf
 from tinyvmaf.teacher import FEATURE_NAMES
 from tinyvmaf.training import train
 

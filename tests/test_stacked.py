@@ -16,10 +16,12 @@ from torch import nn
 
 from tinyvmaf.cache import TeacherCache
 from tinyvmaf.corpus.directory import DirectoryCorpus
-from tinyvmaf.data import Augmentation, LosoDataModule, StackedLosoDataModule
+from tinyvmaf.data import Augmentation, LosoDataModule
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.features import Standardization, transform_features
-from tinyvmaf.model import ONNX_ACTIVATIONS, StackedAdamW, VmafNet, check_graph, mlp, onnx_graph
+from tinyvmaf.model import VmafNet, mlp
+from tinyvmaf.onnx_io import ONNX_ACTIVATIONS, check_graph, onnx_graph
+from tinyvmaf.stacked import StackedAdamW, StackedLosoDataModule
 from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
 from tinyvmaf.teacher.function import DOMAIN_HIGH, DOMAIN_LOW
 from tinyvmaf.training import train

@@ -23,7 +23,8 @@ from tinyvmaf.corpus.directory import DirectoryCorpus
 from tinyvmaf.digest import sweep_status
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.files import config_key, safe_name
-from tinyvmaf.score import OnnxVmaf, score_log
+from tinyvmaf.onnx_io import OnnxVmaf
+from tinyvmaf.score import score_log
 from tinyvmaf.training import train
 
 HOSTILE = st.text(

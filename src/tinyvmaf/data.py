@@ -4,9 +4,6 @@ Trains on every source but the held-out one and evaluates on that one (``heldout
 trains on every source, as the shipped models are). The standardization of
 features and target is fitted on the training sources alone and handed to the model, so the
 held-out source never influences training, not even through its statistics.
-
-``StackedLosoDataModule`` serves every fold of a LOSO at once, for a stacked model: each fold's
-data is exactly what its own ``LosoDataModule`` holds, side by side.
 """
 
 from __future__ import annotations
@@ -193,84 +190,6 @@ class LosoDataModule(L.LightningDataModule):
         if not len(self.test_x):
             return []
         return TensorBatches(self.test_x, self.test_y, len(self.test_x), shuffle=False)
-
-
-class StackedBatches:
-    """Every fold's mini-batches side by side, as ``TensorBatches`` would cut them for each fold
-    alone (same shuffling from the same seed, same last partial mini-batch): an item holds
-    ``minibatches_per_step`` mini-batches of each fold as ``(x [K, M*B, 6], y [K, M*B], weight
-    [K, M*B])``. Folds with fewer rows are padded with copies of their first row, weight 0."""
-
-    def __init__(
-        self,
-        xs: list[torch.Tensor],
-        ys: list[torch.Tensor],
-        batch_size: int,
-        shuffle: bool,
-        seed: int = 0,
-        minibatches_per_step: int = 1,
-    ) -> None:
-        self.rows = [len(x) for x in xs]
-        longest = max(self.rows)
-        self.x = torch.stack([torch.cat([x, x[:1].expand(longest - len(x), -1)]) for x in xs])
-        self.y = torch.stack([torch.cat([y, y[:1].expand(longest - len(y))]) for y in ys])
-        self.batch_size, self.shuffle, self.minibatches_per_step = batch_size, shuffle, minibatches_per_step
-        self.generators = [torch.Generator().manual_seed(seed) for _ in xs]
-        self.span = -(-longest // batch_size) * batch_size  # rows per fold per epoch, padding included
-
-    def __len__(self) -> int:
-        return -(-self.span // (self.batch_size * self.minibatches_per_step))
-
-    def __iter__(self):
-        folds = len(self.rows)
-        index = torch.zeros(folds, self.span, dtype=torch.long)
-        weight = torch.zeros(folds, self.span)
-        for k, (n, generator) in enumerate(zip(self.rows, self.generators)):
-            index[k, :n] = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
-            weight[k, :n] = 1.0
-        flat = (index + torch.arange(folds)[:, None] * self.x.shape[1]).view(-1)
-        x = self.x.view(-1, self.x.shape[-1]).index_select(0, flat).view(folds, self.span, -1)
-        y = self.y.view(-1).index_select(0, flat).view(folds, self.span)
-        step = self.batch_size * self.minibatches_per_step
-        for start in range(0, self.span, step):
-            yield x[:, start : start + step], y[:, start : start + step], weight[:, start : start + step]
-
-
-class StackedLosoDataModule(L.LightningDataModule):
-    """The folds of a LOSO side by side, each one's data from its own ``LosoDataModule``
-    (configured exactly as its separate run): its training and held-out sources, standardization,
-    augmentation draws and shuffling."""
-
-    def __init__(self, folds: list[LosoDataModule]) -> None:
-        super().__init__()
-        self.folds = folds
-        first = folds[0]
-        self.batch_size, self.seed, self.minibatches_per_step = first.batch_size, first.seed, first.minibatches_per_step
-
-    def prepare_data(self) -> None:
-        self.folds[0].prepare_data()  # one corpus, one cache
-
-    def setup(self, stage: str | None = None) -> None:
-        for fold in self.folds:
-            fold.setup(stage)
-
-    @property
-    def standardizations(self) -> list[Standardization]:
-        return [f.standardization for f in self.folds]
-
-    @property
-    def minibatches_per_epoch(self) -> list[int]:
-        return [f.minibatches_per_epoch for f in self.folds]
-
-    def train_dataloader(self) -> StackedBatches:
-        xs = [torch.cat([f.train_x, f.synthetic_x]) for f in self.folds]
-        ys = [torch.cat([f.train_y, f.synthetic_y]) for f in self.folds]
-        return StackedBatches(xs, ys, self.batch_size, True, self.seed, self.minibatches_per_step)
-
-    def val_dataloader(self) -> StackedBatches:
-        """Every fold's held-out source in one item."""
-        xs, ys = [f.test_x for f in self.folds], [f.test_y for f in self.folds]
-        return StackedBatches(xs, ys, max(len(x) for x in xs), shuffle=False)
 
 
 def _tensors(features: np.ndarray, target: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
@@ -29,7 +28,8 @@ from tinyvmaf.cache import FrameTable, TeacherCache
 from tinyvmaf.corpus import Corpus
 from tinyvmaf.errors import TinyVmafError, instantiate_checked
 from tinyvmaf.lusoris import write_lusoris
-from tinyvmaf.model import VmafNet, check_graph, count_params, model_from_weights, onnx_graph
+from tinyvmaf.model import VmafNet, count_params
+from tinyvmaf.onnx_io import check_graph, model_from_weights, onnx_graph, open_session
 from tinyvmaf.teacher import FEATURE_NAMES
 from tinyvmaf.teacher.function import load_teacher
 from tinyvmaf.tracking import (
@@ -285,7 +285,7 @@ def export_teacher(name: str, output: Path, table: FrameTable) -> tuple[onnx.Mod
         proto.metadata_props.add(key=key, value=value)
     output.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(proto, str(output), save_as_external_data=False)
-    session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    session = open_session(output, output)
     got = session.run(["vmaf"], {"features": table.columns(teacher.feature_columns).astype(np.float32)})[0]
     diff = float(np.abs(got - table.scores[name]).max())
     if diff > TEACHER_TOLERANCE:

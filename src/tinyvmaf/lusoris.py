@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.files import atomic_path, sha256_file
-from tinyvmaf.model import OnnxContract, VmafNet, check_graph, onnx_graph
+from tinyvmaf.model import VmafNet
+from tinyvmaf.onnx_io import OnnxContract, check_graph, onnx_graph, open_session
 from tinyvmaf.teacher import FEATURE_NAMES
 from tinyvmaf.teacher.log import LEGACY_NAMES
 
@@ -104,9 +104,7 @@ def write_lusoris(
 
 def scores_as_standard(proto: onnx.ModelProto, standard: onnx.ModelProto, features: np.ndarray) -> None:
     """``proto`` scores ``features`` (fed in its column order) exactly as the standard graph does."""
-    providers = ["CPUExecutionProvider"]
-    theirs = ort.InferenceSession(proto.SerializeToString(), providers=providers)
-    ours = ort.InferenceSession(standard.SerializeToString(), providers=providers)
+    theirs, ours = open_session(proto, "the drop-in graph"), open_session(standard, "the standard graph")
     got = theirs.run(["score"], {"input": LUSORIS_CONTRACT.inputs_from(features)})[0]
     want = ours.run(["vmaf"], {"features": features.astype(np.float32)})[0]
     if not np.array_equal(got[:, 0], want):

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torchmetrics import MeanSquaredError, MetricCollection, PearsonCorrCoef, SpearmanCorrCoef
 
-from tinyvmaf.model import StackedTinyVmafModule, TinyVmafModule
+from tinyvmaf.model import TinyVmafModule
+from tinyvmaf.stacked import StackedTinyVmafModule
 
 METRIC_NAMES = ("plcc", "srocc", "rmse")
 

@@ -47,6 +47,7 @@ from omegaconf import DictConfig
 from tinyvmaf.errors import Interrupted, TinyVmafError, without_passwords
 from tinyvmaf.files import safe_name
 from tinyvmaf.mlflow_artifacts import local_artifact_root, store_path
+from tinyvmaf.onnx_io import PROVIDERS
 from tinyvmaf.slurm import job_tags
 from tinyvmaf.teacher import FEATURE_NAMES
 
@@ -344,11 +345,6 @@ def log_dataset(client: MlflowClient, run_id: str, name: str, digest: str, sourc
         client.log_inputs(run_id, datasets=inputs)
 
 
-# Where an ONNX model logged to MLflow runs: these machines have no GPU provider, and a file that
-# asks for one only earns a warning per load.
-ONNX_PROVIDERS = ["CPUExecutionProvider"]
-
-
 def onnx_signature() -> ModelSignature:
     """The contract of every tinyvmaf ONNX model: ``features`` float32 [N, 6] -> ``vmaf`` float32 [N]."""
     return ModelSignature(
@@ -393,7 +389,7 @@ def log_onnx_model(
             input_example=example.astype(np.float32), registered_model_name=registered_name,
             # pinned here: inferring them costs a Python subprocess (~1.5 s) per fold run
             pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
-            onnx_execution_providers=ONNX_PROVIDERS, save_as_external_data=False,
+            onnx_execution_providers=PROVIDERS, save_as_external_data=False,
         )  # fmt: skip
 
 

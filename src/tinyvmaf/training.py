@@ -22,11 +22,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from tinyvmaf.cache import TeacherCache
 from tinyvmaf.corpus import Corpus
-from tinyvmaf.data import LosoDataModule, StackedLosoDataModule
+from tinyvmaf.data import LosoDataModule
 from tinyvmaf.errors import TinyVmafError, finite_number, instantiate_checked
 from tinyvmaf.files import config_literal
 from tinyvmaf.metrics import METRIC_NAMES, HeldoutHistory
-from tinyvmaf.model import StackedTinyVmafModule, TinyVmafModule, VmafNet, check_graph, count_params, onnx_graph
+from tinyvmaf.model import TinyVmafModule, VmafNet, count_params
+from tinyvmaf.onnx_io import check_graph, onnx_graph
+from tinyvmaf.stacked import StackedLosoDataModule, StackedTinyVmafModule
 from tinyvmaf.tracking import (
     FOLD,
     KIND,
