@@ -3,7 +3,7 @@
     python benchmarks/domain_guard.py [model.onnx ...]        (default: models/*.onnx)
 
 The teacher is the one named in each model's metadata, evaluated as code (no libvmaf run).
-Probes: the test's 5^6 grid + 20,000 random points (tests/test_teacher_function.py, limit 5
+Probes: the test's 5^6 grid + 20,000 random points (tests/test_export.py, limit 5
 VMAF), a 7^6 grid, and 10^6 random points. Record the figures in models/README.md.
 """
 

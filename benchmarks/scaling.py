@@ -23,6 +23,7 @@ from common import ROOT
 from tinyvmaf import ffmpeg
 from tinyvmaf.cli import quiet_libraries
 from tinyvmaf.corpus import ClipPair, Video
+from tinyvmaf.runs import HELDOUT, Metric, Param, Tag
 from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
 from tinyvmaf.tracking import Tracking, tracked_run
 
@@ -80,14 +81,14 @@ def mlflow_seconds_per_run(uri: str, artifacts: Path, n: int = 10) -> float:
         start = time.perf_counter()
         for i in range(n):
             with tracked_run(
-                client, experiment_id, f"bench-{i}", {"sweep_id": "bench", "arch": "mlp_small", "fold": str(i)}
+                client,
+                experiment_id,
+                f"bench-{i}",
+                {Tag.SWEEP_ID: "bench", Param.ARCH: "mlp_small", Param.FOLD: str(i)},
             ) as run:
                 run.log_params({f"param_{k}": k for k in range(24)})
                 run.log_metrics(
-                    [
-                        {"epoch": e, "heldout_rmse": 1.0, "heldout_plcc": 0.9, "heldout_srocc": 0.9, "train_loss": 0.1}
-                        for e in range(30)
-                    ]
+                    [{"epoch": e, **dict.fromkeys(HELDOUT.values(), 0.9), Metric.TRAIN_LOSS: 0.1} for e in range(30)]
                 )
                 for name in files:
                     run.log_artifact(Path(tmp) / name)

@@ -20,6 +20,8 @@ import time
 import optuna
 from common import ROOT, compose
 
+from tinyvmaf.runs import LOSO_MEAN, LOSO_WORST
+
 DEFAULT = ["hparams_search=mlp_small_optuna", "hydra.sweeper.n_trials=40"]
 TWO_AT_ONCE = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.trials_at_once=2"]
 
@@ -39,8 +41,8 @@ def main(overrides: list[str]) -> None:
     print(
         f"\n{len(study.trials)} trials ({', '.join(f'{s} {states.count(s)}' for s in sorted(set(states)))}) in {seconds:.0f} s"
     )
-    print(f"best: trial {best.number}, LOSO mean RMSE {best.value:.4f}, worst fold {best.user_attrs['loso_rmse_worst']:.4f}, "
-          f"PLCC {best.user_attrs['loso_plcc_mean']:.5f}")  # fmt: skip
+    print(f"best: trial {best.number}, LOSO mean RMSE {best.value:.4f}, worst fold {best.user_attrs[LOSO_WORST['rmse']]:.4f}, "
+          f"PLCC {best.user_attrs[LOSO_MEAN['plcc']]:.5f}")  # fmt: skip
     for key, value in best.params.items():
         print(f"  {key}={value}")
 

@@ -19,6 +19,8 @@ from pathlib import Path
 from common import ROOT
 from mlflow.tracking import MlflowClient
 
+from tinyvmaf.runs import Kind, Param, Tag, search_runs
+
 sys.path.insert(0, str(ROOT / "tests"))
 from cluster import available, slurm_cluster  # noqa: E402
 
@@ -49,12 +51,12 @@ def main() -> None:
         done = subprocess.run(command, cwd=folder, env=cluster.env, capture_output=True, text=True)
         wall = time.time() - t0
         client = MlflowClient(uri)
-        runs = client.search_runs([client.get_experiment_by_name("tinyvmaf-loso").experiment_id], "tags.kind = 'fold'")
-        by_job = {r.data.tags["slurm_job"]: r for r in runs}
+        runs = search_runs(client, client.get_experiment_by_name("tinyvmaf-loso").experiment_id, Kind.FOLD)
+        by_job = {r.data.tags[Tag.SLURM_JOB]: r for r in runs}
         sacct = accounting(cluster, list(by_job))
         queued = [seconds(a["start"]) - seconds(a["submit"]) for a in sacct.values()]
         startup = [by_job[j].info.start_time / 1000 - seconds(a["start"]) for j, a in sacct.items()]
-        ghost = next(j for j, r in by_job.items() if r.data.params["fold"] == "Ghost")
+        ghost = next(j for j, r in by_job.items() if r.data.params[Param.FOLD] == "Ghost")
         marker = next((folder / "sweep").glob("*/FAILED"))
         detected = marker.stat().st_mtime - seconds(sacct[ghost]["end"])
     print(

@@ -23,7 +23,7 @@ from common import ROOT
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from tinyvmaf.tracking import FOLD, KIND
+from tinyvmaf.runs import ALL_FOLDS, LOSO_MEAN, LOSO_WORST, Kind, Param, Tag, heldout, loso_figures
 
 SWEEP = ["arch=mlp_small,mlp_medium,linear", "fold=glob(*)"]
 LAUNCHERS = {
@@ -66,12 +66,12 @@ def timed_sweep(overrides: list[str], checkout: Path = ROOT) -> tuple[float, lis
 
 
 def fold_runs(runs: list[Run]) -> list[Run]:
-    return [r for r in runs if r.data.tags.get(KIND) == FOLD]
+    return [r for r in runs if r.data.tags.get(Tag.KIND) == Kind.FOLD]
 
 
 def job_seconds(runs: list[Run], arch: str) -> float:
     """A whole-configuration job's own time: its MLflow run's start to end (no process start-up)."""
-    (job,) = [r for r in runs if r.data.params.get("fold") == "all" and r.data.params.get("arch") == arch]
+    (job,) = [r for r in runs if r.data.params.get(Param.FOLD) == ALL_FOLDS and r.data.params.get(Param.ARCH) == arch]
     return (job.info.end_time - job.info.start_time) / 1000
 
 
@@ -111,13 +111,11 @@ def stacked(baseline: str) -> None:
 
 
 def loso_means(runs: list[Run]) -> None:
-    for arch in dict.fromkeys(r.data.params.get("arch") for r in sorted(runs, key=lambda r: r.info.start_time)):
-        mine = [r.data.metrics for r in runs if r.data.params.get("arch") == arch]
-        means = {k: sum(m[k] for m in mine) / len(mine) for k in ("heldout_plcc", "heldout_srocc", "heldout_rmse")}
-        worst = max(m["heldout_rmse"] for m in mine)
+    for arch in dict.fromkeys(r.data.params.get(Param.ARCH) for r in sorted(runs, key=lambda r: r.info.start_time)):
+        figures = loso_figures([heldout(r) for r in runs if r.data.params.get(Param.ARCH) == arch])
         print(
-            f"{arch:11s} PLCC {means['heldout_plcc']:.4f}  SROCC {means['heldout_srocc']:.4f}  "
-            f"RMSE {means['heldout_rmse']:.3f}  worst-fold RMSE {worst:.3f}"
+            f"{arch:11s} PLCC {figures[LOSO_MEAN['plcc']]:.4f}  SROCC {figures[LOSO_MEAN['srocc']]:.4f}  "
+            f"RMSE {figures[LOSO_MEAN['rmse']]:.3f}  worst-fold RMSE {figures[LOSO_WORST['rmse']]:.3f}"
         )
 
 
@@ -142,7 +140,7 @@ def main(args: list[str]) -> None:
     for name, (seconds, runs) in results.items():
         print(f"{name}: {seconds:.1f} s wall, {basic / seconds:.2f}x the basic launcher ({len(runs)} fold runs)")
     by_fold = [
-        {(r.data.params["arch"], r.data.params["fold"]): r.data.metrics["heldout_rmse"] for r in runs}
+        {(r.data.params[Param.ARCH], r.data.params[Param.FOLD]): heldout(r)["rmse"] for r in runs}
         for _, runs in results.values()
     ]
     print(

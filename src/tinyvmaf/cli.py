@@ -1,5 +1,5 @@
 """What every entry point shares: library output tuned for a command line, user errors as one
-line, SIGTERM handled as Ctrl-C, and a job's verdict where its sweep finds it (``tinyvmaf.sweep``).
+line, SIGTERM handled as Ctrl-C, and a job's verdict where its sweep finds it (``tinyvmaf.sweep.verdicts``).
 
 Entry points call ``run_command``; importing tinyvmaf's stages changes no global state.
 """
@@ -17,7 +17,8 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from tinyvmaf.errors import Interrupted, user_error, without_passwords
+from tinyvmaf.errors import Interrupted, user_error
+from tinyvmaf.sweep.verdicts import FAILED_MARKER, mark_failed_job
 
 INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C
 
@@ -92,16 +93,20 @@ def run_command(command: Callable[..., Any], *args: Any) -> Any:
     sys.exit(status if isinstance(status, int) else 0)
 
 
-FAILED_MARKER = "FAILED"
-
-
 def _mark_failed(message: str) -> None:
     """The job's verdict, where the launching process finds it: the job's own output folder."""
     mark_failed_job(Path(HydraConfig.get().runtime.output_dir), list(HydraConfig.get().overrides.task), message)
 
 
-def mark_failed_job(folder: Path, overrides: list[str], message: str) -> None:
-    """A job's verdict in its folder, one line: its overrides and why (no password in it). The job
-    writes its own; a launcher writes it for a job that never ran its code (refused, cancelled, lost)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / FAILED_MARKER).write_text(without_passwords(f"{' '.join(overrides)}: {' '.join(message.split())}") + "\n")
+def or_exit(step: Callable[[], Any]) -> Any:
+    """A step of a sweep's launching process (a Hydra callback, a launcher): a user error ends the
+    sweep with its one line and status 1."""
+    quiet_libraries()
+    try:
+        return step()
+    except Exception as exc:
+        message = user_error(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(1)

@@ -9,12 +9,9 @@ same files as artifacts of a summary run in the experiment.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 import numpy as np
@@ -27,192 +24,50 @@ from omegaconf import DictConfig
 from tinyvmaf.cache import FrameTable
 from tinyvmaf.errors import TinyVmafError, instantiate_checked
 from tinyvmaf.files import inside
-from tinyvmaf.metrics import METRIC_NAMES, metrics_per_source
+from tinyvmaf.metrics import metrics_per_source
 from tinyvmaf.mlflow_artifacts import local_artifact_root
+from tinyvmaf.runs import (
+    DIGEST_SUFFIXES,
+    DIGEST_WORST,
+    HELDOUT,
+    LOSO_MEAN,
+    METRIC_NAMES,
+    Kind,
+    Metric,
+    Param,
+    Tag,
+    heldout,
+    search_runs,
+)
+from tinyvmaf.sweep.ledger import ledger_of_run
+from tinyvmaf.sweep.status import SweepStatus, finish_sweep_run, mark_running_failed, sweep_status
 from tinyvmaf.teacher.function import load_teacher
 from tinyvmaf.tracking import (
-    FOLD,
-    KIND,
-    LOSO,
-    PARENT,
     TrackedRun,
     Tracking,
     check_artifact_location,
     find_sweep_run,
-    ledger_of_run,
     open_sweep_run,
-    process_alive,
-    quoted,
     run_page_link,
     runs_table_url,
 )
 
 
-def fold_runs(
-    client: MlflowClient, experiment_id: str, sweep_id: str | None, recipe: str | None = None
-) -> tuple[str, list[Run]]:
-    """The fold runs of ``sweep_id``, or of the latest sweep when it is None; with ``recipe``, only
-    runs of that named recipe (``experiment_name``: ``default``, ``shipped``...) count."""
-    found = client.search_runs(
-        [experiment_id], f"tags.{KIND} = '{FOLD}'", max_results=50000, order_by=["attributes.start_time DESC"]
-    )
-    runs = list(found)
-    if recipe is not None:
-        runs = [r for r in runs if r.data.params.get("experiment", "default") == recipe]
+def fold_runs(client: MlflowClient, experiment_id: str, sweep_id: str | None) -> tuple[str, list[Run]]:
+    """The fold runs of ``sweep_id``, whatever their status, or of the latest sweep when it is None."""
+    runs = search_runs(client, experiment_id, Kind.FOLD)
     if not runs:
-        raise TinyVmafError(
-            f"the MLflow experiment holds no fold runs{f' of experiment={recipe}' if recipe else ''}; run train.py first"
-        )
+        raise TinyVmafError("the MLflow experiment holds no fold runs; run train.py first")
     if sweep_id is None:
-        sweep_id = runs[0].data.tags.get("sweep_id")
-    mine = [r for r in runs if r.data.tags.get("sweep_id") == sweep_id]
+        sweep_id = runs[0].data.tags.get(Tag.SWEEP_ID)
+    mine = [r for r in runs if r.data.tags.get(Tag.SWEEP_ID) == sweep_id]
     if not mine:
-        known = list(dict.fromkeys(r.data.tags.get("sweep_id") for r in runs))[:10]
+        known = list(dict.fromkeys(r.data.tags.get(Tag.SWEEP_ID) for r in runs))[:10]
         raise TinyVmafError(f"sweep_id={sweep_id}: no such sweep; recent sweeps: {', '.join(map(str, known))}")
     return str(sweep_id), mine
 
 
 INCOMPLETE = 3  # evaluate.py's exit status for a digest written of a sweep that lacks runs (0: complete, 1: error)
-
-
-@dataclass
-class SweepStatus:
-    """What a sweep holds against what it was asked: the (arch, fold) pairs its commands planned
-    (its job ledger), else every arch seen x every source of the corpus its runs trained on."""
-
-    finished: dict[tuple[str, str], Run]  # (arch, fold) -> the latest finished run
-    failed: list[dict]  # pairs with no finished run whose latest run FAILED or was KILLED
-    running: list[dict]  # ... whose latest run is still RUNNING (its process or job alive, dead or unknown)
-    missing: list[dict]  # pairs expected that no run of the sweep ever started (pending, or never submitted)
-    duplicates: list[dict]  # pairs finished more than once: only the latest counts
-    archs: list[str]
-    folds: list[str]
-    pairs: list[tuple[str, str]]  # every pair expected
-    stale: list[dict]  # RUNNING runs of pairs finished since: attempts whose job or process is gone
-
-    @property
-    def expected(self) -> int:
-        return len(self.pairs)
-
-    @property
-    def complete(self) -> bool:
-        return all(p in self.finished for p in self.pairs)
-
-
-def sweep_status(runs: list[Run], ledger: list[dict] | None = None) -> SweepStatus:
-    """Group a sweep's runs by (arch, fold) against the pairs the sweep was asked for: its
-    ``ledger``'s jobs when it has one, else every arch seen x every source of the runs' corpus.
-    RUNNING runs and missing pairs are told apart by what SLURM says of their jobs, where it can
-    be asked, or by their process on this host."""
-    oldest_first = sorted(runs, key=lambda r: r.info.start_time or 0)
-    by_pair: dict[tuple[str, str], list[Run]] = defaultdict(list)  # each pair's runs, latest first
-    sources: dict[str, None] = {}
-    for r in reversed(oldest_first):
-        by_pair[(r.data.params.get("arch", "?"), r.data.params.get("fold", "?"))].append(r)
-        sources.update(dict.fromkeys(json.loads(r.data.tags.get("corpus_sources", "[]"))))
-    jobs = {(j["arch"], f): j for j in ledger or [] for f in j["folds"]}
-    if jobs:
-        pairs = list(dict.fromkeys([*jobs, *((a, f) for a, f in sorted(by_pair, key=lambda p: p[1]))]))
-    else:  # in the order the sweep started them: the user's order on the command line
-        archs = list(dict.fromkeys(r.data.params.get("arch", "?") for r in oldest_first))
-        pairs = [(a, f) for a in archs for f in sorted(set(sources) | {f for _, f in by_pair})]
-    states = _slurm_states([*by_pair.values()], jobs.values())
-    finished, failed, running, duplicates, stale = {}, [], [], [], []
-    for (arch, fold), pair_runs in by_pair.items():
-        done = [
-            r
-            for r in pair_runs
-            if r.info.status == "FINISHED" and all(f"heldout_{m}" in r.data.metrics for m in METRIC_NAMES)
-        ]
-        live = [r for r in pair_runs if r.info.status == "RUNNING"]
-        if done:
-            finished[(arch, fold)] = done[0]
-            if len(done) > 1:
-                duplicates.append({"arch": arch, "fold": fold, "runs": len(done), "counted": done[0].info.run_id})
-            stale += [_row(arch, fold, r, states) for r in live if run_liveness(r, states)[0] != "alive"]
-            continue
-        latest = pair_runs[0]
-        if latest.info.status == "RUNNING":
-            running.append(_row(arch, fold, latest, states))
-        else:
-            failed.append(_row(arch, fold, latest, states))
-    missing = [
-        {"arch": a, "fold": f, "why": _never_started(jobs.get((a, f)), states)}
-        for a, f in pairs
-        if (a, f) not in by_pair
-    ]
-    archs = list(dict.fromkeys(a for a, _ in pairs))
-    folds = list(dict.fromkeys(f for _, f in sorted(pairs, key=lambda p: p[1])))
-    return SweepStatus(finished, failed, running, missing, duplicates, archs, folds, pairs, stale)
-
-
-def _row(arch: str, fold: str, run: Run, states: dict) -> dict:
-    row = {"arch": arch, "fold": fold, "status": run.info.status, "run_id": run.info.run_id,
-           "error": run.data.tags.get("error", "")}  # fmt: skip
-    if run.info.status == "RUNNING":
-        row["alive"], row["process"] = run_liveness(run, states)
-    return row
-
-
-def _slurm_states(pair_runs: list[list[Run]], jobs: Any) -> dict:
-    """SLURM's word on every job the sweep's RUNNING runs and planned jobs name (one query)."""
-    from tinyvmaf.slurm import job_states
-
-    names = [r.data.tags.get("slurm_job") for runs in pair_runs for r in runs if r.info.status == "RUNNING"]
-    names += [j.get("slurm_job") for j in jobs]
-    names = [n for n in names if isinstance(n, str) and n]
-    return (job_states(names) or {}) if names else {}
-
-
-def run_liveness(run: Run, states: dict) -> tuple[str, str]:
-    """Whether a RUNNING run's attempt can still finish: ``alive``, ``dead`` or ``unknown``, and why.
-    A SLURM job's run asks SLURM (its attempt is dead once the job is over or was requeued past
-    it); any other run asks this host for its process."""
-    job = run.data.tags.get("slurm_job")
-    if job:
-        state = states.get(job)
-        attempt = int(run.data.tags.get("slurm_restart", "0") or 0)
-        if state is None:
-            return "unknown", f"SLURM job {job}: SLURM cannot be asked from here, or has forgotten it"
-        if state.attempts > attempt + 1:
-            return "dead", f"SLURM job {job} was requeued: this attempt ({attempt + 1}) is gone"
-        if state.live:
-            return "alive", f"SLURM job {job} is {state.state}"
-        return "dead", f"SLURM job {job} ended {state.state}: this run will never finish"
-    host, pid = run.data.tags.get("host"), run.data.tags.get("pid", "")
-    if host != os.uname().nodename or not pid.isdigit():
-        return "unknown", f"on host {host or 'unknown'}: cannot tell from here"
-    if not process_alive(int(pid)):
-        return "dead", f"process {pid} is gone (killed): it will never finish"
-    return "alive", f"process {pid} is still alive"
-
-
-def _never_started(job: dict | None, states: dict) -> str:
-    rerun = "rerun the sweep with the same sweep_id to train only what is missing"
-    if job is None or not job.get("slurm_job"):
-        return f"never started; {rerun}"
-    state = states.get(job["slurm_job"])
-    if state is None:
-        return f"SLURM job {job['slurm_job']}: no run yet, and SLURM cannot be asked from here"
-    if state.live:
-        return f"SLURM job {job['slurm_job']} is {state.state}: not started yet"
-    return f"SLURM job {job['slurm_job']} ended {state.state} without starting a run; {rerun}"
-
-
-def mark_running_failed(client: MlflowClient, status: SweepStatus) -> None:
-    """``fail_running=true``: RUNNING runs that cannot finish are marked FAILED, saying why: those
-    whose job or process is known dead, attempts superseded by a finished run, and those nobody here
-    can ask about (the user declares them dead). A run known alive is left alone."""
-    for row in [*status.running, *status.stale]:
-        if row["alive"] == "alive":
-            continue
-        client.set_tag(row["run_id"], "error", f"marked failed by evaluate.py fail_running=true ({row['process']})")
-        client.set_terminated(row["run_id"], "FAILED")
-        row["status"] = "FAILED"
-        if row in status.running:
-            status.failed.append(row)
-    status.running = [r for r in status.running if r["status"] == "RUNNING"]
-    status.stale = []
 
 
 def aggregate(status: SweepStatus) -> dict:
@@ -222,19 +77,19 @@ def aggregate(status: SweepStatus) -> dict:
         by_arch[arch].append(run)
     digest = {}
     for arch in [a for a in status.archs if a in by_arch]:
-        folds = sorted(by_arch[arch], key=lambda r: r.data.params["fold"])
-        row: dict = {"params": int(folds[0].data.metrics["n_params"])}
+        folds = sorted(by_arch[arch], key=lambda r: r.data.params[Param.FOLD])
+        row: dict = {"params": int(folds[0].data.metrics[Metric.N_PARAMS])}
         for m in METRIC_NAMES:
-            values = np.array([r.data.metrics[f"heldout_{m}"] for r in folds])
+            values = np.array([r.data.metrics[HELDOUT[m]] for r in folds])
             row[f"{m}_mean"] = float(values.mean())
             row[f"{m}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
         row["folds"] = [
             {
-                "fold": r.data.params["fold"],
-                "n": int(r.data.metrics["n_heldout_frames"]),
-                **{m: r.data.metrics[f"heldout_{m}"] for m in METRIC_NAMES},
-                "teacher_mean": r.data.metrics["heldout_teacher_mean"],
-                "teacher_std": r.data.metrics["heldout_teacher_std"],
+                "fold": r.data.params[Param.FOLD],
+                "n": int(r.data.metrics[Metric.N_HELDOUT_FRAMES]),
+                **heldout(r),
+                "teacher_mean": r.data.metrics[Metric.HELDOUT_TEACHER_MEAN],
+                "teacher_std": r.data.metrics[Metric.HELDOUT_TEACHER_STD],
                 "run_id": r.info.run_id,
             }
             for r in folds
@@ -317,10 +172,11 @@ def comparison(digest: dict, other: dict, sweep: str, other_sweep: str) -> list[
 
 def recipe_line(params: dict[str, str]) -> str:
     """An arch's recipe as its runs recorded it (a per-arch recipe differs from arch to arch)."""
-    augment = f"x{params['augment_amount']}" if params.get("augment") == "True" else "off"
+    augment = f"x{params[Param.AUGMENT_AMOUNT]}" if params.get(Param.AUGMENT) == "True" else "off"
     return (
-        f"Recipe `{params.get('experiment')}`: {params.get('epochs')} epochs, lr {params.get('lr')}, "
-        f"weight decay {params.get('weight_decay')}, {params.get('activation')}, feature-space augmentation {augment}."
+        f"Recipe `{params.get(Param.EXPERIMENT)}`: {params.get(Param.EPOCHS)} epochs, lr {params.get(Param.LR)}, "
+        f"weight decay {params.get(Param.WEIGHT_DECAY)}, {params.get(Param.ACTIVATION)}, "
+        f"feature-space augmentation {augment}."
     )
 
 
@@ -334,9 +190,9 @@ def markdown(
     lines = [
         f"# tinyvmaf digest: sweep {sweep_id}",
         "",
-        f"Teacher `{params.get('teacher')}` (libvmaf {run.data.tags.get('libvmaf_version')}), "
-        f"corpus `{data.name + ':' + data.digest if data else params.get('corpus')}`, "
-        f"batch {params.get('batch_size')}, seed {params.get('seed')}. "
+        f"Teacher `{params.get(Param.TEACHER)}` (libvmaf {run.data.tags.get(Tag.LIBVMAF_VERSION)}), "
+        f"corpus `{data.name + ':' + data.digest if data else params.get(Param.CORPUS)}`, "
+        f"batch {params.get(Param.BATCH_SIZE)}, seed {params.get(Param.SEED)}. "
         "Leave-one-source-out: each fold trains on every other source and is scored on the held-out one.",
         "",
         "## Aggregate (mean ± sample std across folds)",
@@ -360,7 +216,7 @@ def markdown(
         )
         lines += [
             "",
-            f"The teacher-function row is libvmaf's `{params.get('teacher')}` model JSON evaluated in numpy from the cached features, "
+            f"The teacher-function row is libvmaf's `{params.get(Param.TEACHER)}` model JSON evaluated in numpy from the cached features, "
             f"scored against the values libvmaf logged (max |difference| {row['max_abs']:.1e} over {sum(f['n'] for f in row['folds']):,} frames).",
         ]
     lines += completeness_lines(status)
@@ -442,49 +298,37 @@ def rmse_figure(digest: dict, path: Path) -> None:
 
 def adopt_runs(client: MlflowClient, sweep_run: str, runs: list[Run]) -> None:
     """Nest the sweep's top-level runs under its sweep run (a sweep trained before it had one, a single run)."""
-    tops = {r.data.tags.get(PARENT, r.info.run_id) for r in runs}  # a fold run, or its configuration's run
+    tops = {r.data.tags.get(Tag.PARENT, r.info.run_id) for r in runs}  # a fold run, or its configuration's run
     for run_id in tops - {sweep_run}:
-        if PARENT not in client.get_run(run_id).data.tags:
-            client.set_tag(run_id, PARENT, sweep_run)
-            client.set_tag(run_id, "nested_by", "evaluate.py")  # not by its job: the sweep had no run then
+        if Tag.PARENT not in client.get_run(run_id).data.tags:
+            client.set_tag(run_id, Tag.PARENT, sweep_run)
+            client.set_tag(run_id, Tag.NESTED_BY, "evaluate.py")  # not by its job: the sweep had no run then
 
 
 def digest_metrics(archs: dict, status: SweepStatus) -> dict[str, float]:
     """What the sweep run shows in the runs table: per-arch aggregates and the sweep's completeness."""
     metrics = {
-        "folds_expected": status.expected, "folds_finished": len(status.finished), "folds_failed": len(status.failed),
-        "folds_running": len(status.running), "folds_missing": len(status.missing),
+        Metric.FOLDS_EXPECTED: status.expected, Metric.FOLDS_FINISHED: len(status.finished),
+        Metric.FOLDS_FAILED: len(status.failed), Metric.FOLDS_RUNNING: len(status.running),
+        Metric.FOLDS_MISSING: len(status.missing),
     }  # fmt: skip
     for arch, row in archs.items():
         for m in METRIC_NAMES:
-            metrics[f"{arch}/{m}_mean"], metrics[f"{arch}/{m}_std"] = row[f"{m}_mean"], row[f"{m}_std"]
-        metrics[f"{arch}/rmse_worst"] = max(f["rmse"] for f in row["folds"])
+            for suffix in DIGEST_SUFFIXES:
+                metrics[f"{arch}/{m}_{suffix}"] = row[f"{m}_{suffix}"]
+        metrics[f"{arch}/{DIGEST_WORST}"] = max(f["rmse"] for f in row["folds"])
     return metrics
-
-
-def finish_sweep_run(client: MlflowClient, run_id: str, status: SweepStatus) -> None:
-    """FINISHED once every expected run finished; FAILED, saying what is lacking, when the sweep is over
-    without it; left RUNNING while some of its runs still are."""
-    if status.running:
-        return
-    if status.complete:
-        client.set_terminated(run_id, "FINISHED")
-        return
-    lacking = f"incomplete: {len(status.failed)} failed, {len(status.missing)} missing of {status.expected}"
-    client.set_tag(run_id, "error", lacking)
-    client.set_terminated(run_id, "FAILED")
 
 
 def trial_run(client: MlflowClient, experiment_id: str, sweep: str, trial: str) -> Run:
     """A finished, unpruned search trial of the sweep (a study): ``best`` (lowest LOSO mean RMSE) or its number."""
-    query = f"tags.sweep_id = {quoted(sweep, 'sweep_id')} and tags.{KIND} = '{LOSO}' and attributes.status = 'FINISHED'"
-    runs = client.search_runs([experiment_id], query, max_results=50000)
-    trials = [r for r in runs if "trial" in r.data.params and "pruned" not in r.data.tags]
+    runs = search_runs(client, experiment_id, Kind.LOSO, sweep=sweep, status="FINISHED")
+    trials = [r for r in runs if Param.TRIAL in r.data.params and Tag.PRUNED not in r.data.tags]
     if str(trial) == "best" and trials:
-        return min(trials, key=lambda r: r.data.metrics["loso_rmse_mean"])
-    found = [r for r in trials if r.data.params["trial"] == str(trial)]
+        return min(trials, key=lambda r: r.data.metrics[LOSO_MEAN["rmse"]])
+    found = [r for r in trials if r.data.params[Param.TRIAL] == str(trial)]
     if not found:
-        numbers = ", ".join(sorted((r.data.params["trial"] for r in trials), key=int)[:20]) or "none"
+        numbers = ", ".join(sorted((r.data.params[Param.TRIAL] for r in trials), key=int)[:20]) or "none"
         raise TinyVmafError(
             f"trial={trial}: no finished, unpruned trial of that number in sweep {sweep} (finished: {numbers})"
         )
@@ -500,7 +344,7 @@ def write_digest(cfg: DictConfig) -> int:
     trial = None
     if cfg.get("trial") is not None:  # one trial of a search: its folds, its own digest, logged to its run
         trial = trial_run(client, experiment_id, sweep, cfg.trial)
-        runs = [r for r in runs if r.data.tags.get(PARENT) == trial.info.run_id]
+        runs = [r for r in runs if r.data.tags.get(Tag.PARENT) == trial.info.run_id]
     parent = find_sweep_run(client, experiment_id, sweep)
     ledger = ledger_of_run(client, parent.info.run_id) if parent is not None and trial is None else None
     status = sweep_status(runs, ledger)
@@ -520,7 +364,7 @@ def write_digest(cfg: DictConfig) -> int:
     teacher_row, comparison_lines = None, []
     if cfg.get("teacher_function_row", True):
         corpus, cache = instantiate_checked(cfg.corpus), instantiate_checked(cfg.cache)
-        teacher = runs[0].data.params.get("teacher", "vmaf_v0.6.1")
+        teacher = runs[0].data.params.get(Param.TEACHER, "vmaf_v0.6.1")
         document["teacher_function"] = teacher_row = teacher_function_row(cache.ready(corpus), teacher)
     if cfg.get("compare_sweep_id"):
         other_sweep, other_runs = fold_runs(client, experiment_id, cfg.compare_sweep_id)
@@ -540,7 +384,8 @@ def write_digest(cfg: DictConfig) -> int:
         sweep_run = open_sweep_run(
             tracking,
             sweep,
-            {k: params.get(k) for k in ("experiment", "teacher", "corpus")} | {"archs": ",".join(archs)},
+            {k: params.get(k) for k in (Param.EXPERIMENT, Param.TEACHER, Param.CORPUS)}
+            | {Param.ARCHS: ",".join(archs)},
         )
         adopt_runs(client, sweep_run, runs)
     logged = TrackedRun(client, sweep_run if trial is None else trial.info.run_id)

@@ -30,23 +30,32 @@ from tinyvmaf.errors import TinyVmafError, instantiate_checked
 from tinyvmaf.lusoris import write_lusoris
 from tinyvmaf.model import VmafNet, count_params
 from tinyvmaf.onnx_io import check_graph, model_from_weights, onnx_graph, open_session
+from tinyvmaf.runs import (
+    LOSO_EXPERIMENT_ID,
+    LOSO_FOLDS,
+    LOSO_MEAN,
+    LOSO_STD,
+    LOSO_WORST,
+    Kind,
+    Param,
+    Tag,
+    finished_folds,
+    heldout,
+    latest_per_fold,
+    loso_figures,
+)
 from tinyvmaf.teacher import FEATURE_NAMES
 from tinyvmaf.teacher.function import load_teacher
 from tinyvmaf.tracking import (
-    EXPORT,
-    FOLD,
-    KIND,
-    PARENT,
     Tracking,
     check_artifact_location,
     log_dataset,
     log_onnx_model,
-    quoted,
     run_by_id,
     run_page_link,
     tracked_run,
 )
-from tinyvmaf.training import ALL_FOLDS, check_options, fold_config, prepare_fit, recipe_hash, train_every_fold
+from tinyvmaf.training import Job, check_options, train_every_fold
 
 LUSORIS = "lusoris"
 LAYOUTS = ("standard", LUSORIS)  # tinyvmaf's own files, or the reference toolchain's model/tiny/ (tinyvmaf.lusoris)
@@ -73,30 +82,23 @@ def with_arch(cfg: DictConfig, arch: DictConfig) -> DictConfig:
     return OmegaConf.merge(cfg, {"arch": arch})
 
 
-def train_on_all_sources(cfg: DictConfig, corpus: Corpus, cache: TeacherCache) -> tuple[VmafNet, FrameTable]:
-    datamodule, module, trainer = prepare_fit(cfg, corpus, cache, heldout=None, limit_val_batches=0)
+def train_on_all_sources(job: Job) -> tuple[VmafNet, FrameTable]:
+    datamodule, module, trainer = job.fit_objects(None, limit_val_batches=0)
     trainer.fit(module, datamodule=datamodule)
     return module.model, datamodule.table
 
 
-LOSO_METRICS = ("rmse", "plcc", "srocc")
-
-
-def loso_figures(runs: list[Run]) -> dict[str, str]:
+def evidence_of(runs: list[Run]) -> dict[str, str]:
     """A LOSO's figures from its finished fold runs (one per held-out source), as metadata and
-    version tags: mean and sample std of each held-out metric, the worst fold's RMSE and PLCC,
-    the sweep, and the run the folds sit under (the stacked job's, or the sweep's)."""
-    values = {m: np.array([r.data.metrics[f"heldout_{m}"] for r in runs]) for m in LOSO_METRICS}
-    parents = {r.data.tags.get(PARENT) for r in runs}
+    version tags (``tinyvmaf.runs.loso_figures``), with the sweep and the run the folds sit under
+    (the stacked job's, or the sweep's)."""
+    parents = {r.data.tags.get(Tag.PARENT) for r in runs}
     return {
-        "loso_sweep_id": runs[0].data.tags.get("sweep_id", ""),
-        **({"loso_run_id": parents.pop()} if len(parents) == 1 and None not in parents else {}),
-        "loso_experiment_id": runs[0].info.experiment_id,
-        "loso_folds": str(len(runs)),
-        **{f"loso_{m}_mean": f"{v.mean():.6f}" for m, v in values.items()},
-        **{f"loso_{m}_std": f"{v.std(ddof=1) if len(v) > 1 else 0.0:.6f}" for m, v in values.items()},
-        "loso_rmse_worst": f"{values['rmse'].max():.6f}",
-        "loso_plcc_worst": f"{values['plcc'].min():.6f}",
+        Tag.LOSO_SWEEP_ID: runs[0].data.tags.get(Tag.SWEEP_ID, ""),
+        **({Tag.LOSO_RUN_ID: parents.pop()} if len(parents) == 1 and None not in parents else {}),
+        LOSO_EXPERIMENT_ID: runs[0].info.experiment_id,
+        LOSO_FOLDS: str(len(runs)),
+        **{k: f"{v:.6f}" for k, v in loso_figures([heldout(r) for r in runs]).items()},
     }
 
 
@@ -106,37 +108,30 @@ def finished_loso(
     """The latest sweep's finished fold runs of ``arch`` that cover every held-out source of
     ``expected`` (source -> recipe hash) with that exact recipe, trained on the data whose digest
     is ``data``; None when the store holds no such LOSO."""
-    query = f"tags.{KIND} = '{FOLD}' and attributes.status = 'FINISHED' and params.arch = {quoted(arch, 'arch')}"
-    runs = client.search_runs([experiment_id], query, max_results=50000, order_by=["attributes.start_time DESC"])
     by_sweep: dict[str, dict[str, Run]] = defaultdict(dict)
-    for r in runs:
-        fold = r.data.params.get("fold")
-        if (
-            r.data.tags.get("recipe_hash") == expected.get(fold)
-            and [d.dataset.digest for d in r.inputs.dataset_inputs] == [data]
-            and all(f"heldout_{m}" in r.data.metrics for m in LOSO_METRICS)
-        ):
-            by_sweep[r.data.tags.get("sweep_id", "")].setdefault(fold, r)  # latest first
+    for r in finished_folds(client, experiment_id, arch=arch):
+        fold = r.data.params.get(Param.FOLD)
+        if r.data.tags.get(Tag.RECIPE_HASH) == expected.get(fold) and [
+            d.dataset.digest for d in r.inputs.dataset_inputs
+        ] == [data]:
+            by_sweep[r.data.tags.get(Tag.SWEEP_ID, "")].setdefault(fold, r)  # latest first
     for folds in by_sweep.values():  # in the order of each sweep's latest run
         if set(folds) == set(expected):
             return [folds[s] for s in expected]
     return None
 
 
-def validated(
-    cfg: DictConfig, recipe_cfg: DictConfig, corpus: Corpus, cache: TeacherCache, table: FrameTable
-) -> dict[str, str]:
+def validated(loso: bool, job: Job, table: FrameTable) -> dict[str, str]:
     """The LOSO evidence of the recipe a shipped model is trained with: a finished LOSO of that
     exact recipe and corpus from the store, or one run here and now (stacked, every fold of the
     corpus, under sweep ``export-<arch>-<recipe>``, which a rerun resumes); ``loso=false`` ships
     the file unvalidated, and says so."""
-    arch = recipe_cfg.arch.name
-    if not cfg.loso:
+    arch = job.arch
+    if not loso:
         print(f"warning: loso=false: the {arch} file is not validated (no LOSO of its recipe was looked for or run)")
         return {"loso": "not run (loso=false): unvalidated"}
-    tracking: Tracking = instantiate_checked(cfg.tracking)
-    client, experiment_id = tracking.experiment()
-    expected = {s: recipe_hash(fold_config(recipe_cfg, corpus, s)) for s in table.sources}
+    client, experiment_id = job.tracking.experiment()
+    expected = {s: job.recipe(s).hash for s in table.sources}
     data = table.manifest[:12]
     found = finished_loso(client, experiment_id, arch, expected, data)
     if found is None:
@@ -144,15 +139,14 @@ def validated(
         print(
             f"{arch}: no finished LOSO of this recipe and corpus in the store: running one ({len(expected)} folds, sweep {sweep})"
         )
-        loso_cfg = OmegaConf.merge(fold_config(recipe_cfg, corpus, ALL_FOLDS), {"sweep_id": sweep})
-        train_every_fold(loso_cfg, tracking, None, None)
+        train_every_fold(job.loso(sweep), None)
         found = finished_loso(client, experiment_id, arch, expected, data)
         if found is None:
             raise TinyVmafError(f"{arch}: the LOSO of sweep {sweep} did not finish every fold")
-    figures = loso_figures(found)
+    figures = evidence_of(found)
     print(
-        f"{arch}: LOSO of this recipe (sweep {figures['loso_sweep_id']}): mean RMSE {float(figures['loso_rmse_mean']):.4f}, "
-        f"worst {float(figures['loso_rmse_worst']):.4f}, mean PLCC {float(figures['loso_plcc_mean']):.4f}"
+        f"{arch}: LOSO of this recipe (sweep {figures[Tag.LOSO_SWEEP_ID]}): mean RMSE {float(figures[LOSO_MEAN['rmse']]):.4f}, "
+        f"worst {float(figures[LOSO_WORST['rmse']]):.4f}, mean PLCC {float(figures[LOSO_MEAN['plcc']]):.4f}"
     )
     return figures
 
@@ -160,28 +154,21 @@ def validated(
 def run_loso(client: MlflowClient, run: Run) -> dict[str, str]:
     """For one fold run's model (``run_id=``): the LOSO figures of its sweep's finished runs of
     the same configuration (every param alike but the held-out fold)."""
-    sweep = quoted(run.data.tags.get("sweep_id", ""), "sweep_id")
-    query = f"tags.{KIND} = '{FOLD}' and attributes.status = 'FINISHED' and tags.sweep_id = {sweep}"
-    found = client.search_runs(
-        [run.info.experiment_id], query, max_results=50000, order_by=["attributes.start_time DESC"]
-    )
-    alike: dict[str, Run] = {}
-    for r in found:
-        if configuration(r) == configuration(run) and all(f"heldout_{m}" in r.data.metrics for m in LOSO_METRICS):
-            alike.setdefault(r.data.params.get("fold"), r)
-    return loso_figures(list(alike.values())) if alike else {}
+    found = finished_folds(client, run.info.experiment_id, sweep=run.data.tags.get(Tag.SWEEP_ID, ""))
+    alike = latest_per_fold([r for r in found if configuration(r) == configuration(run)])
+    return evidence_of(list(alike.values())) if alike else {}
 
 
 def configuration(run: Run) -> dict[str, str]:
-    return {k: v for k, v in run.data.params.items() if k != "fold"}
+    return {k: v for k, v in run.data.params.items() if k != Param.FOLD}
 
 
-def model_from_run(cfg: DictConfig, run_id: str) -> tuple[VmafNet, dict, Run]:
+def model_from_run(tracking: Tracking, run_id: str) -> tuple[VmafNet, dict, Run]:
     """The run's model, its arch (name and hidden widths), and the run (its params: the recipe it
     was trained with). The store may come from someone else: ``model.pt`` is read with
     ``weights_only=True`` and the model rebuilt from its weights' shapes and the run's
     ``activation`` param, never from a config stored with it."""
-    client, _ = instantiate_checked(cfg.tracking).existing_experiment()
+    client, _ = tracking.existing_experiment()
     run = run_by_id(client, run_id)
     check_artifact_location(client.tracking_uri, run.info.artifact_uri, f"run_id={run_id}")
     params = run.data.params
@@ -200,29 +187,29 @@ def model_from_run(cfg: DictConfig, run_id: str) -> tuple[VmafNet, dict, Run]:
             raise TinyVmafError(f"run_id={run_id}: no readable model.pt artifact ({type(exc).__name__})") from None
     if not isinstance(saved, dict):
         raise TinyVmafError(f"{what}: not a tinyvmaf checkpoint")
-    model = model_from_weights(saved.get("state_dict"), params.get("activation"), saved.get("log_motion", False), what)
+    model = model_from_weights(
+        saved.get("state_dict"), params.get(Param.ACTIVATION), saved.get("log_motion", False), what
+    )
     arch = saved.get("arch") if isinstance(saved.get("arch"), dict) else {}
-    name = arch.get("name") if isinstance(arch.get("name"), str) else params.get("arch", "unknown")
+    name = arch.get("name") if isinstance(arch.get("name"), str) else params.get(Param.ARCH, "unknown")
     return model, {"name": name[:100]}, run
 
 
 def register(
-    cfg: DictConfig, corpus: Corpus, name: str, proto: onnx.ModelProto, table: FrameTable, metadata: dict[str, str]
+    tracking: Tracking, corpus: Corpus, name: str, proto: onnx.ModelProto, table: FrameTable, metadata: dict[str, str]
 ) -> str:
     """Log the shipped file as an MLflow model (signature, real cached frames as the input example)
     in a run of its own, register it as a new version of ``name``, and describe that version:
     its teacher, recipe and LOSO metrics as tags. Returns the version."""
-    client, experiment_id = instantiate_checked(cfg.tracking).experiment()
-    with tracked_run(client, experiment_id, f"export-{name}", {KIND: EXPORT}) as run:
-        run.log_params({k: metadata[k] for k in ("arch", "teacher", "experiment", "epochs") if k in metadata})
-        loso = {
-            k: float(v)
-            for k, v in metadata.items()
-            if k.startswith("loso_") and k.endswith(("_mean", "_std", "_worst"))
-        }
+    client, experiment_id = tracking.experiment()
+    with tracked_run(client, experiment_id, f"export-{name}", {Tag.KIND: Kind.EXPORT}) as run:
+        recipe = (Param.ARCH, Param.TEACHER, Param.EXPERIMENT, Param.EPOCHS)  # the metadata's keys are the params'
+        run.log_params({k: metadata[k] for k in recipe if k in metadata})
+        figures = {*LOSO_MEAN.values(), *LOSO_STD.values(), *LOSO_WORST.values()}
+        loso = {k: float(v) for k, v in metadata.items() if k in figures}
         if loso:  # the export run shows its evidence, and points at it
             run.log_metrics([{"step": 0, **loso}], step_key="step")
-            run.log_tags({k: metadata[k] for k in ("loso_sweep_id", "loso_run_id") if k in metadata})
+            run.log_tags({k: metadata[k] for k in (Tag.LOSO_SWEEP_ID, Tag.LOSO_RUN_ID) if k in metadata})
         log_dataset(
             client,
             run.run_id,
@@ -253,15 +240,15 @@ def describe(metadata: dict[str, str]) -> str:
             f"libvmaf {metadata['libvmaf_version']} logged for {metadata['parity_frames']} frames of {metadata['corpus']}: "
             f"max |difference| {float(metadata['parity_max_abs_diff']):.1e}. {contract}"
         )
-    if "loso_rmse_mean" in metadata:
-        where = f"sweep {metadata['loso_sweep_id']}"
-        if metadata.get("loso_run_id"):
-            link = run_page_link(metadata["loso_experiment_id"], metadata["loso_run_id"])
-            where = f"[run {metadata['loso_run_id'][:8]}]({link}), {where}"
+    if LOSO_MEAN["rmse"] in metadata:
+        where = f"sweep {metadata[Tag.LOSO_SWEEP_ID]}"
+        if metadata.get(Tag.LOSO_RUN_ID):
+            link = run_page_link(metadata[LOSO_EXPERIMENT_ID], metadata[Tag.LOSO_RUN_ID])
+            where = f"[run {metadata[Tag.LOSO_RUN_ID][:8]}]({link}), {where}"
         loso = (
-            f"Validated by a LOSO of this recipe over {metadata['loso_folds']} sources ({where}): held-out RMSE mean "
-            f"{float(metadata['loso_rmse_mean']):.3f} (worst fold {float(metadata['loso_rmse_worst']):.3f}), "
-            f"PLCC mean {float(metadata['loso_plcc_mean']):.4f} (worst {float(metadata['loso_plcc_worst']):.4f})."
+            f"Validated by a LOSO of this recipe over {metadata[LOSO_FOLDS]} sources ({where}): held-out RMSE mean "
+            f"{float(metadata[LOSO_MEAN['rmse']]):.3f} (worst fold {float(metadata[LOSO_WORST['rmse']]):.3f}), "
+            f"PLCC mean {float(metadata[LOSO_MEAN['plcc']]):.4f} (worst {float(metadata[LOSO_WORST['plcc']]):.4f})."
         )
     else:
         loso = f"**Unvalidated**: {metadata.get('loso', 'no LOSO of this recipe was found')}."
@@ -307,6 +294,7 @@ def export_models(cfg: DictConfig) -> int:
         raise TinyVmafError("layout=lusoris: writes the shipped models (exports), not a fold run's (run_id=)")
     corpus = instantiate_checked(cfg.corpus)
     cache: TeacherCache = instantiate_checked(cfg.cache)
+    tracking: Tracking = instantiate_checked(cfg.tracking)
     jobs = (
         [(None, Path(cfg.output), None)]
         if cfg.get("run_id")
@@ -315,17 +303,19 @@ def export_models(cfg: DictConfig) -> int:
     for name, output, arch in jobs:
         if arch is None:
             # The metadata describes the run's recipe, not this export config's.
-            model, arch_cfg, run = model_from_run(cfg, cfg.run_id)
+            model, arch_cfg, run = model_from_run(tracking, cfg.run_id)
             params = run.data.params
-            teacher, epochs, recipe = params["teacher"], params["epochs"], params.get("experiment", "default")
+            teacher, epochs = params[Param.TEACHER], params[Param.EPOCHS]
+            recipe = params.get(Param.EXPERIMENT, "default")
             table = cache.ready(corpus)
-            evidence = run_loso(instantiate_checked(cfg.tracking).existing_experiment()[0], run)
+            evidence = run_loso(tracking.existing_experiment()[0], run)
         else:
             recipe_cfg = with_arch(cfg, arch)
             check_options(recipe_cfg)
+            job = Job(recipe_cfg, corpus, cache, tracking)
             table = cache.ready(corpus)
-            evidence = validated(cfg, recipe_cfg, corpus, cache, table)
-            model, table = train_on_all_sources(recipe_cfg, corpus, cache)
+            evidence = validated(cfg.loso, job, table)
+            model, table = train_on_all_sources(job)
             arch_cfg = OmegaConf.to_container(arch, resolve=True)
             teacher, epochs, recipe = cfg.teacher.model, str(recipe_cfg.trainer.max_epochs), cfg.experiment_name
         metadata = {
@@ -349,7 +339,9 @@ def export_models(cfg: DictConfig) -> int:
             f"{output}: {arch_cfg['name']}, {metadata['n_params']} params, ONNX Runtime vs torch max |diff| {diff:.1e} on {len(table)} frames"
         )
         if cfg.register and name is not None:
-            print(f"  registered in MLflow as {name} version {register(cfg, corpus, name, proto, table, metadata)}")
+            print(
+                f"  registered in MLflow as {name} version {register(tracking, corpus, name, proto, table, metadata)}"
+            )
     if cfg.teacher_exports and cfg.layout == LUSORIS:
         print(f"teacher_exports ({', '.join(cfg.teacher_exports)}): written in the standard layout only; not written")
     elif cfg.teacher_exports and not cfg.get("run_id"):
@@ -357,5 +349,7 @@ def export_models(cfg: DictConfig) -> int:
         for name in cfg.teacher_exports:
             proto, metadata = export_teacher(name, Path(cfg.teacher_output_dir) / f"{name}.onnx", table)
             if cfg.register:
-                print(f"  registered in MLflow as {name} version {register(cfg, corpus, name, proto, table, metadata)}")
+                print(
+                    f"  registered in MLflow as {name} version {register(tracking, corpus, name, proto, table, metadata)}"
+                )
     return 0

@@ -21,6 +21,7 @@ from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.files import atomic_path, sha256_file
 from tinyvmaf.model import VmafNet
 from tinyvmaf.onnx_io import OnnxContract, check_graph, onnx_graph, open_session
+from tinyvmaf.runs import LOSO_FOLDS, LOSO_MEAN, LOSO_WORST, Tag
 from tinyvmaf.teacher import FEATURE_NAMES
 from tinyvmaf.teacher.log import LEGACY_NAMES
 
@@ -45,11 +46,11 @@ def registry_notes(metadata: dict[str, str]) -> str:
         f"adm2, vif_scale0..3, motion2; standardization and clip inside the graph; trained on {metadata['corpus']} "
         f"(libvmaf {metadata['libvmaf_version']}, recipe {metadata['experiment']})."
     )
-    if "loso_rmse_mean" in metadata:
+    if LOSO_MEAN["rmse"] in metadata:
         notes += (
-            f" LOSO over {metadata['loso_folds']} sources (sweep {metadata['loso_sweep_id']}): RMSE mean "
-            f"{float(metadata['loso_rmse_mean']):.3f}, worst {float(metadata['loso_rmse_worst']):.3f}; "
-            f"PLCC mean {float(metadata['loso_plcc_mean']):.4f}."
+            f" LOSO over {metadata[LOSO_FOLDS]} sources (sweep {metadata[Tag.LOSO_SWEEP_ID]}): RMSE mean "
+            f"{float(metadata[LOSO_MEAN['rmse']]):.3f}, worst {float(metadata[LOSO_WORST['rmse']]):.3f}; "
+            f"PLCC mean {float(metadata[LOSO_MEAN['plcc']]):.4f}."
         )
     else:
         notes += " Unvalidated: no LOSO of its recipe."

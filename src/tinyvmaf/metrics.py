@@ -11,15 +11,15 @@ import torch
 from torchmetrics import MeanSquaredError, MetricCollection, PearsonCorrCoef, SpearmanCorrCoef
 
 from tinyvmaf.model import TinyVmafModule
+from tinyvmaf.runs import HELDOUT, METRIC_NAMES, Metric
 from tinyvmaf.stacked import StackedTinyVmafModule
 
-METRIC_NAMES = ("plcc", "srocc", "rmse")
+# Each of tinyvmaf.runs.METRIC_NAMES, as torchmetrics computes it.
+_METRICS = {"plcc": PearsonCorrCoef, "srocc": SpearmanCorrCoef, "rmse": lambda: MeanSquaredError(squared=False)}
 
 
 def heldout_metrics() -> MetricCollection:
-    return MetricCollection(
-        {"plcc": PearsonCorrCoef(), "srocc": SpearmanCorrCoef(), "rmse": MeanSquaredError(squared=False)}
-    ).double()
+    return MetricCollection({name: _METRICS[name]() for name in METRIC_NAMES}).double()
 
 
 def score_metrics(predicted: torch.Tensor, teacher: torch.Tensor) -> dict[str, float]:
@@ -55,7 +55,7 @@ class HeldoutHistory(L.Callback):
         for history, metrics in zip(self.histories, collections):
             values = metrics.compute()
             metrics.reset()
-            row = {f"heldout_{name}": float(values[name]) for name in METRIC_NAMES}
+            row = {HELDOUT[name]: float(values[name]) for name in METRIC_NAMES}
             row["epoch"] = trainer.current_epoch
             history.append(row)
 
@@ -63,7 +63,7 @@ class HeldoutHistory(L.Callback):
         losses = (pl_module.train_loss_sum / pl_module.train_batches.clamp(min=1)).tolist()
         for history, loss in zip(self.histories, losses):
             if history and history[-1]["epoch"] == trainer.current_epoch:
-                history[-1]["train_loss"] = loss
+                history[-1][Metric.TRAIN_LOSS] = loss
         pl_module.train_loss_sum.zero_()
         pl_module.train_batches.zero_()
 

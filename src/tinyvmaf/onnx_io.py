@@ -28,13 +28,10 @@ from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.features import MOTION
 from tinyvmaf.model import N_FEATURES, VMAF_RANGE, VmafNet, mlp
 from tinyvmaf.teacher import FEATURE_NAMES
-from tinyvmaf.teacher.function import ONNX_IR_VERSION, ONNX_OPSET
+from tinyvmaf.teacher.function import ONNX_IR_VERSION, ONNX_OPSET, ONNX_PROVIDERS
 from tinyvmaf.teacher.log import LEGACY_NAMES
 
 ONNX_TOLERANCE = 1e-4  # VMAF points: ONNX Runtime against torch on real frames, on every export
-# These graphs are microseconds of arithmetic per frame: the CPU runs them, and a file that asks
-# for a GPU provider these machines lack only earns a warning per load.
-PROVIDERS = ["CPUExecutionProvider"]
 
 
 def open_session(model: onnx.ModelProto | Path, what: str | Path) -> ort.InferenceSession:
@@ -42,7 +39,7 @@ def open_session(model: onnx.ModelProto | Path, what: str | Path) -> ort.Inferen
     ONNX Runtime refuses is one line naming ``what``."""
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     try:
-        return ort.InferenceSession(source, providers=PROVIDERS)
+        return ort.InferenceSession(source, providers=ONNX_PROVIDERS)
     except Exception as exc:
         raise TinyVmafError(f"{what}: ONNX Runtime cannot load it ({' '.join(str(exc).split())[:200]})") from None
 

@@ -32,7 +32,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
 
 from tinyvmaf.errors import TinyVmafError
-from tinyvmaf.tracking import TrackedRun, Tracking, find_sweep_run, process_alive
+from tinyvmaf.runs import BEST_PREFIX, Metric
+from tinyvmaf.sweep.status import process_alive
+from tinyvmaf.tracking import TrackedRun, Tracking, find_sweep_run
 
 DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 OWNER_HOST, OWNER_PID = "launcher_host", "launcher_pid"  # the launching process that asked for a trial
@@ -168,9 +170,12 @@ def log_study(tracking: Tracking, sweep: str, study: optuna.study.Study) -> None
         return
     logged = TrackedRun(client, run.info.run_id)
     best = study.best_trial
-    logged.log_tags({f"best.{k}": str(v) for k, v in best.params.items()} | {"best.trial": str(best.number)})
+    logged.log_tags(
+        {f"{BEST_PREFIX}{k}": str(v) for k, v in best.params.items()} | {f"{BEST_PREFIX}trial": str(best.number)}
+    )
     logged.log_metrics(
-        [{"step": len(complete), "best_value": best.value, "trials_complete": len(complete)}], step_key="step"
+        [{"step": len(complete), Metric.BEST_VALUE: best.value, Metric.TRIALS_COMPLETE: len(complete)}],
+        step_key="step",
     )
     # pyplot (Optuna's figures need it), imported in the launching process only, at the end of a search
     import matplotlib.pyplot as plt

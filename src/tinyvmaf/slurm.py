@@ -1,11 +1,11 @@
-"""What SLURM knows of a job: inside one, which job and attempt this process is (its environment);
-from anywhere with SLURM's commands, whether a job is pending, running or over (``squeue``, then
-``sacct``, which needs SLURM's accounting). tinyvmaf schedules nothing itself: this only asks.
+"""What SLURM knows of a job, from anywhere with SLURM's commands: whether it is pending, running
+or over (``squeue``, then ``sacct``, which needs SLURM's accounting); and ``scancel``. tinyvmaf
+schedules nothing itself: this only asks. Which job a process is, from its environment, is a run's
+tags: ``tinyvmaf.runs.slurm_tags``.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -14,21 +14,6 @@ from dataclasses import dataclass
 LIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
                "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT"}  # fmt: skip
 QUERY_TIMEOUT = 30  # s: a controller that does not answer is "unknown", never a hang
-
-
-def job_tags() -> dict[str, str]:
-    """This process's SLURM job as run tags: ``slurm_job`` (``<array job>_<task>`` for an array
-    task, as ``squeue`` and ``sacct`` name it), ``slurm_job_id`` (the task's own id) and
-    ``slurm_restart`` (0 for the first attempt, n after n requeues); none outside SLURM."""
-    env = os.environ
-    if not env.get("SLURM_JOB_ID"):
-        return {}
-    array, task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
-    return {
-        "slurm_job": f"{array}_{task}" if array and task else env["SLURM_JOB_ID"],
-        "slurm_job_id": env["SLURM_JOB_ID"],
-        "slurm_restart": env.get("SLURM_RESTART_COUNT", "0"),
-    }
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,7 @@ so the folder can be moved or shared (``tinyvmaf.mlflow_artifacts``); ``tracking
 team at a shared server instead. The database, the experiment and a sweep's parent run are
 created under a file lock, since several processes creating a fresh SQLite store at once
 corrupt it.
-
-The run tree: a sweep run (``kind=sweep``, named after the sweep, holding its digest), under it
-the fold runs, or the configuration runs of ``fold.heldout=all`` jobs and search trials
-(``kind=loso``) with their fold runs under them (``kind=fold``).
+What a run holds, and its keys, is ``tinyvmaf.runs``.
 """
 
 from __future__ import annotations
@@ -19,7 +16,6 @@ import os
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,7 +32,8 @@ import requests
 from filelock import FileLock
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from mlflow.entities import Dataset, DatasetInput, Experiment, InputTag, Metric, Param, Run, RunStatus, RunTag
+from mlflow import entities
+from mlflow.entities import Dataset, DatasetInput, Experiment, InputTag, Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
@@ -47,9 +44,9 @@ from omegaconf import DictConfig
 from tinyvmaf.errors import Interrupted, TinyVmafError, without_passwords
 from tinyvmaf.files import safe_name
 from tinyvmaf.mlflow_artifacts import local_artifact_root, store_path
-from tinyvmaf.onnx_io import PROVIDERS
-from tinyvmaf.slurm import job_tags
+from tinyvmaf.runs import HELDOUT, Kind, Metric, Param, Tag, search_runs, slurm_tags
 from tinyvmaf.teacher import FEATURE_NAMES
+from tinyvmaf.teacher.function import ONNX_PROVIDERS
 
 
 @contextmanager
@@ -84,17 +81,14 @@ def check_artifact_location(tracking_uri: str, location: str | None, what: str) 
         )
 
 
-KIND = "kind"  # tag: what a run is in the tree
-SWEEP, LOSO, FOLD, EXPORT = "sweep", "loso", "fold", "export"
-PARENT = "mlflow.parentRunId"  # MLflow's own tag: the UI nests a run under its parent
-
 # The runs table as the README's link opens it: MLflow's shared view state (an experiment tag
 # `mlflow.sharedViewState.<key>`, opened by `?viewStateShareKey=<key>`), the columns a LOSO sweep is read by.
 VIEW_KEY = "tinyvmaf"
 RUNS_VIEW = {
     "selectedColumns": [
-        "attributes.`Dataset`", "attributes.`Models`", "params.`arch`", "params.`fold`", "params.`experiment`",
-        "metrics.`heldout_rmse`", "metrics.`heldout_plcc`", "metrics.`heldout_srocc`", "metrics.`n_params`",
+        "attributes.`Dataset`", "attributes.`Models`",
+        *(f"params.`{p}`" for p in (Param.ARCH, Param.FOLD, Param.EXPERIMENT)),
+        *(f"metrics.`{HELDOUT[m]}`" for m in ("rmse", "plcc", "srocc")), f"metrics.`{Metric.N_PARAMS}`",
     ],
     "orderByKey": "attributes.start_time",
     "orderByAsc": False,
@@ -206,14 +200,6 @@ class Tracking:
             ) from None
 
 
-def quoted(value: str, what: str) -> str:
-    """``value`` as a string literal of MLflow's search syntax, which has no escape character."""
-    for quote in ("'", '"'):
-        if quote not in value:
-            return f"{quote}{value}{quote}"
-    raise TinyVmafError(f"{what}={value!r}: cannot hold both ' and \" (MLflow cannot search for it)")
-
-
 def run_by_id(client: MlflowClient, run_id: str) -> Run:
     try:
         return client.get_run(run_id)
@@ -251,8 +237,7 @@ def sweep_id(cfg: DictConfig) -> str:
 
 def find_sweep_run(client: MlflowClient, experiment_id: str, sweep: str) -> Run | None:
     """The sweep's parent run, if one was opened; the earliest when racing processes opened two."""
-    query = f"tags.sweep_id = {quoted(sweep, 'sweep_id')} and tags.{KIND} = '{SWEEP}'"
-    runs = client.search_runs([experiment_id], query, max_results=1000)
+    runs = search_runs(client, experiment_id, Kind.SWEEP, sweep=sweep)
     return min(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id), default=None)
 
 
@@ -269,7 +254,7 @@ def open_sweep_run(tracking: Tracking, sweep: str, params: dict[str, object]) ->
             client.update_run(found.info.run_id, status="RUNNING")
             return found.info.run_id
         mine = client.create_run(
-            experiment_id, run_name=sweep, tags={"sweep_id": sweep, KIND: SWEEP, **provenance_tags()}
+            experiment_id, run_name=sweep, tags={Tag.SWEEP_ID: sweep, Tag.KIND: Kind.SWEEP, **provenance_tags()}
         )
         TrackedRun(client, mine.info.run_id).log_params(params)
         winner = find_sweep_run(client, experiment_id, sweep)
@@ -277,17 +262,6 @@ def open_sweep_run(tracking: Tracking, sweep: str, params: dict[str, object]) ->
         client.delete_run(mine.info.run_id)
         return winner.info.run_id
     return mine.info.run_id
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` of this host still exists (a run's, or a search's launching process)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, as another user's
-        pass
-    return True
 
 
 @cache
@@ -303,33 +277,33 @@ def _git_commit(folder: Path) -> str | None:
 
 def provenance_tags() -> dict[str, str]:
     """MLflow's source tags: the command that ran (entry point and its Hydra overrides) and its git
-    commit; inside a SLURM job, which job and attempt (``tinyvmaf.slurm.job_tags``)."""
+    commit; inside a SLURM job, which job and attempt (``tinyvmaf.runs.slurm_tags``)."""
     script = Path(sys.argv[0]).resolve()
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else sys.argv[1:]
     tags = {
-        "mlflow.source.name": script.name,
-        "mlflow.source.type": "LOCAL",
-        "command": without_passwords(shlex.join(["python", script.name, *overrides])),
+        Tag.SOURCE_NAME: script.name,
+        Tag.SOURCE_TYPE: "LOCAL",
+        Tag.COMMAND: without_passwords(shlex.join(["python", script.name, *overrides])),
     }
     commit = _git_commit(script.parent)
     if commit:
-        tags["mlflow.source.git.commit"] = commit
-    return {**tags, **job_tags()}
+        tags[Tag.GIT_COMMIT] = commit
+    return {**tags, **slurm_tags()}
 
 
 def retire_earlier_attempts(client: MlflowClient, experiment_id: str) -> None:
     """In a requeued SLURM job: the runs its earlier attempts left RUNNING (their node died, or
     they were preempted) end FAILED, saying so; they would otherwise stay RUNNING for ever."""
-    mine = job_tags()
-    restart = int(mine.get("slurm_restart", "0"))
+    mine = slurm_tags()
+    restart = int(mine.get(Tag.SLURM_RESTART, "0"))
     if restart == 0:
         return
-    query = f"tags.slurm_job_id = '{mine['slurm_job_id']}' and attributes.status = 'RUNNING'"
-    for run in client.search_runs([experiment_id], query, max_results=1000):
-        attempt = run.data.tags.get("slurm_restart", "0")
+    job = {Tag.SLURM_JOB_ID: mine[Tag.SLURM_JOB_ID]}
+    for run in search_runs(client, experiment_id, status="RUNNING", tags=job):
+        attempt = run.data.tags.get(Tag.SLURM_RESTART, "0")
         if attempt.isdigit() and int(attempt) < restart:
-            said = f"SLURM job {mine['slurm_job']} was requeued: attempt {int(attempt) + 1} ended without a word"
-            client.set_tag(run.info.run_id, "error", said)
+            said = f"SLURM job {mine[Tag.SLURM_JOB]} was requeued: attempt {int(attempt) + 1} ended without a word"
+            client.set_tag(run.info.run_id, Tag.ERROR, said)
             client.set_terminated(run.info.run_id, "FAILED")
 
 
@@ -389,7 +363,7 @@ def log_onnx_model(
             input_example=example.astype(np.float32), registered_model_name=registered_name,
             # pinned here: inferring them costs a Python subprocess (~1.5 s) per fold run
             pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
-            onnx_execution_providers=PROVIDERS, save_as_external_data=False,
+            onnx_execution_providers=ONNX_PROVIDERS, save_as_external_data=False,
         )  # fmt: skip
 
 
@@ -407,16 +381,19 @@ class TrackedRun:
         check_artifact_location(self.client.tracking_uri, self._artifact_uri, f"run {self.run_id}")
 
     def log_params(self, params: dict[str, object]) -> None:
-        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        self.client.log_batch(self.run_id, params=[entities.Param(k, str(v)) for k, v in params.items()])
 
     def log_tags(self, tags: dict[str, str]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.client.log_batch(self.run_id, tags=[entities.RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_metrics(self, rows: list[dict[str, float]], step_key: str = "epoch") -> None:
         """Each row is one step; every other key of the row is a metric."""
         now = int(time.time() * 1000)
         metrics = [
-            Metric(k, float(v), now, int(row[step_key])) for row in rows for k, v in row.items() if k != step_key
+            entities.Metric(k, float(v), now, int(row[step_key]))
+            for row in rows
+            for k, v in row.items()
+            if k != step_key
         ]
         for start in range(0, len(metrics), 1000):  # MLflow's per-batch limit
             self.client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
@@ -449,42 +426,11 @@ def tracked_run(
         yield tracked
     except (Interrupted, KeyboardInterrupt) as exc:  # stopped from outside: not a failure of the run's own
         said = f"interrupted ({exc})" if str(exc) else "interrupted"
-        client.log_batch(run.info.run_id, tags=[RunTag("error", said)])
+        client.log_batch(run.info.run_id, tags=[entities.RunTag(Tag.ERROR, said)])
         client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
         raise
     except BaseException as exc:
-        client.log_batch(run.info.run_id, tags=[RunTag("error", " ".join(str(exc).split())[:4000])])
+        client.log_batch(run.info.run_id, tags=[entities.RunTag(Tag.ERROR, " ".join(str(exc).split())[:4000])])
         client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
         raise
     client.set_terminated(run.info.run_id, tracked.end_status)
-
-
-# The sweep's ledger: every job its commands planned (tinyvmaf.sweep.record_jobs), in the sweep
-# folder and as an artifact of the sweep run, for the digest to know what the sweep was asked.
-LEDGER = "jobs.json"
-
-
-def read_ledger_file(path: Path) -> list[dict]:
-    """A ledger as written by ``record_jobs``; the store or folder may come from someone else, so
-    anything else is one line naming the file."""
-    if not path.is_file():
-        return []
-    try:
-        entries = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise TinyVmafError(f"{path}: not a sweep's job ledger ({type(exc).__name__})") from None
-    fields = {"index": int, "overrides": list, "arch": str, "folds": list}
-    if not isinstance(entries, list) or not all(
-        isinstance(e, dict) and all(isinstance(e.get(k), t) for k, t in fields.items()) for e in entries
-    ):
-        raise TinyVmafError(f"{path}: not a sweep's job ledger (a list of jobs with index, overrides, arch, folds)")
-    return entries
-
-
-def ledger_of_run(client: MlflowClient, run_id: str) -> list[dict]:
-    """The job ledger logged to a sweep run (``record_jobs``), or [] when it has none."""
-    names = {a.path for a in client.list_artifacts(run_id)}
-    if LEDGER not in names:
-        return []
-    with tempfile.TemporaryDirectory() as tmp:
-        return read_ledger_file(Path(client.download_artifacts(run_id, LEDGER, tmp)))

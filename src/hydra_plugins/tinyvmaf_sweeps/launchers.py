@@ -1,5 +1,5 @@
 """``tinyvmaf_slurm`` and ``tinyvmaf_submitit_local``: hydra-submitit-launcher's launchers, with
-tinyvmaf's verdict on every job and ``cancel_jobs_on_exit`` (``tinyvmaf.sweep.SubmititVerdict``).
+tinyvmaf's verdict on every job and ``cancel_jobs_on_exit`` (``tinyvmaf.sweep.launcher``).
 Without the cluster extra (hydra-submitit-launcher) there is nothing to add to, and nothing is
 registered. No ``from __future__ import annotations``: Hydra loads plugin modules outside
 ``sys.modules``, where dataclasses cannot resolve string annotations."""
@@ -14,7 +14,7 @@ try:
 except ImportError:  # pip install -e '.[cluster]'
     pass
 else:
-    from tinyvmaf.sweep import SubmititVerdict
+    from tinyvmaf.sweep.launcher import SubmititVerdict
 
     class TinyvmafSlurmLauncher(SubmititVerdict, SlurmLauncher):
         pass

@@ -30,6 +30,9 @@ DOMAIN_HIGH = np.array([1.0, 100.0, 1.0, 1.0, 1.0, 1.0])
 # which ONNX Runtime reads from 1.11 on.
 ONNX_OPSET = 17
 ONNX_IR_VERSION = 8
+# Where they run: these graphs are microseconds of arithmetic per frame, so the CPU runs them, and a
+# file that asks for a GPU provider these machines lack only earns a warning per load.
+ONNX_PROVIDERS = ["CPUExecutionProvider"]
 
 # libvmaf's options that select a variant of a feature, and how its JSON log names that variant.
 _VARIANTS = {"adm_enhn_gain_limit": "_egl_{:g}", "vif_enhn_gain_limit": "_egl_{:g}"}

@@ -1,0 +1,250 @@
+"""The run record: every key a tinyvmaf MLflow run carries, how a recipe is hashed, and the one
+query for runs. Training writes through it; the digest, export, search and sweep read through it.
+
+The run tree (``Tag.KIND``): a sweep run (``Kind.SWEEP``, named after the sweep, holding its
+digest), under it the fold runs (``Kind.FOLD``), or the configuration runs of ``fold.heldout=all``
+jobs and search trials (``Kind.LOSO``) with their fold runs under them; export runs
+(``Kind.EXPORT``) stand alone. The names are part of tinyvmaf's interface (the MLflow UI's
+columns, users' queries): keep them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from tinyvmaf.corpus import Corpus
+from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.files import config_literal
+
+
+class Kind:
+    """What a run is in the tree (its ``Tag.KIND``). These classes are namespaces of plain strings:
+    MLflow and its database drivers get ``str``, never an enum."""
+
+    SWEEP = "sweep"
+    LOSO = "loso"
+    FOLD = "fold"
+    EXPORT = "export"
+
+
+class Tag:
+    KIND = "kind"
+    PARENT = "mlflow.parentRunId"  # MLflow's own: the UI nests a run under its parent
+    SOURCE_NAME = "mlflow.source.name"  # MLflow's own: the entry point that ran
+    SOURCE_TYPE = "mlflow.source.type"
+    GIT_COMMIT = "mlflow.source.git.commit"
+    COMMAND = "command"  # the entry point and its Hydra overrides, passwords hidden
+    SWEEP_ID = "sweep_id"  # ties the runs of one multirun together
+    RECIPE_HASH = "recipe_hash"  # a fold run's recipe (``recipe_hash``): what a rerun resumes by
+    HOST = "host"  # where a fold run's process lives: the digest tells a killed run from a live one
+    PID = "pid"
+    CORPUS_SOURCES = "corpus_sources"  # JSON list: the sources the fold's corpus holds
+    LIBVMAF_VERSION = "libvmaf_version"
+    ERROR = "error"  # why a run FAILED or was KILLED, one line
+    PRUNED = "pruned"  # a search trial (and its folds) stopped by the pruner, and when
+    NESTED_BY = "nested_by"  # a run nested under its sweep run by evaluate.py, not by its job
+    SLURM_JOB = "slurm_job"  # ``<array job>_<task>``, as squeue and sacct name it
+    SLURM_JOB_ID = "slurm_job_id"  # the task's own id
+    SLURM_RESTART = "slurm_restart"  # 0 for the first attempt, n after n requeues
+    LOSO_SWEEP_ID = "loso_sweep_id"  # an export run: the sweep of its LOSO evidence
+    LOSO_RUN_ID = "loso_run_id"  # ... and the run its folds sit under
+
+
+class Param:
+    EXPERIMENT = "experiment"  # the recipe's name (experiment_name: default, shipped...)
+    ARCH = "arch"
+    HIDDEN = "hidden"
+    ACTIVATION = "activation"
+    FOLD = "fold"  # the held-out source, or ALL_FOLDS for a configuration run
+    FOLDS = "folds"
+    TEACHER = "teacher"
+    CORPUS = "corpus"
+    EPOCHS = "epochs"
+    LR = "lr"
+    WEIGHT_DECAY = "weight_decay"
+    SCHEDULER = "scheduler"
+    LOSS = "loss"
+    LOG_MOTION = "log_motion"
+    AUGMENT = "augment"
+    AUGMENT_AMOUNT = "augment_amount"
+    BATCH_SIZE = "batch_size"
+    SEED = "seed"
+    TRIAL = "trial"  # a search trial's number
+    SWEEP = "sweep"  # a sweep run: its command line
+    ARCHS = "archs"  # a sweep run: the archs its digest covers
+
+
+class Metric:
+    TRAIN_LOSS = "train_loss"
+    N_PARAMS = "n_params"
+    N_TRAIN_FRAMES = "n_train_frames"
+    N_HELDOUT_FRAMES = "n_heldout_frames"
+    HELDOUT_TEACHER_MEAN = "heldout_teacher_mean"
+    HELDOUT_TEACHER_STD = "heldout_teacher_std"
+    FOLDS_DONE = "folds_done"  # a configuration run: folds trained to their last epoch
+    FOLDS_EXPECTED = "folds_expected"  # a sweep run: its completeness
+    FOLDS_FINISHED = "folds_finished"
+    FOLDS_FAILED = "folds_failed"
+    FOLDS_RUNNING = "folds_running"
+    FOLDS_MISSING = "folds_missing"
+    BEST_VALUE = "best_value"  # a search's sweep run: its best trial's objective
+    TRIALS_COMPLETE = "trials_complete"
+
+
+# The held-out metrics every fold is scored by (tinyvmaf.metrics computes them), in the order the
+# digest shows them.
+METRIC_NAMES = ("plcc", "srocc", "rmse")
+# A fold run's held-out metrics, per epoch: metric name -> run key.
+HELDOUT = {m: f"heldout_{m}" for m in METRIC_NAMES}
+# A LOSO's figures over its folds (a configuration run's metrics, a shipped model's metadata):
+# mean and sample std of each held-out metric, and the worst fold's RMSE and PLCC.
+LOSO_MEAN = {m: f"loso_{m}_mean" for m in METRIC_NAMES}
+LOSO_STD = {m: f"loso_{m}_std" for m in METRIC_NAMES}
+LOSO_WORST = {"rmse": "loso_rmse_worst", "plcc": "loso_plcc_worst"}
+LOSO_FOLDS = "loso_folds"
+LOSO_EXPERIMENT_ID = "loso_experiment_id"
+BEST_PREFIX = "best."  # a search's sweep run: its best trial's params as tags ``best.<key>``, and ``best.trial``
+# The sweep run's per-arch digest figures: ``<arch>/rmse_mean``...
+DIGEST_SUFFIXES = ("mean", "std")
+DIGEST_WORST = "rmse_worst"
+
+ALL_FOLDS = "all"  # fold.heldout=all: every fold of the corpus in one job
+
+# What makes two runs of one (arch, fold) the same experiment: the recipe, not where it ran.
+RECIPE_KEYS = ("arch", "fold", "teacher", "trainer", "data", "model", "seed", "experiment_name")
+
+
+def recipe_hash(cfg: DictConfig) -> str:
+    values = {k: cfg.get(k) for k in RECIPE_KEYS}
+    recipe = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in values.items()}
+    recipe["corpus"] = cfg.corpus.get("name")
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def fold_config(cfg: DictConfig, corpus: Corpus, source: str) -> DictConfig:
+    """The configuration of one fold of a whole-configuration job: what its separate run is given."""
+    names = {"heldout": config_literal(source), "corpus": config_literal(corpus.name)}  # data, never interpolations
+    return OmegaConf.merge(cfg, {"fold": names})  # a new config each
+
+
+def _target_name(node: DictConfig | None) -> str:
+    """The class a config node instantiates: ``OneCycleLR``, or ``none``."""
+    return (node or {}).get("_target_", "none").rsplit(".", 1)[-1]
+
+
+def run_params(cfg: DictConfig) -> dict[str, object]:
+    """The configuration a fold run records as MLflow params (what it was asked to do, nothing measured)."""
+    return {
+        Param.EXPERIMENT: cfg.get("experiment_name", "default"),
+        Param.ARCH: cfg.arch.name,
+        Param.HIDDEN: json.dumps(OmegaConf.to_container(cfg.arch.net, resolve=True).get("hidden")),
+        Param.FOLD: str(cfg.fold.heldout),
+        Param.TEACHER: cfg.teacher.model,
+        Param.CORPUS: cfg.corpus.get("name"),
+        Param.EPOCHS: cfg.trainer.max_epochs,
+        Param.LR: cfg.model.optimizer.lr,
+        Param.WEIGHT_DECAY: cfg.model.optimizer.get("weight_decay", 0.0),
+        Param.SCHEDULER: _target_name(cfg.model.get("scheduler")),
+        Param.LOSS: _target_name(cfg.model.get("loss")),
+        Param.LOG_MOTION: cfg.model.get("log_motion", False),
+        Param.AUGMENT: cfg.data.augment.enabled,
+        Param.AUGMENT_AMOUNT: cfg.data.augment.amount if cfg.data.augment.enabled else 0,
+        Param.BATCH_SIZE: cfg.data.batch_size,
+        Param.SEED: cfg.seed,
+    }
+
+
+def fold_run_tags(sweep: str, recipe: str, parent_run_id: str | None) -> dict[str, str]:
+    """A fold run's own tags: its sweep, its recipe, and where its process lives."""
+    return {
+        Tag.SWEEP_ID: sweep, Tag.KIND: Kind.FOLD, Tag.RECIPE_HASH: recipe,
+        Tag.HOST: os.uname().nodename, Tag.PID: str(os.getpid()),
+        **({Tag.PARENT: parent_run_id} if parent_run_id is not None else {}),
+    }  # fmt: skip
+
+
+def slurm_tags() -> dict[str, str]:
+    """This process's SLURM job as run tags (``Tag.SLURM_*``); none outside SLURM."""
+    env = os.environ
+    if not env.get("SLURM_JOB_ID"):
+        return {}
+    array, task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
+    return {
+        Tag.SLURM_JOB: f"{array}_{task}" if array and task else env["SLURM_JOB_ID"],
+        Tag.SLURM_JOB_ID: env["SLURM_JOB_ID"],
+        Tag.SLURM_RESTART: env.get("SLURM_RESTART_COUNT", "0"),
+    }
+
+
+def heldout(run: Run) -> dict[str, float]:
+    """A finished fold run's held-out metrics, by metric name."""
+    return {m: run.data.metrics[key] for m, key in HELDOUT.items()}
+
+
+def has_heldout(run: Run) -> bool:
+    return all(key in run.data.metrics for key in HELDOUT.values())
+
+
+def loso_figures(per_fold: list[dict[str, float]]) -> dict[str, float]:
+    """A LOSO's figures from its folds' held-out metrics (by metric name): ``LOSO_MEAN``,
+    ``LOSO_STD`` (sample std; 0 for one fold) and ``LOSO_WORST``."""
+    values = {m: np.array([f[m] for f in per_fold], dtype=np.float64) for m in METRIC_NAMES}
+    figures = {LOSO_MEAN[m]: float(v.mean()) for m, v in values.items()}
+    figures |= {LOSO_STD[m]: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for m, v in values.items()}
+    figures[LOSO_WORST["rmse"]] = float(values["rmse"].max())
+    figures[LOSO_WORST["plcc"]] = float(values["plcc"].min())
+    return figures
+
+
+def quoted(value: str, what: str) -> str:
+    """``value`` as a string literal of MLflow's search syntax, which has no escape character."""
+    for quote in ("'", '"'):
+        if quote not in value:
+            return f"{quote}{value}{quote}"
+    raise TinyVmafError(f"{what}={value!r}: cannot hold both ' and \" (MLflow cannot search for it)")
+
+
+def search_runs(
+    client: MlflowClient,
+    experiment_id: str,
+    kind: str | None = None,
+    *,
+    sweep: str | None = None,
+    arch: str | None = None,
+    status: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> list[Run]:
+    """The runs of ``kind`` (any, when None), latest first; only those of ``sweep``, of ``arch``,
+    in ``status`` and carrying ``tags``, where given."""
+    clauses = [f"tags.{Tag.KIND} = '{kind}'"] if kind else []
+    clauses += [f"tags.{Tag.SWEEP_ID} = {quoted(sweep, 'sweep_id')}"] if sweep is not None else []
+    clauses += [f"params.{Param.ARCH} = {quoted(arch, 'arch')}"] if arch is not None else []
+    clauses += [f"attributes.status = '{status}'"] if status else []
+    clauses += [f"tags.{k} = {quoted(v, k)}" for k, v in (tags or {}).items()]
+    found = client.search_runs(
+        [experiment_id], " and ".join(clauses), max_results=50000, order_by=["attributes.start_time DESC"]
+    )
+    return list(found)
+
+
+def finished_folds(
+    client: MlflowClient, experiment_id: str, *, sweep: str | None = None, arch: str | None = None
+) -> list[Run]:
+    """The finished fold runs that hold every held-out metric, latest first: what a LOSO counts."""
+    runs = search_runs(client, experiment_id, Kind.FOLD, sweep=sweep, arch=arch, status="FINISHED")
+    return [r for r in runs if has_heldout(r)]
+
+
+def latest_per_fold(runs: list[Run]) -> dict[str, Run]:
+    """The first run (the latest, in ``search_runs``'s order) of each held-out fold."""
+    found: dict[str, Run] = {}
+    for r in runs:
+        found.setdefault(r.data.params.get(Param.FOLD), r)
+    return found
