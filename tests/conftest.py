@@ -3,6 +3,7 @@ real processes, caches on real libvmaf, and a real libvmaf ``vmaf`` tool built f
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -10,22 +11,39 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
+from hydra.utils import instantiate
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 from servers import team_server
 
 from tinyvmaf import ffmpeg
-from tinyvmaf.cache import TeacherCache
+from tinyvmaf.cache import FrameTable, TeacherCache
 from tinyvmaf.cli import no_telemetry
+from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.export import export_models
+from tinyvmaf.teacher import FEATURE_NAMES
 from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
+from tinyvmaf.training import train
 
 no_telemetry()  # before any test module imports MLflow or ONNX Runtime, as the entry points do
+
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
 CONFIGS = ROOT / "configs"
+
+
 SIZE = "64x48"
+
+
 FRAMES = 8
+
+
 MODELS = ["vmaf_v0.6.1", "vmaf_v0.6.1neg"]
 
 
@@ -169,6 +187,33 @@ def vmaf_cli(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def default_table(compose) -> FrameTable:
+    """The default corpus's cache, in the checkout's data/ as the README's main job builds it:
+    generated and run through libvmaf on a fresh machine (~75 s), else only read."""
+    cfg = compose("build_cache")
+    corpus, cache = instantiate(cfg.corpus), instantiate(cfg.cache)
+    cache.build(corpus)
+    return cache.load(corpus)
+
+
+# The session's one-of-a-kind resources: the tests that use one run on one xdist worker (the SLURM
+# cluster's network namespaces and the checkout's data/ folder are global; a PostgreSQL server, the
+# built vmaf tool and the trained store cost seconds each to make).
+SHARED = {
+    "slurm": "slurm", "mlflow_server": "server", "vmaf_cli": "vmaf_cli", "default_table": "default_corpus",
+    "swept": "swept",  # the trained store (and the models exported from it) that digest, export and score read
+}  # fmt: skip
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the tests' ids
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        group = next((g for fixture, g in SHARED.items() if fixture in getattr(item, "fixturenames", ())), None)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.fixture(scope="session")
 def slurm():
     """A real SLURM 22.05 cluster of two namespace nodes (tests/cluster.py), for the session;
     stopped by PID and removed at its end. CI requires it (TINYVMAF_REQUIRE_SLURM=1)."""
@@ -190,3 +235,74 @@ def mlflow_server():
     Yields (tracking URI, the server's artifact folder, an empty PostgreSQL database for Optuna)."""
     with team_server() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def swept(tiny_corpus_master, tmp_path_factory, training_overrides, compose):
+    """A 2-arch x 2-fold sweep of the tiny corpus, plus one failed run, in a real MLflow store."""
+    tmp = tmp_path_factory.mktemp("swept")
+    base = training_overrides(tiny_corpus_master, tmp)
+    for arch in ("mlp_small", "linear"):
+        for fold in ("Bars", "Mandel"):
+            train(compose("train", *base, f"arch={arch}", f"fold.heldout={fold}", "sweep_id=s1"))
+    with pytest.raises(TinyVmafError):
+        train(compose("train", *base, "fold.heldout=Ghost", "sweep_id=s1"))
+    for fold in ("Bars", "Mandel"):  # the same without augmentation, to compare with
+        train(compose("train", *base, f"fold.heldout={fold}", "sweep_id=plain", "data.augment.enabled=false"))
+    return tmp, base
+
+
+@pytest.fixture(scope="session")
+def exported(swept, compose):
+    """export.py on the swept store: mlp_small's recipe is sweep s1's exactly, so s1 is its LOSO;
+    nobody ran mlp_medium's, so export.py runs it first."""
+    tmp, base = swept
+    overrides = [o for o in base if not o.startswith("fold.")]
+    cfg = compose(
+        "export",
+        "~experiment",  # the swept recipe (3 epochs, default augmentation): the metadata must name it
+        *overrides,
+        f"exports.vmaf_tiny_v1.output={tmp}/models/a.onnx",
+        f"exports.vmaf_tiny_v1_medium.output={tmp}/models/b.onnx",
+        f"teacher_output_dir={tmp}/models",
+    )
+    assert export_models(cfg) == 0
+    return tmp, cfg
+
+
+@pytest.fixture(scope="session")
+def a_log(tmp_path_factory) -> Path:
+    """A libvmaf-format JSON log of 20 frames (the features any libvmaf 2 run logs)."""
+    rng = np.random.default_rng(0)
+    frames = [
+        {
+            "frameNum": i,
+            "metrics": {**{n: float(v) for n, v in zip(FEATURE_NAMES, rng.uniform(0.3, 1, 6))}, "vmaf": 50.0},
+        }
+        for i in range(20)
+    ]
+    path = tmp_path_factory.mktemp("log") / "log.json"
+    path.write_text(json.dumps({"version": "3.0.0", "frames": frames}))
+    return path
+
+
+@pytest.fixture(scope="session")
+def received_store(tiny_corpus_master, tmp_path_factory, training_overrides, compose):
+    """A store made by a real tiny training run (two folds of mlp_small), to be edited as an attacker would."""
+    folder = tmp_path_factory.mktemp("store")
+    base = training_overrides(tiny_corpus_master, folder)
+    for fold in ("Bars", "Mandel"):
+        train(compose("train", *base, f"fold.heldout={fold}", "sweep_id=theirs", "tracking.log_models=false"))
+    return folder, base
+
+
+@pytest.fixture
+def their_store(received_store, tmp_path):
+    """A private copy of the received store; (folder, training overrides pointing at it, a fold run id)."""
+    original, base = received_store
+    folder = Path(shutil.copytree(original / "mlruns", tmp_path / "received" / "mlruns")).parent
+    base = [o.replace(str(original / "mlruns"), str(folder / "mlruns")) for o in base]
+    client = MlflowClient(f"sqlite:///{folder}/mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name("tinyvmaf-loso").experiment_id
+    run = client.search_runs([experiment], "tags.kind = 'fold'")[0]
+    return folder, base, run

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
+import re
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import MODELS
+from helpers import LAUNCHERS
 from omegaconf import OmegaConf
 
+from tinyvmaf.cache import TeacherCache, shard_of
+from tinyvmaf.corpus import ClipPair, Video
 from tinyvmaf.corpus.dataset_file import DatasetFileCorpus
-from tinyvmaf.corpus.default import DefaultCorpus
 from tinyvmaf.corpus.directory import DirectoryCorpus
 from tinyvmaf.errors import TinyVmafError
-from tinyvmaf.ffmpeg import ffmpeg_exe
+from tinyvmaf.ffmpeg import RawFormat, ffmpeg_exe
 from tinyvmaf.teacher import FEATURE_NAMES
 
 
@@ -111,80 +116,376 @@ def test_build_cache_command_prints_summary_and_writes_json(tiny_corpus, tmp_pat
     assert summary["libvmaf_version"] and summary["backend"] == "ffmpeg-libvmaf"
 
 
-# -- dataset files --------------------------------------------------------------------------
+def break_clips(corpus: Path, make_clip) -> dict[str, str]:
+    """Spoil some distorted clips of a tiny corpus; returns asset -> expected message fragment."""
+    dis = corpus / "dis"
+    (dis / "Bars__crf45.mp4").write_bytes(os.urandom(3000))  # corrupt
+    (dis / "Bars__half.mp4").write_bytes(b"")  # empty file
+    make_clip(dis / "Mandel__crf20.mp4", "mandelbrot", frames=5)  # 5 frames vs 8 in the reference
+    return {
+        "Bars__crf45": "Bars__crf45.mp4: not a decodable video",
+        "Bars__half": "Bars__half.mp4: not a decodable video",
+        "Mandel__crf20": "Mandel__crf20.mp4: 5 frames, but its reference",
+    }
 
 
-def write_dataset(make_clip, folder: Path, fmt: str, extra: str = "") -> Path:
-    suffix = "_10" if fmt == "yuv420p10le" else ""
-    make_clip(folder / "ref" / f"src{suffix}.yuv", "testsrc2")
-    make_clip(folder / "dis" / f"src_noisy{suffix}.yuv", "testsrc2", vf="noise=alls=30")
-    make_clip(folder / "dis" / f"src_blur{suffix}.yuv", "testsrc2", vf="boxblur=2")
-    path = folder / "dataset.py"
-    path.write_text(
-        f"""# a small dataset in the format of NFLX_dataset_public.py
-dataset_name = 'Tiny'
-yuv_fmt = '{fmt}'
-width = 64
-height = 48
-ref_dir = 'ref'
-dis_dir = {str(folder / "dis")!r}
-{extra}
-ref_videos = [
-    {{'content_id': 0, 'content_name': 'Src', 'path': ref_dir + '/src{suffix}.yuv'}},
-]
-dis_videos = [
-    {{'content_id': 0, 'asset_id': 0, 'dmos': 3.5, 'path': dis_dir + '/src_noisy{suffix}.yuv'}},
-    {{'content_id': 0, 'asset_id': 1, 'dmos': -1.0, 'path': 'src_blur{suffix}.yuv'}},
-]
-"""
-    )
-    return path
+def raw_pair(make_clip, tmp_path: Path, ref_bytes: bytes | None, dis_bytes: bytes | None) -> ClipPair:
+    raw = RawFormat(64, 48)
+    ref, dis = tmp_path / "ref.yuv", tmp_path / "dis.yuv"
+    make_clip(ref, "testsrc2")
+    make_clip(dis, "testsrc2", vf="noise=alls=20")
+    if ref_bytes is not None:
+        ref.write_bytes(ref_bytes)
+    if dis_bytes is not None:
+        dis.write_bytes(dis_bytes)
+    return ClipPair("Src", "Src__x", Video(ref, raw), Video(dis, raw))
 
 
-@pytest.mark.parametrize("fmt", ["yuv420p", "yuv420p10le"])
-def test_dataset_file_corpus_8_and_10_bit(tmp_path, fmt, make_clip, cache_for):
-    corpus = DatasetFileCorpus(write_dataset(make_clip, tmp_path, fmt))
-    pairs = corpus.pairs()
-    assert corpus.name == "Tiny" and [p.asset for p in pairs] == ["Src__0", "Src__1"]
-    assert pairs[0].dmos == 3.5 and pairs[1].dmos == -1.0
-    assert pairs[0].reference.path == tmp_path / "ref" / f"src{'_10' if '10' in fmt else ''}.yuv"
-    assert pairs[1].distorted.raw.pix_fmt == fmt
+class OnePairCorpus:
+    name = "one"
+
+    def __init__(self, pair: ClipPair) -> None:
+        self.pair = pair
+
+    def pairs(self) -> list[ClipPair]:
+        return [self.pair]
+
+
+def files_under(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if p.is_file()}
+
+
+def children_of(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def test_bad_clips_fail_alone_with_one_line_errors_and_no_entry(tiny_corpus, tmp_path, cache_for, make_clip):
+    expected = break_clips(tiny_corpus, make_clip)
+    corpus = DirectoryCorpus(tiny_corpus)
     cache = cache_for(tmp_path)
     report = cache.build(corpus)
-    assert not report.failures
-    table = cache.load(corpus)
-    assert len(table) == 16 and np.isfinite(table.features).all()
-    noisy, blur = (table.scores["vmaf_v0.6.1"][table.clip == i].mean() for i in (0, 1))
-    assert 0 <= noisy < 100 and 0 <= blur < 100
+    failures = {f.asset: f.error for f in report.failures}
+    assert set(failures) == set(expected)
+    for asset, fragment in expected.items():
+        assert fragment in failures[asset] and "\n" not in failures[asset]
+        assert not cache.entry_path(corpus, asset).exists()
+    assert sorted(report.built) == ["Bars__crf20", "Mandel__crf45", "Mandel__half"]
+    assert not list(cache.folder(corpus).rglob("*.partial"))
+    assert len(cache.load(corpus)) == 3 * 8
+
+
+def test_build_cache_command_lists_every_failure_and_exits_non_zero(tiny_corpus, tmp_path, run_entry, make_clip):
+    expected = break_clips(tiny_corpus, make_clip)
+    proc = run_entry(
+        "build_cache.py", "corpus=directory", f"corpus.root={tiny_corpus}", f"paths.data_dir={tmp_path}/data"
+    )
+    assert proc.returncode == 1
+    for asset, fragment in expected.items():
+        assert f"failed {asset}: " in proc.stdout and fragment in proc.stdout
+    assert "3 clip(s) failed" in proc.stdout and "3 clip(s) computed" in proc.stdout
 
 
 @pytest.mark.parametrize(
-    "extra, found",
+    "spoil, message",
     [
-        ("import os", "Import"),
-        ("fps = __import__('os').system('true')", "__import__('os').system('true')"),
-        ("def f(): pass", "FunctionDef"),
-        ("x = width * 2", "width * 2"),
+        ("missing", r"dis.yuv: no such file"),
+        (
+            "partial_frame",
+            r"dis.yuv: size 18000 bytes is not a whole number of 64x48 yuv420p frames \(4608 bytes each\)",
+        ),
+        ("zero_frames", r"dis.yuv: the video has zero frames"),
     ],
 )
-def test_dataset_file_with_anything_but_literal_assignments_is_refused(tmp_path, extra, found, make_clip):
-    path = write_dataset(make_clip, tmp_path, "yuv420p", extra)
-    with pytest.raises(
-        TinyVmafError,
-        match=rf"{path}:\d+: only literal assignments are allowed, found .*{__import__('re').escape(found)}",
+def test_raw_yuv_problems(tmp_path, spoil, message, make_clip, cache_for):
+    pair = raw_pair(
+        make_clip,
+        tmp_path,
+        None,
+        b"\0" * 18000 if spoil == "partial_frame" else b"" if spoil == "zero_frames" else None,
+    )
+    if spoil == "missing":
+        pair.distorted.path.unlink()
+    cache = cache_for(tmp_path)
+    report = cache.build(OnePairCorpus(pair))
+    assert len(report.failures) == 1
+    assert re.search(message, report.failures[0].error)
+    assert not cache.entry_path(OnePairCorpus(pair), "Src__x").exists()
+
+
+def test_unknown_teacher_model_is_named(tiny_corpus, tmp_path, cache_for):
+    cache = cache_for(tmp_path, models=["vmaf_v0.6.1", "vmaf_v9"])
+    with pytest.raises(TinyVmafError, match="unknown teacher model 'vmaf_v9'"):
+        cache.build(DirectoryCorpus(tiny_corpus))
+    assert not (cache.folder(DirectoryCorpus(tiny_corpus)) / "clips").exists()
+
+
+def test_unknown_teacher_model_from_the_command_line(tiny_corpus, tmp_path, run_entry):
+    proc = run_entry(
+        "build_cache.py",
+        "corpus=directory",
+        f"corpus.root={tiny_corpus}",
+        "cache.models=[vmaf_v0.6.1,nope]",
+        f"paths.data_dir={tmp_path}/data",
+    )
+    assert proc.returncode == 1
+    assert (
+        proc.stderr.strip().splitlines()[-1]
+        == "error: unknown teacher model 'nope': libvmaf has no such built-in model"
+    )
+
+
+def test_a_full_disk_while_consolidating_is_one_line_after_the_failures_and_a_rerun_resumes(
+    tiny_corpus, tmp_path, cache_for, monkeypatch, capsys
+):
+    import errno
+
+    from tinyvmaf.cache import build_cache
+
+    (tiny_corpus / "dis" / "Bars__broken.mp4").write_bytes(b"not a video")
+    cfg = OmegaConf.create(
+        {"corpus": {"_target_": "tinyvmaf.corpus.directory.DirectoryCorpus", "root": str(tiny_corpus)},
+         "cache": {"_target_": "tinyvmaf.cache.TeacherCache", "root": str(tmp_path / "cache"),
+                   "libvmaf": {"_target_": "tinyvmaf.teacher.ffmpeg_filter.FfmpegLibvmaf"},
+                   "models": ["vmaf_v0.6.1"], "n_jobs": 2}}
+    )  # fmt: skip
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    with pytest.raises(TinyVmafError, match=r"frames.npz cannot be written \(No space left on device\); every clip"):
+        build_cache(cfg)
+    assert "failed Bars__broken" in capsys.readouterr().out  # the failure list came first
+    entries = list((tmp_path / "cache" / "corpus" / "clips").glob("*.json"))
+    assert len(entries) == 6 and not list((tmp_path / "cache").rglob("frames.npz"))
+    monkeypatch.undo()
+    assert build_cache(cfg) == 1  # the broken clip still fails; the other six are consolidated, none recomputed
+    assert "0 clip(s) computed, 6 reused" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_build_cache_multirun_builds_every_corpus(tiny_corpus, make_clip, run_entry, tmp_path):
+    other = tmp_path / "other"
+    make_clip(other / "ref" / "Solo.y4m", "testsrc2")
+    make_clip(other / "dis" / "Solo__noisy.mp4", "testsrc2", vf="noise=alls=20")
+    proc = run_entry(
+        "build_cache.py",
+        "-m",
+        "corpus=directory",
+        f"corpus.root={tiny_corpus},{other}",
+        f"paths.data_dir={tmp_path}/data",
+        *LAUNCHERS["joblib"],
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert {p.parent.name for p in (tmp_path / "data" / "cache").glob("*/summary.json")} == {"corpus", "other"}
+    (other / "dis" / "Solo__noisy.mp4").write_bytes(b"broken")
+    proc = run_entry(
+        "build_cache.py",
+        "-m",
+        "corpus=directory",
+        f"corpus.root={tiny_corpus},{other}",
+        f"paths.data_dir={tmp_path}/data",
+    )
+    assert proc.returncode == 1 and "1 of 2 jobs failed" in proc.stderr and "exit status 1" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_sharded_build_over_two_jobs_equals_a_single_build(tiny_corpus, run_entry, tmp_path):
+    corpus = ["corpus=directory", f"corpus.root={tiny_corpus}", "cache.models=[vmaf_v0.6.1]"]
+    single = run_entry("build_cache.py", *corpus, f"paths.data_dir={tmp_path}/single")
+    assert single.returncode == 0, single.stderr
+    sharded = run_entry(
+        "build_cache.py",
+        "-m",
+        *corpus,
+        f"paths.data_dir={tmp_path}/sharded",
+        "cache.num_shards=2",
+        "cache.shard=0,1",
+        *LAUNCHERS["joblib"],
+    )
+    assert sharded.returncode == 0, sharded.stderr
+    assert "consolidated 6 clip(s) of corpus 'corpus'" in sharded.stdout
+    with (
+        np.load(tmp_path / "single" / "cache" / "corpus" / "frames.npz") as a,
+        np.load(tmp_path / "sharded" / "cache" / "corpus" / "frames.npz") as b,
     ):
-        DatasetFileCorpus(path)
+        assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
+    # an entry from a machine with another libvmaf: the consolidation refuses the mixed cache
+    entry = next((tmp_path / "sharded" / "cache" / "corpus" / "clips").glob("*.json"))
+    document = json.loads(entry.read_text())
+    entry.write_text(json.dumps({**document, "libvmaf_version": "0.0.0-other", "key": "0" * 64}))
+    proc = run_entry("build_cache.py", *corpus, f"paths.data_dir={tmp_path}/sharded", "compute=false")
+    assert proc.returncode == 1 and "computed with libvmaf 0.0.0-other, but this machine has" in proc.stderr
 
 
-def test_default_corpus_generation_is_byte_for_byte_reproducible(tmp_path, compose):
-    """Every source and an HRC, generated twice: the same bytes, hence the same teacher scores anywhere."""
-    recipe = OmegaConf.to_container(compose("build_cache").corpus, resolve=True)
-    sources = {name: {**spec, "frames": 5} for name, spec in recipe["sources"].items()}
-    digests = []
-    for run in ("a", "b"):
-        corpus = DefaultCorpus(tmp_path / run, sources, recipe["hrcs"][-1:], n_jobs=2)
-        corpus.generate()
-        digests.append(
-            {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((tmp_path / run).rglob("*.*"))}
+def test_shards_split_the_corpus_by_cost(tiny_corpus, make_clip):
+    make_clip(tiny_corpus / "ref" / "Long.y4m", "testsrc2", frames=40)
+    make_clip(tiny_corpus / "dis" / "Long__a.mp4", "testsrc2", frames=40)
+    pairs = DirectoryCorpus(tiny_corpus).pairs()
+    shards = [shard_of(pairs, i, 2) for i in range(2)]
+    assert sorted(p.asset for s in shards for p in s) == sorted(p.asset for p in pairs)  # each pair in one shard
+    # longest first to the lightest shard: 40 frames + 8 against 5 x 8, not 3 clips against 4
+    assert "Long__a" in {p.asset for p in shards[0]} and (len(shards[0]), len(shards[1])) == (2, 5)
+    with pytest.raises(TinyVmafError, match=r"cache.shard=2: must be an integer in \[0, 2\)"):
+        TeacherCache("/tmp/x", None, ["vmaf_v0.6.1"], num_shards=2, shard=2)
+
+
+def test_clip_names_with_quotes_colons_commas_and_brackets_work_end_to_end(tmp_path, make_clip, cache_for, monkeypatch):
+    """The same clips under hostile and plain names: the same features, nothing written elsewhere."""
+    odd, plain = tmp_path / "odd", tmp_path / "plain"
+    names = ["a:b,c;d [x]", "S__z:log_path=x", "Bob's clip", "é\\'=%"]
+    make_clip(odd / "ref" / "Src's [1], a;b.y4m", "testsrc2")
+    make_clip(plain / "ref" / "Src.y4m", "testsrc2")
+    for i, name in enumerate(names):
+        make_clip(
+            odd / "dis" / f"Src's [1], a;b__{name}.mp4",
+            "testsrc2",
+            codec=["-c:v", "libx264", "-crf", str(20 + 8 * i), "-threads", "1"],
         )
-    assert len(digests[0]) == 2 * len(sources) and digests[0] == digests[1]
+        make_clip(
+            plain / "dis" / f"Src__{i}.mp4",
+            "testsrc2",
+            codec=["-c:v", "libx264", "-crf", str(20 + 8 * i), "-threads", "1"],
+        )
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    before = files_under(tmp_path)
+    tables = []
+    for root in (odd, plain):
+        cache = cache_for(tmp_path / root.name)
+        report = cache.build(DirectoryCorpus(root))
+        assert not report.failures, report.failures
+        tables.append(cache.load(DirectoryCorpus(root)))
+    odd_table, plain_table = tables
+    assert odd_table.sources == ["Src's [1], a;b"] and sorted(odd_table.clips) == sorted(
+        f"Src's [1], a;b__{n}" for n in names
+    )
+    for i, name in enumerate(names):
+        rows = odd_table.clip == odd_table.clips.index(f"Src's [1], a;b__{name}")
+        np.testing.assert_array_equal(
+            odd_table.features[rows], plain_table.features[plain_table.clip == plain_table.clips.index(f"Src__{i}")]
+        )
+    written = files_under(tmp_path) - before
+    assert written and all(
+        p.is_relative_to(tmp_path / "odd" / "cache") or p.is_relative_to(tmp_path / "plain" / "cache") for p in written
+    )
+    assert not list(work.iterdir())  # no x.json from a name parsed as a filter option
+
+
+def test_names_from_a_dataset_file_never_leave_the_cache(tmp_path, make_clip, cache_for, monkeypatch):
+    make_clip(tmp_path / "ref.yuv", "testsrc2")
+    make_clip(tmp_path / "dis.yuv", "testsrc2", vf="noise=alls=20")
+    outside = tmp_path / "outside"
+    dataset = tmp_path / "dataset.py"
+    dataset.write_text(
+        f"dataset_name = {str(outside)!r}\nyuv_fmt = 'yuv420p'\nwidth = 64\nheight = 48\n"
+        "ref_videos = [{'content_id': 0, 'content_name': '../../../escape', 'path': 'ref.yuv'}]\n"
+        "dis_videos = [{'content_id': 0, 'asset_id': '../../x', 'path': 'dis.yuv'}]\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    cache = cache_for(tmp_path / "store")
+    corpus = DatasetFileCorpus(dataset)
+    assert not cache.build(corpus).failures
+    assert not outside.exists() and not (tmp_path / "escape").exists()
+    assert all(p.is_relative_to(tmp_path / "store" / "cache") for p in files_under(tmp_path) if p.parent != tmp_path)
+    assert cache.load(corpus).sources == ["../../../escape"]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda text: text[:200],  # truncated after its first bytes: the key survives
+        lambda text: text.replace('"n_frames": 8', '"n_frames": 9'),
+        lambda text: text.replace('"schema": 2', '"schema": "x"'),
+    ],
+)
+def test_a_damaged_entry_is_recomputed_and_reported(tiny_corpus, tmp_path, cache_for, damage):
+    corpus = DirectoryCorpus(tiny_corpus)
+    cache_for(tmp_path).build(corpus)
+    good = cache_for(tmp_path).load(corpus)
+    entry = cache_for(tmp_path).entry_path(corpus, "Bars__crf45")
+    entry.write_text(damage(entry.read_text()))
+    cache = cache_for(tmp_path)
+    report = cache.build(corpus)
+    assert cache.libvmaf.scored == ["Bars__crf45"] and [r.asset for r in report.repaired] == ["Bars__crf45"]
+    assert not report.failures and len(report.reused) == 5
+    np.testing.assert_array_equal(cache.load(corpus).features, good.features)
+
+
+def test_build_cache_command_says_what_it_repaired(tiny_corpus, tmp_path, run_entry):
+    args = ("build_cache.py", "corpus=directory", f"corpus.root={tiny_corpus}", f"paths.data_dir={tmp_path}/data")
+    assert run_entry(*args).returncode == 0
+    entry = tmp_path / "data" / "cache" / "corpus" / "clips" / "Mandel__half.json"
+    entry.write_bytes(entry.read_bytes()[:100])
+    proc = run_entry(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "repaired Mandel__half: Mandel__half.json does not parse" in proc.stdout
+        and "1 clip(s) computed, 5 reused" in proc.stdout
+    )
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_cache_build_its_ffmpeg_children_and_their_temporary_folders(
+    tmp_path, make_clip, run_entry, repo
+):
+    root = tmp_path / "corpus"
+    make_clip(root / "ref" / "Big.y4m", "testsrc2", frames=300, size="640x360")
+    for i in range(6):
+        make_clip(
+            root / "dis" / f"Big__{i}.mp4",
+            "testsrc2",
+            frames=300,
+            size="640x360",
+            codec=["-c:v", "libx264", "-preset", "ultrafast", "-crf", str(20 + 4 * i), "-threads", "1"],
+        )
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    args = [
+        "build_cache.py",
+        "corpus=directory",
+        f"corpus.root={root}",
+        f"paths.data_dir={tmp_path}/data",
+        "n_jobs=2",
+        "cache.models=[vmaf_v0.6.1]",
+    ]
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    proc = subprocess.Popen(
+        [os.sys.executable, str(repo / args[0]), *args[1:], f"hydra.run.dir={tmp_path}/h"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    tools: set[int] = set()
+    while time.monotonic() < deadline and not (len(tools) >= 2 and list(tmp.glob("tinyvmaf-*"))):
+        tools = children_of(proc.pid)
+        time.sleep(0.05)
+    assert len(tools) >= 2 and list(tmp.glob("tinyvmaf-*")), "the build never ran two libvmaf jobs at once"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and stderr.strip().endswith("error: interrupted")
+    assert not any(Path(f"/proc/{pid}").exists() for pid in tools)
+    assert not list(tmp.iterdir())
+    finished = list((tmp_path / "data" / "cache" / "corpus" / "clips").glob("*.json"))
+    assert len(finished) < 6, "the build went on after SIGTERM"
+    rerun = subprocess.run(
+        [os.sys.executable, str(repo / args[0]), *args[1:], f"hydra.run.dir={tmp_path}/h"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert rerun.returncode == 0 and "repaired" not in rerun.stdout
+    assert f"{6 - len(finished)} clip(s) computed, {len(finished)} reused" in rerun.stdout

@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tinyvmaf.errors import TinyVmafError
-from tinyvmaf.search import distribution
+from tinyvmaf.search import OWNER_HOST, OWNER_PID, distribution, requeue_abandoned
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -196,3 +196,24 @@ def test_search_space_syntax():
     for bad in ("0.5", "interval(1)", "choice("):
         with pytest.raises(TinyVmafError, match=r"^hydra.sweeper.params.x="):
             distribution("x", bad)
+
+
+def test_requeue_abandoned_asks_again_only_the_trials_of_a_dead_launcher_of_this_host():
+    study = optuna.create_study()  # in memory
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    owners = {"dead": (os.uname().nodename, dead.pid), "alive": (os.uname().nodename, os.getpid()),
+              "elsewhere": ("another-host", dead.pid)}  # fmt: skip
+    trials = {}
+    for name, (host, pid) in owners.items():
+        trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)})
+        trial.set_user_attr(OWNER_HOST, host)
+        trial.set_user_attr(OWNER_PID, pid)
+        trials[name] = trial
+    assert requeue_abandoned(study) == 1
+    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    assert states[trials["dead"].number] == optuna.trial.TrialState.FAIL
+    assert states[trials["alive"].number] == states[trials["elsewhere"].number] == optuna.trial.TrialState.RUNNING
+    (again,) = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.WAITING]
+    assert again.system_attrs["fixed_params"] == trials["dead"].params  # asked again with the same params
+    assert again.user_attrs["retry_of"] == trials["dead"].number

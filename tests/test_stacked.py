@@ -3,12 +3,10 @@ optimizer against torch's AdamW, ONNX written from the weights against torch."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from functools import partial
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -16,14 +14,11 @@ from torch import nn
 
 from tinyvmaf.cache import TeacherCache
 from tinyvmaf.corpus.directory import DirectoryCorpus
-from tinyvmaf.data import Augmentation, LosoDataModule
+from tinyvmaf.data import Augmentation, LosoDataModule, TensorBatches
 from tinyvmaf.errors import TinyVmafError
-from tinyvmaf.features import Standardization, transform_features
-from tinyvmaf.model import VmafNet, mlp
-from tinyvmaf.onnx_io import ONNX_ACTIVATIONS, check_graph, onnx_graph
-from tinyvmaf.stacked import StackedAdamW, StackedLosoDataModule
+from tinyvmaf.features import Standardization
+from tinyvmaf.stacked import StackedAdamW, StackedBatches, StackedLosoDataModule
 from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
-from tinyvmaf.teacher.function import DOMAIN_HIGH, DOMAIN_LOW
 from tinyvmaf.training import train
 
 # Sources of different lengths: their folds train on different numbers of rows, so their epochs
@@ -169,52 +164,23 @@ def test_stacked_training_refuses_another_optimizer():
         StackedAdamW(nn.Parameter(torch.zeros(2, 3)), partial(torch.optim.SGD, lr=0.1), None, [5, 5])
 
 
-def random_model(activation: nn.Module, log_motion: bool) -> VmafNet:
-    torch.manual_seed(1)
-    net = mlp([16, 8])
-    net[1], net[3] = activation, copy.deepcopy(activation)
-    model = VmafNet(net, log_motion)
-    box = np.random.default_rng(0).uniform(DOMAIN_LOW, DOMAIN_HIGH, size=(1000, 6))  # fitted as on training frames
-    model.set_standardization(Standardization.fit(transform_features(box, log_motion), np.full(1000, 50.0) + box[:, 0]))
-    return model.eval()
-
-
-ACTIVATIONS = [cls() for cls in ONNX_ACTIVATIONS if cls is not nn.GELU] + [nn.GELU(), nn.GELU(approximate="tanh")]
-ACTIVATIONS += [nn.LeakyReLU(0.2), nn.ELU(0.5), nn.Softplus(beta=2.0), nn.Hardtanh(-2.0, 3.0)]
-
-
-@pytest.mark.parametrize("activation", ACTIVATIONS, ids=lambda m: repr(m))
-@pytest.mark.parametrize("log_motion", [False, True])
-def test_onnx_graph_matches_torch_for_every_activation(activation, log_motion):
-    model = random_model(activation, log_motion)
-    graph = onnx_graph(model)
-    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
-    (feed,), (out,) = session.get_inputs(), session.get_outputs()
-    assert (feed.name, feed.shape, out.name, out.shape) == ("features", ["batch", 6], "vmaf", ["batch"])
-    rng = np.random.default_rng(2)
-    for n in (1, 100_000):
-        x = rng.uniform(DOMAIN_LOW, DOMAIN_HIGH, size=(n, 6)).astype(np.float32)
-        assert check_graph(graph, model, x) <= 1e-4  # checker, then ONNX Runtime against torch
-    assert {n.op_type for n in graph.graph.node} >= {"Gemm", "Clip"}
-
-
-def test_onnx_graph_refuses_what_it_cannot_write():
-    with pytest.raises(TinyVmafError, match=r"^arch.net: no ONNX form for layer PReLU; activations known: .*SiLU"):
-        onnx_graph(random_model(nn.PReLU(), False))
-
-
-def test_a_graph_that_disagrees_with_torch_is_refused():
-    model = random_model(nn.SiLU(), False)
-    graph = onnx_graph(model)
-    with torch.no_grad():
-        model.net[0].bias += 1e-2  # the torch module moved on: the file no longer describes it
-    x = np.random.default_rng(3).uniform(DOMAIN_LOW, DOMAIN_HIGH, size=(100, 6)).astype(np.float32)
-    with pytest.raises(TinyVmafError, match=r"^the ONNX graph: ONNX Runtime disagrees with torch"):
-        check_graph(graph, model, x)
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_stacked_folds_on_the_gpu_match_the_cpu(uneven_overrides, compose):
     cpu = train(compose("train", *uneven_overrides, "sweep_id=stacked-cpu"))
     gpu = train(compose("train", *uneven_overrides, "sweep_id=stacked-gpu", "trainer=gpu"))
     assert abs(gpu - cpu) <= 0.05 * cpu + 1e-3
+
+
+def test_stacked_batches_cut_each_fold_as_its_own_tensor_batches_and_weigh_the_padding_zero():
+    xs = [torch.arange(5.0)[:, None].repeat(1, 6), 10 + torch.arange(8.0)[:, None].repeat(1, 6)]
+    ys = [x[:, 0].clone() for x in xs]
+    stacked = StackedBatches(xs, ys, batch_size=3, shuffle=True, seed=3, minibatches_per_step=1)
+    alone = [TensorBatches(x, y, batch_size=3, shuffle=True, seed=3) for x, y in zip(xs, ys)]
+    items = list(stacked)
+    assert len(stacked) == len(items) == 3  # the longer fold's 8 rows: 3 mini-batches of 3
+    for k, fold in enumerate(alone):
+        real = [y[k][w[k] > 0] for _, y, w in items]
+        assert [r.tolist() for r in real if len(r)] == [b[1].tolist() for b in fold]
+        assert all(torch.equal(x[k][w[k] > 0, 0], y[k][w[k] > 0]) for x, y, w in items)
+    shorter_padding = torch.cat([w[0] for _, _, w in items])
+    assert shorter_padding.sum() == 5 and len(shorter_padding) == 9  # 5 real rows, 4 of padding at weight 0

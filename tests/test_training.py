@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 import shutil
 import subprocess
@@ -12,149 +11,12 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-import yaml
-from hydra.utils import get_object, instantiate
+from helpers import LAUNCHERS, experiment_runs
 from mlflow.tracking import MlflowClient
-from omegaconf import OmegaConf
 
-from tinyvmaf.cache import TeacherCache
-from tinyvmaf.corpus.directory import DirectoryCorpus
-from tinyvmaf.data import LosoDataModule
 from tinyvmaf.errors import TinyVmafError
-from tinyvmaf.export import with_arch
-from tinyvmaf.files import config_key
-from tinyvmaf.model import CensoredMSELoss, count_params
-from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
-from tinyvmaf.training import run_params, train
-
-
-def options(repo: Path, group: str) -> list[str]:
-    return sorted(p.stem for p in (repo / "configs" / group).glob("*.yaml"))
-
-
-def targets(node, key: str = ""):
-    """Every (key, dict) below ``node`` (plain containers) that has a ``_target_``."""
-    if isinstance(node, dict):
-        if "_target_" in node:
-            yield key, node
-        for k, v in node.items():
-            yield from targets(v, f"{key}.{k}".strip("."))
-    elif isinstance(node, list):
-        for i, item in enumerate(node):
-            yield from targets(item, f"{key}[{i}]")
-
-
-@pytest.mark.parametrize(
-    "group",
-    [
-        "arch",
-        "fold",
-        "teacher",
-        "trainer",
-        "corpus",
-        "libvmaf",
-        "data",
-        "model",
-        "model/loss",
-        "tracking",
-        "experiment",
-    ],
-)
-def test_every_option_of_every_group_composes_and_names_real_targets(group, compose, repo):
-    """Each ``_target_`` imports, and its options are parameters it takes: a typo in either fails here."""
-    for option in options(repo, group):
-        extra = {
-            "corpus": {"directory": ["corpus.root=/x"], "dataset_file": ["corpus.path=/x"]},
-            "libvmaf": {"cli": ["libvmaf.path=/x"]},
-        }
-        cfg = compose("train", f"{group}={option}", *extra.get(group, {}).get(option, []))
-        if group != "experiment":
-            assert OmegaConf.select(cfg, group.replace("/", ".")) is not None
-        found = list(targets(OmegaConf.to_container(cfg, resolve=True)))
-        assert len(found) >= 8  # corpus, libvmaf, cache, data, augment, model, loss, optimizer, trainer, tracking...
-        for key, node in found:
-            target = get_object(node["_target_"])
-            options_given = {k: None for k in node if not str(k).startswith("_")}
-            try:
-                inspect.signature(target).bind_partial(**options_given)
-            except TypeError as exc:
-                pytest.fail(
-                    f"{group}={option}: {key} ({node['_target_']}) does not take {sorted(options_given)}: {exc}"
-                )
-
-
-def test_fold_options_are_the_default_corpus_sources(repo):
-    sources = yaml.safe_load((repo / "configs" / "corpus" / "default.yaml").read_text())["sources"]
-    assert options(repo, "fold") == sorted(sources)
-
-
-def test_the_shipped_recipe_is_each_archs_own_in_training_and_export(compose):
-    """experiment=shipped: each arch trains with its own search's values, an arch without them with
-    the default's, the command line still wins, and export.py trains each model with its arch's."""
-    recipe = compose("train", "experiment=shipped").recipe
-    assert recipe.mlp_small.lr != recipe.mlp_medium.lr and recipe.mlp_small.epochs != recipe.mlp_medium.epochs
-    for arch, values in (
-        ("mlp_small", recipe.mlp_small),
-        ("mlp_medium", recipe.mlp_medium),
-        ("linear", recipe.default),
-    ):
-        cfg = compose("train", "experiment=shipped", f"arch={arch}")
-        assert (cfg.model.optimizer.lr, cfg.model.optimizer.weight_decay, cfg.trainer.max_epochs) == (
-            values.lr,
-            values.weight_decay,
-            values.epochs,
-        )
-        assert cfg.model.scheduler.max_lr == values.lr and cfg.data.augment.amount == values.augment.amount
-    assert compose("train", "experiment=shipped", "arch=mlp_medium", "trainer.max_epochs=7").trainer.max_epochs == 7
-    export = compose("export")
-    for name, arch in (("vmaf_tiny_v1", "mlp_small"), ("vmaf_tiny_v1_medium", "mlp_medium")):
-        cfg = with_arch(export, export.exports[name].arch)
-        assert cfg.arch.name == arch and cfg.trainer.max_epochs == recipe[arch].epochs
-        assert cfg.model.optimizer.lr == recipe[arch].lr and instantiate(cfg.model.net)[0].out_features == (
-            16 if arch == "mlp_small" else 64
-        )
-
-
-@pytest.mark.parametrize("arch, n_params", [("mlp_small", 257), ("mlp_medium", 2561), ("linear", 7)])
-def test_parameter_counts(arch, n_params, compose):
-    cfg = compose("train", f"arch={arch}")
-    assert count_params(instantiate(cfg.model).model) == n_params
-
-
-def test_censored_loss_ignores_only_errors_the_clip_removes():
-    loss = CensoredMSELoss()
-    target = torch.tensor([0.0, 100.0, 0.0, 100.0, 50.0, 50.0])
-    prediction = torch.tensor([-7.0, 130.0, 2.0, 97.0, 120.0, -5.0], requires_grad=True)
-    value = loss(prediction, target)
-    value.backward()
-    # beyond the bound the teacher sits on: no error; short of it, or off an interior score: plain MSE
-    assert value.item() == pytest.approx((0 + 0 + 2**2 + 3**2 + 70**2 + 55**2) / 6)
-    assert prediction.grad[:2].tolist() == [0.0, 0.0] and (prediction.grad[2:] != 0).all()
-
-
-@pytest.fixture
-def tiny_cache(tiny_corpus, tmp_path):
-    corpus = DirectoryCorpus(tiny_corpus)
-    cache = TeacherCache(tmp_path / "data" / "cache", FfmpegLibvmaf(), ["vmaf_v0.6.1"], n_jobs=2)
-    cache.build(corpus)
-    return corpus, cache
-
-
-def test_standardization_is_fitted_on_the_training_sources_only(tiny_cache):
-    corpus, cache = tiny_cache
-    dm = LosoDataModule(corpus, cache, "vmaf_v0.6.1", heldout="Mandel")
-    dm.setup()
-    table = cache.load(corpus)
-    train_rows = table.source_of_frame == table.sources.index("Bars")
-    np.testing.assert_allclose(dm.standardization.feature_mean, table.features[train_rows].mean(axis=0))
-    np.testing.assert_allclose(
-        dm.standardization.feature_std,
-        np.where(table.features[train_rows].std(axis=0) > 0, table.features[train_rows].std(axis=0), 1),
-    )
-    assert dm.standardization.target_mean == pytest.approx(table.scores["vmaf_v0.6.1"][train_rows].mean())
-    assert len(dm.train_x) == 24 and len(dm.test_x) == 24
-    all_mean = table.features.mean(axis=0)
-    assert not np.allclose(dm.standardization.feature_mean, all_mean)
+from tinyvmaf.runs import run_params
+from tinyvmaf.training import train
 
 
 def test_same_seed_same_metrics(tiny_corpus, tmp_path, tiny_overrides, compose):
@@ -276,52 +138,102 @@ def test_unknown_arch_is_refused_before_any_run(tmp_path, run_entry):
     assert not (tmp_path / "mlruns" / "mlflow.db").exists()
 
 
-@pytest.mark.slow
-def test_make_folds_options_sweep_exactly_the_corpus_and_leave_the_repository_clean(tiny_overrides, run_entry, repo):
-    configs = repo / "configs"
-    name = f"tiny make-folds {os.getpid()}"
-    group = configs / "fold" / config_key(name)
-    corpus = [o for o in tiny_overrides if o.startswith("corpus")] + [f"corpus.name='{name}'"]
-    git_status = ["git", "status", "--porcelain", "--untracked-files=all", "--", str(configs)]
-    before = subprocess.run(git_status, capture_output=True, text=True, cwd=configs)
-    try:
-        proc = run_entry("make_folds.py", *corpus)
-        assert proc.returncode == 0, proc.stderr
-        assert sorted(p.name for p in group.iterdir()) == ["Bars.yaml", "Mandel.yaml"]
-        assert f"'+fold/{group.name}=glob(*)'" in proc.stdout
-        after = subprocess.run(git_status, capture_output=True, text=True, cwd=configs)
-        assert before.returncode == after.returncode == 0 and after.stdout == before.stdout  # nothing tracked or new
-        overrides = [o for o in tiny_overrides if not o.startswith(("corpus", "fold."))]
-        proc = run_entry(
-            "train.py", "-m", *overrides, *corpus, f"+fold/{group.name}=glob(*)", "arch=linear", "trainer.max_epochs=1"
-        )
-        assert proc.returncode == 0, proc.stderr
-        assert (
-            "linear fold=Bars: " in proc.stdout
-            and "linear fold=Mandel: " in proc.stdout
-            and proc.stdout.count("linear fold=") == 2
-        )
-    finally:
-        shutil.rmtree(group, ignore_errors=True)
-
-
-def test_module_state_follows_the_module_to_its_device(compose):
-    """What trainer=gpu needs: no tensor of the module is left behind when Lightning moves it."""
-    module = instantiate(compose("train").model)
-    module.to("meta")
-    stray = [name for name, value in vars(module).items() if isinstance(value, torch.Tensor)]
-    assert not stray, f"tensors outside the module's state: {stray}"
-    assert {t.device.type for t in (*module.parameters(), *module.buffers())} == {"meta"}
-    assert all(
-        state.device.type == "meta"
-        for m in module.heldout_metrics.values()
-        for state in m.metric_state.values()
-        if isinstance(state, torch.Tensor)
-    )
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_one_fold_on_the_gpu_matches_the_cpu(tiny_overrides, compose):
     cpu = train(compose("train", *tiny_overrides, "fold.heldout=Bars", "sweep_id=cpu"))
     gpu = train(compose("train", *tiny_overrides, "fold.heldout=Bars", "sweep_id=gpu", "trainer=gpu"))
     assert set(gpu) == set(cpu) and abs(gpu["heldout_rmse"] - cpu["heldout_rmse"]) <= 0.05 * cpu["heldout_rmse"] + 1e-3
+
+
+@pytest.mark.slow
+def test_a_source_named_like_an_interpolation_is_trained_under_its_own_name(
+    tiny_corpus_master, tmp_path, repo, run_entry
+):
+    name = "${oc.env:HOME}"
+    root = Path(shutil.copytree(tiny_corpus_master, tmp_path / "corpus"))
+    (root / "ref" / "Mandel.y4m").rename(root / "ref" / f"{name}.y4m")
+    for clip in (root / "dis").glob("Mandel__*"):
+        clip.rename(clip.with_name(clip.name.replace("Mandel", name)))
+    corpus = ["corpus=directory", f"corpus.root={root}", "corpus.name=interpolated"]
+    store = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    common = [*corpus, f"paths.data_dir={tmp_path}/data", f"tracking.uri={store}", "trainer.max_epochs=1",
+              "data.batch_size=8", "cache.models=[vmaf_v0.6.1]", "arch=linear"]  # fmt: skip
+    group = repo / "configs" / "fold" / "interpolated"
+    try:
+        assert run_entry("make_folds.py", *corpus, f"paths.data_dir={tmp_path}/data").returncode == 0
+        proc = run_entry("train.py", "-m", *common, "+fold/interpolated=glob(*)", "sweep_id=by-fold")
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        shutil.rmtree(group, ignore_errors=True)
+    assert f"linear fold={name}: " in proc.stdout and os.environ["HOME"] not in proc.stdout.replace(str(tmp_path), "")
+    proc = run_entry("train.py", *common, "fold.heldout=all", "fold.corpus=interpolated", "sweep_id=stacked")
+    assert proc.returncode == 0, proc.stderr
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("tinyvmaf-loso").experiment_id
+    for sweep in ("by-fold", "stacked"):
+        runs = client.search_runs([experiment], f"tags.sweep_id = '{sweep}' and tags.kind = 'fold'")
+        assert sorted(r.data.params["fold"] for r in runs) == sorted(["Bars", name])
+        assert all(r.info.status == "FINISHED" for r in runs)
+
+
+@pytest.mark.slow
+def test_whole_configuration_jobs_one_fold_after_another_equal_the_per_fold_runs(tiny_overrides, run_entry, compose):
+    proc = run_entry(
+        "train.py",
+        "-m",
+        *tiny_overrides,
+        *LAUNCHERS["joblib"],
+        "arch=linear,mlp_small",
+        "fold.heldout=all",
+        "stack_folds=false",  # one fold after another: bit for bit the separate runs (stacked: tests/test_stacked.py)
+        "sweep_id=whole",
+    )
+    assert proc.returncode == 0, proc.stderr
+    uri = tiny_overrides[5].split("=", 1)[1]
+    runs = experiment_runs(uri)
+    parents = {r.data.params["arch"]: r for r in runs if r.data.params["fold"] == "all"}
+    children = [r for r in runs if r.data.params["fold"] != "all"]
+    assert sorted(parents) == ["linear", "mlp_small"] and len(children) == 4
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parents[child.data.params["arch"]].info.run_id
+        alone = train(
+            compose(
+                "train",
+                *tiny_overrides,
+                f"arch={child.data.params['arch']}",
+                f"fold.heldout={child.data.params['fold']}",
+                "sweep_id=alone",
+            )
+        )
+        for name in ("heldout_rmse", "heldout_plcc", "heldout_srocc", "train_loss"):
+            assert abs(child.data.metrics[name] - alone[name]) <= 1e-6
+    for arch, parent in parents.items():
+        rmse = [c.data.metrics["heldout_rmse"] for c in children if c.data.params["arch"] == arch]
+        assert parent.data.metrics["loso_rmse_mean"] == pytest.approx(sum(rmse) / 2) and parent.data.metrics[
+            "loso_rmse_worst"
+        ] == max(rmse)
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ("trainer.max_epochs=0", "trainer.max_epochs=0: must be an integer >= 1"),
+        ("trainer.max_epochs=-1", "trainer.max_epochs=-1: must be an integer >= 1"),
+        ("data.batch_size=0", "data.batch_size=0: must be an integer >= 1"),
+        ("data.batch_size=-5", "data.batch_size=-5: must be an integer >= 1"),
+        ("model.optimizer.lr=nan", "model.optimizer.lr=nan: must be a finite number > 0"),
+        ("model.optimizer.lr=0", "model.optimizer.lr=0: must be a finite number > 0"),
+        ("data.augment.edge=1.5", r"data.augment.edge=1.5: must be in \[0, 1\]"),
+        ("data.augment.amount=-1", "data.augment.amount=-1: must be a finite number >= 0"),
+    ],
+)
+def test_training_options_are_checked_before_anything_is_logged(tiny_overrides, compose, tmp_path, option, message):
+    cfg = compose("train", *tiny_overrides, "fold.heldout=Bars", "model.scheduler=null", option)
+    with pytest.raises(TinyVmafError, match=f"^{message}$"):
+        train(cfg)
+    assert not (tmp_path / "mlruns" / "mlflow.db").exists()
+
+
+def test_a_bad_option_is_one_line_from_the_command_line(tiny_overrides, run_entry):
+    proc = run_entry("train.py", *tiny_overrides, "trainer.max_epochs=0")
+    assert proc.returncode == 1 and proc.stderr.strip() == "error: trainer.max_epochs=0: must be an integer >= 1"

