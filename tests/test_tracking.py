@@ -217,3 +217,27 @@ def test_read_only_commands_create_no_store(tmp_path, run_entry):
     proc = run_entry("export.py", f"tracking.uri={store}", "run_id=0123abc", f"output={tmp_path}/x.onnx")
     assert proc.returncode == 1 and proc.stderr.strip() == f"error: run_id=0123abc: no such run in {store}"
     assert not (tmp_path / "x.onnx").exists()
+
+
+def _not_a_store(path):
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE notes (text TEXT)")
+
+
+@pytest.mark.parametrize(
+    "make, said",
+    [
+        (lambda p: p.write_bytes(b""), "is not an MLflow store (it lacks MLflow's tables)"),
+        (lambda p: p.write_bytes(b"some notes, not a database\n" * 100), "is not an SQLite database"),
+        (_not_a_store, "is not an MLflow store (it lacks MLflow's tables)"),
+    ],
+    ids=["empty file", "text file", "another program's database"],
+)
+def test_a_command_that_only_reads_refuses_a_file_that_is_not_a_store_and_writes_nothing(make, said, tmp_path):
+    db = tmp_path / "mlflow.db"
+    make(db)
+    before = db.read_bytes()
+    with pytest.raises(TinyVmafError) as refused:
+        Tracking(f"sqlite:///{db}", "tinyvmaf-loso").existing_experiment()
+    assert str(refused.value).startswith(f"tracking.uri=sqlite:///{db}: {db} {said}")
+    assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]

@@ -14,11 +14,12 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from functools import cache
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -93,6 +94,9 @@ RUNS_VIEW = {
     "orderByKey": "attributes.start_time",
     "orderByAsc": False,
 }  # fmt: skip
+
+
+MLFLOW_TABLES = {"alembic_version", "experiments", "runs"}  # what every MLflow SQL store holds
 
 
 class Tracking:
@@ -175,9 +179,7 @@ class Tracking:
     def existing_experiment(self) -> tuple[MlflowClient, str]:
         self._check_server()
         if self.uri.startswith("sqlite:///"):
-            db = Path(self.uri.removeprefix("sqlite:///"))
-            if not db.is_file():
-                raise TinyVmafError(f"tracking.uri={self.uri}: no MLflow store at {db}")
+            self._check_sqlite_store(Path(self.uri.removeprefix("sqlite:///")))
         client = MlflowClient(tracking_uri=self.uri)
         found = self._find(client)
         if found is None:
@@ -185,6 +187,20 @@ class Tracking:
                 f"tracking.experiment={self.name}: no such experiment in {self.uri}; run train.py first"
             )
         return client, self._checked(found)
+
+    def _check_sqlite_store(self, db: Path) -> None:
+        """A command that only reads opens an SQLite file only if it holds an MLflow store: MLflow
+        writes its whole schema into any file it is pointed at (954 KB into an empty one). The
+        file is looked at read-only, and a damaged one is one line."""
+        if not db.is_file():
+            raise TinyVmafError(f"tracking.uri={self.uri}: no MLflow store at {db}")
+        try:
+            with closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as con:
+                tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.Error as exc:
+            raise TinyVmafError(f"tracking.uri={self.uri}: {db} is not an SQLite database ({exc})") from None
+        if not MLFLOW_TABLES <= tables:
+            raise TinyVmafError(f"tracking.uri={self.uri}: {db} is not an MLflow store (it lacks MLflow's tables)")
 
     def _checked(self, experiment: Experiment) -> str:
         """The experiment's id, once its artifact location is known to stay inside the store."""
