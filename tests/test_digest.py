@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +119,34 @@ def test_evaluate_writes_no_digest_outside_the_store(their_store, tmp_path, repo
     assert list(elsewhere.iterdir()) == []
     assert proc.returncode == 1 and "lies outside the store's artifact folder" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_a_run_whose_metrics_are_not_finite_is_reported_failed_and_the_json_stays_strict(
+    their_store, compose, tmp_path
+):
+    folder, base, _ = their_store
+    db = folder / "mlruns" / "mlflow.db"
+    client = MlflowClient(f"sqlite:///{db}")
+    experiment = client.get_experiment_by_name("tinyvmaf-loso").experiment_id
+    (run,) = [r for r in client.search_runs([experiment], "tags.kind = 'fold'") if r.data.params["fold"] == "Mandel"]
+    with sqlite3.connect(db) as con:  # as a diverged run, or an edited store, would hold it
+        for table in ("metrics", "latest_metrics"):
+            con.execute(
+                f"UPDATE {table} SET value = 0, is_nan = 1 WHERE run_uuid = ? AND key = 'heldout_rmse'",
+                (run.info.run_id,),
+            )
+    assert math.isnan(client.get_run(run.info.run_id).data.metrics["heldout_rmse"])
+    corpus = [o for o in base if o.startswith(("corpus", "paths.", "cache.", "tracking."))]
+    assert write_digest(compose("evaluate", *corpus, f"paths.reports_dir={tmp_path}", "sweep_id=theirs")) == INCOMPLETE
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"digest.json holds {constant}, which is not JSON")
+
+    document = json.loads((tmp_path / "theirs" / "digest.json").read_text(), parse_constant=refuse)
+    assert document["completeness"]["finished"] == 1 and document["completeness"]["failed"] == 1
+    (bars,) = document["archs"]["mlp_small"]["folds"]
+    assert bars["fold"] == "Bars" and document["archs"]["mlp_small"]["rmse_mean"] == bars["rmse"]
+    assert (
+        "failed: mlp_small fold Mandel: FINISHED held-out metrics missing or not finite (heldout_rmse=nan)"
+        in (tmp_path / "theirs" / "digest.md").read_text()
+    )

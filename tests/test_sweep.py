@@ -16,10 +16,13 @@ import pytest
 from helpers import LAUNCHERS, experiment_runs
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from mlflow import entities
+from mlflow.entities import Metric, Run, RunData, RunInfo, RunTag
 from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 
 from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.runs import HELDOUT, Param, Tag
 from tinyvmaf.slurm import JobState, job_states
 from tinyvmaf.sweep import verdicts
 from tinyvmaf.sweep.callbacks import sweep_jobs
@@ -280,3 +283,38 @@ def test_a_ledger_that_is_not_one_is_refused_naming_the_file(tmp_path):
     with pytest.raises(TinyVmafError, match=r"jobs\.json: not a sweep's job ledger"):
         read_ledger_file(path)
     assert read_ledger_file(tmp_path / "absent.json") == []
+
+
+# --- units: what a sweep's runs say of it -------------------------------------------------------
+
+
+def fold_run(arch: str, fold: str, hidden: str = "[16, 8]", rmse: float = 1.0, start: int = 0) -> Run:
+    """A finished fold run as the store returns it."""
+    info = RunInfo(f"{arch}-{fold}-{start}", "1", "", "FINISHED", start, start + 1, "active")
+    metrics = {HELDOUT["rmse"]: rmse, HELDOUT["plcc"]: 0.99, HELDOUT["srocc"]: 0.98}
+    params = {Param.ARCH: arch, Param.FOLD: fold, Param.HIDDEN: hidden}
+    data = RunData(
+        metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()],
+        params=[entities.Param(k, v) for k, v in params.items()],
+        tags=[RunTag(Tag.CORPUS_SOURCES, json.dumps(["A", "B"]))],
+    )
+    return Run(info, data)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_finished_run_with_non_finite_metrics_is_a_failed_run_not_a_number_to_average(value):
+    status = sweep_status([fold_run("mlp_small", "A"), fold_run("mlp_small", "B", rmse=value)])
+    assert list(status.finished) == [("mlp_small", "A")] and not status.complete
+    (failed,) = status.failed
+    assert (failed["fold"], failed["status"]) == ("B", "FINISHED")
+    assert failed["error"] == f"held-out metrics missing or not finite ({HELDOUT['rmse']}={value})"
+
+
+def test_runs_of_one_arch_with_different_widths_are_not_averaged_or_counted():
+    runs = [
+        fold_run("mlp_small", "A", "[4]"), fold_run("mlp_small", "B", "[64, 32]"),
+        fold_run("linear", "A", "[]"), fold_run("linear", "B", "[]"),
+    ]  # fmt: skip
+    status = sweep_status(runs)
+    assert status.mixed == [{"arch": "mlp_small", "widths": ["[4]", "[64, 32]"]}]
+    assert sorted(status.finished) == [("linear", "A"), ("linear", "B")] and not status.complete

@@ -106,6 +106,7 @@ def completeness(status: SweepStatus) -> dict:
         "running": len(status.running),
         "missing": len(status.missing),
         "duplicates": status.duplicates,
+        "mixed_widths": status.mixed,
     }
 
 
@@ -130,6 +131,11 @@ def completeness_lines(status: SweepStatus) -> list[str]:
     lines += [
         f"- duplicates: {d['arch']} fold {d['fold']} finished {d['runs']} times; only the latest (run {d['counted']}) counts"
         for d in status.duplicates
+    ]
+    lines += [
+        f"- not averaged: {m['arch']} has runs of different widths ({', '.join(m['widths'])}): several models under one "
+        "arch name; give each its own arch name or sweep_id"
+        for m in status.mixed
     ]
     return lines
 
@@ -375,7 +381,7 @@ def write_digest(cfg: DictConfig) -> int:
     out = inside(Path(cfg.paths.reports_dir), sweep, what="sweep_id")
     out = out if trial is None else inside(out, trial.info.run_name, what="trial")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "digest.json").write_text(json.dumps(document, indent=2))
+    (out / "digest.json").write_text(json.dumps(document, indent=2, allow_nan=False))  # strict JSON: every value finite
     (out / "digest.md").write_text(markdown(title, archs, status, teacher_row, comparison_lines))
     scatter_figure(client, archs, out / "scatter.png")
     rmse_figure(archs, out / "rmse_per_fold.png")

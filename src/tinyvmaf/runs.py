@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 
 import numpy as np
@@ -189,7 +190,18 @@ def heldout(run: Run) -> dict[str, float]:
 
 
 def has_heldout(run: Run) -> bool:
-    return all(key in run.data.metrics for key in HELDOUT.values())
+    """Whether the run holds every held-out metric, each a finite number: what a LOSO counts."""
+    return all(has_heldout_key(run, key) for key in HELDOUT.values())
+
+
+def heldout_problem(run: Run) -> str | None:
+    """Why a finished run's held-out metrics cannot be counted, or None when they can."""
+    bad = [f"{key}={run.data.metrics.get(key)}" for key in HELDOUT.values() if not has_heldout_key(run, key)]
+    return f"held-out metrics missing or not finite ({', '.join(bad)})" if bad else None
+
+
+def has_heldout_key(run: Run, key: str) -> bool:
+    return math.isfinite(run.data.metrics.get(key, math.nan))
 
 
 def loso_figures(per_fold: list[dict[str, float]]) -> dict[str, float]:

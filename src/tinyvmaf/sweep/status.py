@@ -15,7 +15,7 @@ from typing import Any
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from tinyvmaf.runs import Param, Tag, has_heldout
+from tinyvmaf.runs import Param, Tag, has_heldout, heldout_problem
 from tinyvmaf.slurm import job_states
 
 
@@ -44,6 +44,7 @@ class SweepStatus:
     folds: list[str]
     pairs: list[tuple[str, str]]  # every pair expected
     stale: list[dict]  # RUNNING runs of pairs finished since: attempts whose job or process is gone
+    mixed: list[dict]  # archs whose finished runs differ in their hidden widths: not averaged, not counted
 
     @property
     def expected(self) -> int:
@@ -87,6 +88,7 @@ def sweep_status(runs: list[Run], ledger: list[dict] | None = None) -> SweepStat
             running.append(_row(arch, fold, latest, states))
         else:
             failed.append(_row(arch, fold, latest, states))
+    mixed = _mixed_widths(finished)
     missing = [
         {"arch": a, "fold": f, "why": never_started(jobs.get((a, f)), states)}
         for a, f in pairs
@@ -94,12 +96,24 @@ def sweep_status(runs: list[Run], ledger: list[dict] | None = None) -> SweepStat
     ]
     archs = list(dict.fromkeys(a for a, _ in pairs))
     folds = list(dict.fromkeys(f for _, f in sorted(pairs, key=lambda p: p[1])))
-    return SweepStatus(finished, failed, running, missing, duplicates, archs, folds, pairs, stale)
+    return SweepStatus(finished, failed, running, missing, duplicates, archs, folds, pairs, stale, mixed)
+
+
+def _mixed_widths(finished: dict[tuple[str, str], Run]) -> list[dict]:
+    """An arch whose finished runs have different hidden widths is several models under one name:
+    their folds are taken out of ``finished`` (nothing of them is averaged) and listed."""
+    widths: dict[str, set[str]] = defaultdict(set)
+    for (arch, _), run in finished.items():
+        widths[arch].add(run.data.params.get(Param.HIDDEN, "?"))
+    mixed = [{"arch": arch, "widths": sorted(w)} for arch, w in widths.items() if len(w) > 1]
+    for pair in [p for p in finished if p[0] in {m["arch"] for m in mixed}]:
+        del finished[pair]
+    return mixed
 
 
 def _row(arch: str, fold: str, run: Run, states: dict) -> dict:
-    row = {"arch": arch, "fold": fold, "status": run.info.status, "run_id": run.info.run_id,
-           "error": run.data.tags.get(Tag.ERROR, "")}  # fmt: skip
+    error = run.data.tags.get(Tag.ERROR, "") if run.info.status != "FINISHED" else heldout_problem(run)
+    row = {"arch": arch, "fold": fold, "status": run.info.status, "run_id": run.info.run_id, "error": error}
     if run.info.status == "RUNNING":
         row["alive"], row["process"] = run_liveness(run, states)
     return row
@@ -173,5 +187,6 @@ def finish_sweep_run(client: MlflowClient, run_id: str, status: SweepStatus) -> 
         client.set_terminated(run_id, "FINISHED")
         return
     lacking = f"incomplete: {len(status.failed)} failed, {len(status.missing)} missing of {status.expected}"
+    lacking += "".join(f"; {m['arch']} has runs of different widths" for m in status.mixed)
     client.set_tag(run_id, Tag.ERROR, lacking)
     client.set_terminated(run_id, "FAILED")
