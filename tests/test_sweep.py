@@ -27,7 +27,8 @@ from tinyvmaf.slurm import JobState, job_states
 from tinyvmaf.sweep import verdicts
 from tinyvmaf.sweep.callbacks import sweep_jobs
 from tinyvmaf.sweep.ledger import read_ledger_file
-from tinyvmaf.sweep.status import sweep_status
+from tinyvmaf.sweep.status import finish_sweep_run, sweep_status
+from tinyvmaf.tracking import Tracking, open_sweep_run
 from tinyvmaf.training import train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -318,3 +319,26 @@ def test_runs_of_one_arch_with_different_widths_are_not_averaged_or_counted():
     status = sweep_status(runs)
     assert status.mixed == [{"arch": "mlp_small", "widths": ["[4]", "[64, 32]"]}]
     assert sorted(status.finished) == [("linear", "A"), ("linear", "B")] and not status.complete
+
+
+def test_a_digest_never_fails_a_sweep_whose_launcher_is_alive_and_drops_its_own_old_verdict(tmp_path):
+    tracking = Tracking(f"sqlite:///{tmp_path}/mlflow.db", "tinyvmaf-loso")
+    client, _ = tracking.experiment()
+    run_id = open_sweep_run(tracking, "live", {})
+    launcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    client.set_tag(run_id, Tag.LAUNCHER_HOST, os.uname().nodename)
+    client.set_tag(run_id, Tag.LAUNCHER_PID, str(launcher.pid))
+    between_jobs = sweep_status([fold_run("linear", "A")])  # B not started yet
+    try:
+        finish_sweep_run(client, client.get_run(run_id), between_jobs)
+        run = client.get_run(run_id)
+        assert run.info.status == "RUNNING" and Tag.ERROR not in run.data.tags
+    finally:
+        launcher.kill()
+        launcher.wait()
+    finish_sweep_run(client, client.get_run(run_id), between_jobs)  # its launcher gone: the sweep is over
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED" and run.data.tags[Tag.ERROR] == "incomplete: 0 failed, 1 missing of 2"
+    finish_sweep_run(client, run, sweep_status([fold_run("linear", "A"), fold_run("linear", "B")]))
+    run = client.get_run(run_id)  # a rerun finished it: FINISHED, and the old verdict is gone
+    assert run.info.status == "FINISHED" and Tag.ERROR not in run.data.tags

@@ -400,7 +400,7 @@ def write_digest(cfg: DictConfig) -> int:
     for name in ("digest.md", "digest.json", "scatter.png", "rmse_per_fold.png"):
         logged.log_artifact(out / name)
     if trial is None:
-        finish_sweep_run(client, sweep_run, status)
+        finish_sweep_run(client, client.get_run(sweep_run), status)
     print((out / "digest.md").read_text().split("\n## ")[1])
     print("\n".join(completeness_lines(status)[2:]))
     if status.running or status.stale:

@@ -54,6 +54,8 @@ class Tag:
     SLURM_JOB = "slurm_job"  # ``<array job>_<task>``, as squeue and sacct name it
     SLURM_JOB_ID = "slurm_job_id"  # the task's own id
     SLURM_RESTART = "slurm_restart"  # 0 for the first attempt, n after n requeues
+    LAUNCHER_HOST = "launcher_host"  # a sweep run: the host and process of its latest launch, while it goes on
+    LAUNCHER_PID = "launcher_pid"
     LOSO_SWEEP_ID = "loso_sweep_id"  # an export run: the sweep of its LOSO evidence
     LOSO_RUN_ID = "loso_run_id"  # ... and the run its folds sit under
 

@@ -257,8 +257,10 @@ def find_sweep_run(client: MlflowClient, experiment_id: str, sweep: str) -> Run 
     return min(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id), default=None)
 
 
-def open_sweep_run(tracking: Tracking, sweep: str, params: dict[str, object]) -> str:
-    """The sweep's parent run, created if the sweep has none (in the launching process, before any job).
+def open_sweep_run(tracking: Tracking, sweep: str, params: dict[str, object], launching: bool = False) -> str:
+    """The sweep's parent run, created if the sweep has none. Its ``launching`` process (before any
+    job) also marks it RUNNING and records itself on it, so that a digest written meanwhile
+    (``evaluate.py``) knows the sweep is not over.
 
     Two launching processes of one sweep (several machines sharing a search) may race: each that
     created a run keeps the earliest and deletes its own; SQLite serialises them with a lock.
@@ -266,18 +268,20 @@ def open_sweep_run(tracking: Tracking, sweep: str, params: dict[str, object]) ->
     client, experiment_id = tracking.experiment()
     with _store_lock(tracking.uri):
         found = find_sweep_run(client, experiment_id, sweep)
-        if found is not None:
-            client.update_run(found.info.run_id, status="RUNNING")
-            return found.info.run_id
-        mine = client.create_run(
-            experiment_id, run_name=sweep, tags={Tag.SWEEP_ID: sweep, Tag.KIND: Kind.SWEEP, **provenance_tags()}
+        if found is None:
+            mine = client.create_run(
+                experiment_id, run_name=sweep, tags={Tag.SWEEP_ID: sweep, Tag.KIND: Kind.SWEEP, **provenance_tags()}
+            )
+            TrackedRun(client, mine.info.run_id).log_params(params)
+            found = find_sweep_run(client, experiment_id, sweep)
+            if found.info.run_id != mine.info.run_id:
+                client.delete_run(mine.info.run_id)
+    if launching:
+        client.update_run(found.info.run_id, status="RUNNING")
+        TrackedRun(client, found.info.run_id).log_tags(
+            {Tag.LAUNCHER_HOST: os.uname().nodename, Tag.LAUNCHER_PID: os.getpid()}
         )
-        TrackedRun(client, mine.info.run_id).log_params(params)
-        winner = find_sweep_run(client, experiment_id, sweep)
-    if winner is not None and winner.info.run_id != mine.info.run_id:
-        client.delete_run(mine.info.run_id)
-        return winner.info.run_id
-    return mine.info.run_id
+    return found.info.run_id
 
 
 @cache

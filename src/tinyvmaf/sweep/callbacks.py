@@ -115,7 +115,7 @@ class SweepRun(Callback):
             Param.TEACHER: config.teacher.model,
             Param.SWEEP: overrides,
         }
-        self.run_id = or_exit(lambda: open_sweep_run(tracking, self.sweep, params))
+        self.run_id = or_exit(lambda: open_sweep_run(tracking, self.sweep, params, launching=True))
         if not self.search:  # a search's trials are the study's to choose
             self.plan(config)
 

@@ -178,13 +178,31 @@ def mark_running_failed(client: MlflowClient, status: SweepStatus) -> None:
     status.stale = []
 
 
-def finish_sweep_run(client: MlflowClient, run_id: str, status: SweepStatus) -> None:
-    """FINISHED once every expected run finished; FAILED, saying what is lacking, when the sweep is over
-    without it; left RUNNING while some of its runs still are."""
-    if status.running:
-        return
+def launcher_alive(sweep_run: Run) -> bool | None:
+    """Whether the sweep's launching process still goes on: None where this host cannot tell (it
+    runs on another), False where none is recorded or this process is it (writing its last digest)."""
+    host, pid = sweep_run.data.tags.get(Tag.LAUNCHER_HOST), sweep_run.data.tags.get(Tag.LAUNCHER_PID, "")
+    if not pid.isdigit() or (int(pid) == os.getpid() and host == os.uname().nodename):
+        return False
+    return process_alive(int(pid)) if host == os.uname().nodename else None
+
+
+def finish_sweep_run(client: MlflowClient, sweep_run: Run, status: SweepStatus) -> None:
+    """The sweep run's verdict from what the sweep holds: FINISHED once every expected run finished
+    (an earlier verdict's error cleared); RUNNING while some of its runs or its launching process
+    go on; FAILED, saying what is lacking, once neither does. Where the launching process runs on
+    another host, a sweep that lacks runs keeps its status: nobody here can tell that it is over."""
+    run_id = sweep_run.info.run_id
     if status.complete:
+        if Tag.ERROR in sweep_run.data.tags:
+            client.delete_tag(run_id, Tag.ERROR)
         client.set_terminated(run_id, "FINISHED")
+        return
+    alive = launcher_alive(sweep_run)
+    if status.running or alive:
+        client.update_run(run_id, status="RUNNING")
+        return
+    if alive is None:
         return
     lacking = f"incomplete: {len(status.failed)} failed, {len(status.missing)} missing of {status.expected}"
     lacking += "".join(f"; {m['arch']} has runs of different widths" for m in status.mixed)
