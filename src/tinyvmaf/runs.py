@@ -191,19 +191,16 @@ def heldout(run: Run) -> dict[str, float]:
     return {m: run.data.metrics[key] for m, key in HELDOUT.items()}
 
 
-def has_heldout(run: Run) -> bool:
-    """Whether the run holds every held-out metric, each a finite number: what a LOSO counts."""
-    return all(has_heldout_key(run, key) for key in HELDOUT.values())
-
-
 def heldout_problem(run: Run) -> str | None:
     """Why a finished run's held-out metrics cannot be counted, or None when they can."""
-    bad = [f"{key}={run.data.metrics.get(key)}" for key in HELDOUT.values() if not has_heldout_key(run, key)]
+    metrics = run.data.metrics
+    bad = [f"{key}={metrics.get(key)}" for key in HELDOUT.values() if not math.isfinite(metrics.get(key, math.nan))]
     return f"held-out metrics missing or not finite ({', '.join(bad)})" if bad else None
 
 
-def has_heldout_key(run: Run, key: str) -> bool:
-    return math.isfinite(run.data.metrics.get(key, math.nan))
+def has_heldout(run: Run) -> bool:
+    """Whether the run holds every held-out metric, each a finite number: what a LOSO counts."""
+    return heldout_problem(run) is None
 
 
 def loso_figures(per_fold: list[dict[str, float]]) -> dict[str, float]:
