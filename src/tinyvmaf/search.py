@@ -81,7 +81,7 @@ def requeue_abandoned(study: optuna.study.Study) -> int:
     count = 0
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         host, pid = trial.user_attrs.get(OWNER_HOST), trial.user_attrs.get(OWNER_PID)
-        if host != os.uname().nodename or pid is None or process_alive(int(pid)):
+        if process_alive(host, pid) is not False:  # alive, or another host's to decide
             continue
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})

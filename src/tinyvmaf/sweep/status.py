@@ -19,10 +19,13 @@ from tinyvmaf.runs import Param, Tag, has_heldout, heldout_problem
 from tinyvmaf.slurm import job_states
 
 
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` of this host still exists (a run's, or a search's launching process)."""
+def process_alive(host: str | None, pid: object) -> bool | None:
+    """Whether process ``pid`` of ``host`` still exists (a run's, a sweep's or a search's launching
+    process): None where this host cannot tell (the process is another host's, or none is named)."""
+    if host != os.uname().nodename or not str(pid).isdigit():
+        return None
     try:
-        os.kill(pid, 0)
+        os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # it exists, as another user's
@@ -143,9 +146,10 @@ def run_liveness(run: Run, states: dict) -> tuple[str, str]:
             return "alive", f"SLURM job {job} is {state.state}"
         return "dead", f"SLURM job {job} ended {state.state}: this run will never finish"
     host, pid = run.data.tags.get(Tag.HOST), run.data.tags.get(Tag.PID, "")
-    if host != os.uname().nodename or not pid.isdigit():
+    alive = process_alive(host, pid)
+    if alive is None:
         return "unknown", f"on host {host or 'unknown'}: cannot tell from here"
-    if not process_alive(int(pid)):
+    if not alive:
         return "dead", f"process {pid} is gone (killed): it will never finish"
     return "alive", f"process {pid} is still alive"
 
@@ -184,7 +188,7 @@ def launcher_alive(sweep_run: Run) -> bool | None:
     host, pid = sweep_run.data.tags.get(Tag.LAUNCHER_HOST), sweep_run.data.tags.get(Tag.LAUNCHER_PID, "")
     if not pid.isdigit() or (int(pid) == os.getpid() and host == os.uname().nodename):
         return False
-    return process_alive(int(pid)) if host == os.uname().nodename else None
+    return process_alive(host, pid)
 
 
 def finish_sweep_run(client: MlflowClient, sweep_run: Run, status: SweepStatus) -> None:
