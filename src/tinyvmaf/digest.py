@@ -29,14 +29,15 @@ from tinyvmaf.mlflow_artifacts import local_artifact_root
 from tinyvmaf.runs import (
     DIGEST_SUFFIXES,
     DIGEST_WORST,
-    HELDOUT,
     LOSO_MEAN,
+    LOSO_STD,
     METRIC_NAMES,
     Kind,
     Metric,
     Param,
     Tag,
     heldout,
+    loso_figures,
     search_runs,
 )
 from tinyvmaf.sweep.ledger import ledger_of_run
@@ -77,13 +78,8 @@ def aggregate(status: SweepStatus) -> dict:
         by_arch[arch].append(run)
     digest = {}
     for arch in [a for a in status.archs if a in by_arch]:
-        folds = sorted(by_arch[arch], key=lambda r: r.data.params[Param.FOLD])
-        row: dict = {"params": int(folds[0].data.metrics[Metric.N_PARAMS])}
-        for m in METRIC_NAMES:
-            values = np.array([r.data.metrics[HELDOUT[m]] for r in folds])
-            row[f"{m}_mean"] = float(values.mean())
-            row[f"{m}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-        row["folds"] = [
+        runs = sorted(by_arch[arch], key=lambda r: r.data.params[Param.FOLD])
+        folds = [
             {
                 "fold": r.data.params[Param.FOLD],
                 "n": int(r.data.metrics[Metric.N_HELDOUT_FRAMES]),
@@ -92,10 +88,16 @@ def aggregate(status: SweepStatus) -> dict:
                 "teacher_std": r.data.metrics[Metric.HELDOUT_TEACHER_STD],
                 "run_id": r.info.run_id,
             }
-            for r in folds
+            for r in runs
         ]
-        digest[arch] = row
+        digest[arch] = {"params": int(runs[0].data.metrics[Metric.N_PARAMS]), **mean_and_std(folds), "folds": folds}
     return digest
+
+
+def mean_and_std(folds: list[dict]) -> dict[str, float]:
+    """``<metric>_mean`` and ``<metric>_std`` over the folds' metrics: the LOSO figures'."""
+    figures = loso_figures(folds)
+    return {f"{m}_{s}": figures[k[m]] for m in METRIC_NAMES for s, k in (("mean", LOSO_MEAN), ("std", LOSO_STD))}
 
 
 def completeness(status: SweepStatus) -> dict:
@@ -150,12 +152,7 @@ def teacher_function_row(table: FrameTable, teacher: str) -> dict:
         {"fold": row.pop("source"), **row, "max_abs": float(np.abs(predicted - logged)[source_of_frame == i].max())}
         for i, row in enumerate(metrics_per_source(predicted, logged, source_of_frame, table.sources))
     ]
-    row: dict = {"params": 0, "folds": folds}
-    for m in METRIC_NAMES:
-        values = np.array([f[m] for f in folds])
-        row[f"{m}_mean"], row[f"{m}_std"] = float(values.mean()), float(values.std(ddof=1))
-    row["max_abs"] = float(np.abs(predicted - logged).max())
-    return row
+    return {"params": 0, "folds": folds, **mean_and_std(folds), "max_abs": float(np.abs(predicted - logged).max())}
 
 
 def comparison(digest: dict, other: dict, sweep: str, other_sweep: str) -> list[str]:
