@@ -36,3 +36,19 @@ def test_entry_points_print_errors_raised_inside_instantiate_as_one_line(tmp_pat
         proc.returncode == 1
         and proc.stderr.strip() == "error: corpus.root: missing value; give it on the command line (corpus.root=...)"
     )
+
+
+def test_a_bug_in_a_sweep_callback_ends_the_sweep_where_hydra_would_only_warn(capsys):
+    """Hydra catches a callback's exception and launches the jobs anyway; or_exit turns it into
+    exit status 1 with the traceback, so no sweep trains without its parent run and plan."""
+    from tinyvmaf.cli import or_exit
+
+    def opening_the_sweep_run():
+        raise AttributeError("dimension_attributes")
+
+    with pytest.raises(SystemExit) as ended:
+        or_exit(opening_the_sweep_run)
+    err = capsys.readouterr().err
+    assert (
+        ended.value.code == 1 and "Traceback" in err and err.endswith("error: AttributeError: dimension_attributes\n")
+    )

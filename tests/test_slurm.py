@@ -18,6 +18,9 @@ import pytest
 from cluster import HOST_ADDRESS, NODES
 from mlflow.tracking import MlflowClient
 
+from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.tracking import Tracking
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
@@ -72,9 +75,13 @@ def finished(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
 
 
 def store_runs(uri: str, query: str = "") -> list:
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("tinyvmaf-loso")
-    return client.search_runs([experiment.experiment_id], query, max_results=1000) if experiment else []
+    """The runs, or none while the sweep has yet to make its store: a bare MlflowClient polling a
+    store another process is creating runs MLflow's migrations alongside it, and both fail."""
+    try:
+        client, experiment = Tracking(uri, "tinyvmaf-loso").existing_experiment()
+    except TinyVmafError:
+        return []
+    return client.search_runs([experiment], query, max_results=1000)
 
 
 def sacct(slurm, job: str) -> list[str]:

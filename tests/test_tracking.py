@@ -224,14 +224,21 @@ def _not_a_store(path):
         db.execute("CREATE TABLE notes (text TEXT)")
 
 
+def _another_mlflows_store(path):
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE alembic_version SET version_num = 'b7e2c1a4d9f3'")
+
+
 @pytest.mark.parametrize(
     "make, said",
     [
         (lambda p: p.write_bytes(b""), "is not an MLflow store (it lacks MLflow's tables)"),
+        (_another_mlflows_store, "holds schema revision b7e2c1a4d9f3, not this MLflow's"),
         (lambda p: p.write_bytes(b"some notes, not a database\n" * 100), "is not an SQLite database"),
         (_not_a_store, "is not an MLflow store (it lacks MLflow's tables)"),
     ],
-    ids=["empty file", "text file", "another program's database"],
+    ids=["empty file", "another MLflow's store", "text file", "another program's database"],
 )
 def test_a_command_that_only_reads_refuses_a_file_that_is_not_a_store_and_writes_nothing(make, said, tmp_path):
     db = tmp_path / "mlflow.db"

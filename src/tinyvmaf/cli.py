@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -100,13 +101,16 @@ def _mark_failed(message: str) -> None:
 
 def or_exit(step: Callable[[], Any]) -> Any:
     """A step of a sweep's launching process (a Hydra callback, a launcher): a user error ends the
-    sweep with its one line and status 1."""
+    sweep with its one line and status 1, and so does a bug, with its traceback. Hydra turns an
+    exception in a callback into a warning and launches the jobs anyway: a sweep whose parent run
+    failed to open would train with no record of its plan (seen in CI, an MLflow migration racing)."""
     quiet_libraries()
     try:
         return step()
     except Exception as exc:
         message = user_error(exc)
         if message is None:
-            raise
+            traceback.print_exc()
+            message = f"{type(exc).__name__}: {exc}"
         print(f"error: {message}", file=sys.stderr)
         sys.exit(1)

@@ -99,6 +99,17 @@ RUNS_VIEW = {
 MLFLOW_TABLES = {"alembic_version", "experiments", "runs"}  # what every MLflow SQL store holds
 
 
+@cache
+def mlflow_schema_revision() -> str:
+    """The schema revision this MLflow writes. A store at another one is half-created (MLflow
+    3.17's tracking store creates its tables, then runs 67 migrations (1.5 s here), with no
+    lock; a reader that opens it meanwhile runs them too and both fail) or from another MLflow
+    version, which opening it with this one would migrate in place. MLflow keeps no public call."""
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    return _get_latest_schema_revision()
+
+
 class Tracking:
     """The MLflow store and experiment of ``configs/tracking/``: runs are written with
     ``experiment()``, which creates store and experiment on first use; commands that only read
@@ -197,10 +208,21 @@ class Tracking:
         try:
             with closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as con:
                 tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                revision = (
+                    con.execute("SELECT version_num FROM alembic_version").fetchone()
+                    if MLFLOW_TABLES <= tables
+                    else None
+                )
         except sqlite3.Error as exc:
             raise TinyVmafError(f"tracking.uri={self.uri}: {db} is not an SQLite database ({exc})") from None
         if not MLFLOW_TABLES <= tables:
             raise TinyVmafError(f"tracking.uri={self.uri}: {db} is not an MLflow store (it lacks MLflow's tables)")
+        if revision is None or revision[0] != mlflow_schema_revision():
+            raise TinyVmafError(
+                f"tracking.uri={self.uri}: {db} holds schema revision {revision and revision[0]}, not this MLflow's "
+                f"{mlflow_schema_revision()}: another process is creating it, or another MLflow version wrote it "
+                "(`mlflow db upgrade` migrates it; back it up first)"
+            )
 
     def _checked(self, experiment: Experiment) -> str:
         """The experiment's id, once its artifact location is known to stay inside the store."""
