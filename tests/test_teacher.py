@@ -29,7 +29,7 @@ from tinyvmaf.onnx_io import OnnxVmaf
 from tinyvmaf.score import score_log
 from tinyvmaf.teacher import FEATURE_NAMES
 from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
-from tinyvmaf.teacher.function import domain_points, load_teacher
+from tinyvmaf.teacher.function import domain_points, load_teacher, shipped_teachers
 from tinyvmaf.teacher.vmaf_cli import VmafCli
 
 
@@ -296,3 +296,91 @@ def test_a_failing_cli_ends_its_decoders_with_one_line(input_kinds, vmaf_cli):
     with pytest.raises(TinyVmafError, match=r"ntsc.mp4: vmaf CLI failed \(.*vmaf_v9"):
         VmafCli(vmaf_cli).score(input_kinds["mp4 at 29.97 fps"], ["vmaf_v9"])
     assert time.perf_counter() - start < 30
+
+
+V1_MODELS = [m for m in shipped_teachers() if m.startswith("vmaf_v1.0.16")]
+# SpEED's prescale (0.6, 0.5) leaves these models' speed_chroma at 0 below 1080p: the chroma correction's case
+PRESCALED = [m for m in V1_MODELS if m.endswith(("_5d0h", "_3d0h_2160"))]
+
+
+@pytest.fixture(scope="module")
+def v1_table(tmp_path_factory, make_clip):
+    """Every v1.0.16 model's features and score on two sources at 640x360, the smallest size at
+    which all eight run, two distortions each: one pass of libvmaf per clip (with vmaf_v0.6.1,
+    whose six features every cache entry holds)."""
+    root = tmp_path_factory.mktemp("v1_corpus")
+    for source, lavfi in (("Bars", "testsrc2"), ("Mandel", "mandelbrot")):
+        make_clip(root / "ref" / f"{source}.y4m", lavfi, frames=12, size="640x360")
+        for crf in (20, 40):
+            codec = ["-c:v", "libx264", "-crf", str(crf), "-threads", "1"]
+            make_clip(root / "dis" / f"{source}__crf{crf}.mp4", lavfi, frames=12, size="640x360", codec=codec)
+    corpus = DirectoryCorpus(root)
+    cache = TeacherCache(
+        tmp_path_factory.mktemp("v1_cache"), FfmpegLibvmaf(n_threads=2), ["vmaf_v0.6.1", *V1_MODELS], n_jobs=2
+    )
+    assert not cache.build(corpus).failures
+    return cache.load(corpus)
+
+
+def test_v1_teacher_functions_match_libvmaf_on_every_frame_numpy_and_onnx(v1_table, tmp_path):
+    """Each v1.0.16 model in numpy and as ONNX (chroma correction, enabled score transform, the
+    [0, 110] range of the 4K 3H models) against the score libvmaf logged, frame by frame."""
+    for model in V1_MODELS:
+        teacher = load_teacher(model)
+        features = v1_table.columns(teacher.feature_columns)
+        assert features.shape == (48, 4) and teacher.transform_enabled
+        assert np.abs(teacher(features) - v1_table.scores[model]).max() <= 1e-3, model
+        export_teacher(model, tmp_path / f"{model}.onnx", v1_table)  # checks ONNX Runtime against libvmaf itself
+        session = ort.InferenceSession(str(tmp_path / f"{model}.onnx"), providers=["CPUExecutionProvider"])
+        got = session.run(["vmaf"], {"features": features.astype(np.float32)})[0]
+        assert np.abs(got - v1_table.scores[model]).max() <= 1e-3, model
+    for model in PRESCALED:  # the chroma correction's frames are there to be checked
+        assert (v1_table.columns(load_teacher(model).feature_columns)[:, 1] == 0).all()
+    assert v1_table.scores["vmaf_v1.0.16_3d0h_2160"].max() > 100  # the 4K 3H models' range goes to 110
+
+
+def test_v1_teachers_name_libvmafs_features_their_box_and_their_correction():
+    teacher = load_teacher("vmaf_v1.0.16_5d0h")
+    assert teacher.feature_columns == (
+        "cambi_hrs_1080_cmxv_17_vlt_0.06", "speed_chroma_uv_mxv_45_nnf_0.1_ps_0.6_psm_bilinear_snn_0.19_wvm_5",
+        "integer_adm3_csf_2_dlmw_0.7_egl_1_min_0.5_nw_0.02_nvd_5", "integer_motion3_mmxv_18",
+    )  # fmt: skip
+    assert load_teacher("vmaf_v1.0.16_hfr_5d0h").feature_columns[3] == "integer_motion3_mffw_mmxv_18_mma"
+    assert teacher.domain[1].tolist() == [17.0, 45.0, 1.0, 18.0] and teacher.chroma_correction == (120.0, 2, 1)
+    assert load_teacher("vmaf_v1.0.16_3d0h_2160").clip == (0.0, 110.0)
+    # speed_chroma exactly 0 takes 120 (1 - adm3): the same score as a frame that measured it so
+    x = np.array([[2.0, 0.0, 0.9, 3.0], [2.0, 120 * (1 - 0.9), 0.9, 3.0], [2.0, 1e-9, 0.9, 3.0]])
+    scores = teacher(x)
+    assert abs(scores[0] - scores[1]) < 1e-9 and abs(scores[0] - scores[2]) > 1
+    with pytest.raises(TinyVmafError, match=r"features must be \[N, 4\], got \[3, 6\]"):
+        teacher(np.zeros((3, 6)))
+
+
+def test_v1_teacher_as_onnx_equals_the_teacher_function_over_its_box():
+    for model in V1_MODELS:
+        teacher = load_teacher(model)
+        x = domain_points(5, 5000, 0, *teacher.domain)
+        x[::7, 1] = 0.0  # speed_chroma 0: the chroma correction's branch
+        x32 = x.astype(np.float32)
+        session = ort.InferenceSession(teacher.onnx_graph().SerializeToString(), providers=["CPUExecutionProvider"])
+        assert np.abs(session.run(["vmaf"], {"features": x32})[0] - teacher(x32.astype(np.float64))).max() <= 1e-4
+
+
+def test_a_libvmaf_killed_by_a_signal_is_one_line_naming_clip_models_and_signal(make_clip, tmp_path):
+    """The v1.0.16 phone model dies by SIGSEGV at 320x240 (SpEED's prescale leaves no image); the
+    corpus's other clip is still built."""
+    for source, size in (("Small", "320x240"), ("Large", "640x360")):
+        make_clip(tmp_path / "ref" / f"{source}.y4m", "testsrc2", frames=3, size=size)
+        make_clip(tmp_path / "dis" / f"{source}__x264.mp4", "testsrc2", frames=3, size=size)
+    corpus = DirectoryCorpus(tmp_path)
+    report = TeacherCache(tmp_path / "cache", FfmpegLibvmaf(), ["vmaf_v0.6.1", "vmaf_v1.0.16_5d0h"], n_jobs=1).build(
+        corpus
+    )
+    (failure,) = report.failures
+    assert failure.asset == "Small__x264" and report.built == ["Large__x264"]
+    assert (
+        failure.error.startswith(
+            f"{tmp_path}/dis/Small__x264.mp4: libvmaf killed by SIGSEGV running model(s) vmaf_v0.6.1, vmaf_v1.0.16_5d0h ("
+        )
+        and "\n" not in failure.error
+    )

@@ -9,6 +9,7 @@ libvmaf build, as the reference users run it).
 from __future__ import annotations
 
 import re
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -32,15 +33,11 @@ FEATURE_NAMES = (
 LIBVMAF_PIX_FMTS = {"yuv420p", "yuv422p", "yuv444p", "yuv420p10le", "yuv422p10le", "yuv444p10le"}
 
 
-# Variants of the features that some models read instead (vmaf_v0.6.1neg: enhancement gain limit 1).
-VARIANT_SUFFIXES = ("_egl_1",)
-
-
 @dataclass
 class TeacherResult:
     features: np.ndarray  # [n_frames, 6], FEATURE_NAMES order
     scores: dict[str, np.ndarray]  # model name -> [n_frames]
-    variants: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. integer_adm2_egl_1 -> [n_frames]
+    variants: dict[str, np.ndarray] = field(default_factory=dict)  # other features the models read -> [n_frames]
 
 
 class Libvmaf(Protocol):
@@ -117,3 +114,17 @@ def model_option(models: list[str], separator: str) -> list[str]:
 def libvmaf_log_path(tmp_dir: str) -> Path:
     """The JSON log inside a pair's private temporary folder: a fixed name, never a clip's."""
     return Path(tmp_dir) / "libvmaf.json"
+
+
+def libvmaf_failure(what: str, tool: str, models: list[str], returncode: int, output: str) -> TinyVmafError:
+    """One line for a libvmaf run that failed; one killed by a signal says which, and which models
+    it ran (the v1.0.16 phone and 4K 3H models die by SIGSEGV below 640x360: SpEED's prescale
+    leaves it no image), so the clip's other models and the corpus's other clips are not blamed."""
+    last = ffmpeg.last_error_line(output)
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return TinyVmafError(f"{what}: {tool} killed by {name} running model(s) {', '.join(models)} ({last})")
+    return TinyVmafError(f"{what}: {tool} failed ({last})")

@@ -15,6 +15,7 @@ from tinyvmaf.teacher import (
     TeacherResult,
     checked_result,
     frame_aligned_graph,
+    libvmaf_failure,
     libvmaf_log_path,
     model_option,
     pair_geometry,
@@ -52,6 +53,7 @@ class FfmpegLibvmaf:
                  *ffmpeg.input_args(pair.reference.path, pair.reference.raw),
                  "-lavfi", graph, "-f", "null", "-"],
                 what=str(pair.distorted.path),
+                models=models,
             )  # fmt: skip
             result = result_from_log(log_path, models)
         return checked_result(result, pair, geo)
@@ -62,7 +64,7 @@ def _libvmaf_filter(log_path: Path, models: list[str], n_threads: int) -> str:
     return f"libvmaf=log_fmt=json:log_path={ffmpeg.filter_option(str(log_path))}:n_threads={n_threads}:model={model}"
 
 
-def _run_ffmpeg(args: list[str], what: str) -> None:
+def _run_ffmpeg(args: list[str], what: str, models: list[str]) -> None:
     proc = ffmpeg.run(args, what, check=False)
     if proc.returncode != 0:
         unknown = _UNKNOWN_MODEL.search(proc.stderr)
@@ -70,7 +72,7 @@ def _run_ffmpeg(args: list[str], what: str) -> None:
             raise TinyVmafError(
                 f"unknown teacher model {unknown.group(1) or unknown.group(2)!r}: libvmaf has no such built-in model"
             )
-        raise TinyVmafError(f"{what}: libvmaf failed ({ffmpeg.last_error_line(proc.stderr)})")
+        raise libvmaf_failure(what, "libvmaf", models, proc.returncode, proc.stderr)
 
 
 @cache
@@ -78,10 +80,14 @@ def _probe(exe: str, models: tuple[str, ...]) -> str:
     """Score two tiny synthetic frames: checks that the models load and reads libvmaf's version."""
     with tempfile.TemporaryDirectory(prefix="tinyvmaf-probe-") as tmp:
         log_path = Path(tmp) / "probe.json"
-        src = "testsrc2=size=64x64:rate=25:duration=0.08"
+        # 640x360: every model runs there (at 64x64 the v1.0.16 models log no CAMBI and libvmaf
+        # writes no log, yet exits 0; below 640x360 the phone and 4K 3H models crash).
+        src = "testsrc2=size=640x360:rate=25:duration=0.08"
         _run_ffmpeg(
             ["-f", "lavfi", "-i", src, "-f", "lavfi", "-i", src, "-lavfi",
              f"[0:v][1:v]{_libvmaf_filter(log_path, list(models), 1)}", "-f", "null", "-"],
-            what="libvmaf probe",
+            what="libvmaf probe", models=list(models),
         )  # fmt: skip
+        if not log_path.is_file():
+            raise TinyVmafError(f"libvmaf probe of model(s) {', '.join(models)}: libvmaf wrote no log")
         return str(json.loads(log_path.read_text())["version"])

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from tinyvmaf.errors import TinyVmafError
-from tinyvmaf.teacher import FEATURE_NAMES, VARIANT_SUFFIXES, TeacherResult
+from tinyvmaf.teacher import FEATURE_NAMES, TeacherResult
+from tinyvmaf.teacher.function import load_teacher, shipped_teachers
 
 # libvmaf < 2 and the float extractors write ``adm2``; libvmaf 2+ writes ``integer_adm2``.
 LEGACY_NAMES = {name: name.removeprefix("integer_") for name in FEATURE_NAMES}
@@ -211,12 +212,14 @@ def scores_from_log(log: LibvmafLog, models: list[str]) -> dict[str, np.ndarray]
     return {m: log.column(m) for m in models}
 
 
-def variants_from_log(log: LibvmafLog) -> dict[str, np.ndarray]:
-    """Feature variants the log holds (logged when a model such as vmaf_v0.6.1neg needs them)."""
-    names = [n + s for n in FEATURE_NAMES for s in VARIANT_SUFFIXES if log.has(n + s)]
-    return {n: log.column(n) for n in names}
+def variants_from_log(log: LibvmafLog, models: list[str]) -> dict[str, np.ndarray]:
+    """The other features the models read (vmaf_v0.6.1neg's ``_egl_1`` variants, a v1.0.16
+    model's four), for the teacher function; a model whose JSON tinyvmaf does not ship has none."""
+    shipped = set(shipped_teachers())
+    names = dict.fromkeys(c for m in models if m in shipped for c in load_teacher(m).feature_columns)
+    return {n: log.column(n) for n in names if n not in FEATURE_NAMES}
 
 
 def result_from_log(path: Path, models: list[str]) -> TeacherResult:
     log = read_log(path)
-    return TeacherResult(features_from_log(log), scores_from_log(log, models), variants_from_log(log))
+    return TeacherResult(features_from_log(log), scores_from_log(log, models), variants_from_log(log, models))

@@ -24,6 +24,7 @@ from tinyvmaf.teacher import (
     TeacherResult,
     checked_result,
     frame_aligned_graph,
+    libvmaf_failure,
     libvmaf_log_path,
     model_option,
     pair_geometry,
@@ -74,8 +75,8 @@ class VmafCli:
             *decoded, scored = ffmpeg.run_tools([*decoders, vmaf])
             # The tool's own failure first: a decoder it left then fails only on a broken pipe.
             if scored.returncode != 0:
-                raise TinyVmafError(
-                    f"{pair.distorted.path}: vmaf CLI failed ({ffmpeg.last_error_line(scored.stderr + scored.stdout)})"
+                raise libvmaf_failure(
+                    str(pair.distorted.path), "vmaf CLI", models, scored.returncode, scored.stderr + scored.stdout
                 )
             for proc, side in zip(decoded, (pair.reference, pair.distorted)):
                 if proc.returncode != 0:
