@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -214,3 +215,19 @@ def test_score_command_takes_a_hostile_pair_name(tmp_path, make_clip, run_entry,
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads(proc.stdout)["frames"]) == 8
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hydra", "in"]
+
+
+def test_an_image_named_like_a_sequence_pattern_is_read_by_its_literal_name(tmp_path, repo):
+    """ffmpeg's image2 demuxer reads ``%03d.png`` as the pattern of 001.png, 002.png...: beside a
+    001.png of other content, the pair would be scored against the wrong picture."""
+    for name, source in (("001.png", "mandelbrot"), ("picture.png", "testsrc2"), ("blurred.png", "testsrc2")):
+        blur = "boxblur=2" if name == "blurred.png" else "null"
+        ffmpeg.run(["-f", "lavfi", "-i", f"{source}=size=160x120", "-vf", blur, "-frames:v", "1",
+                    ffmpeg.file_arg(tmp_path / name)], what=name)  # fmt: skip
+    shutil.copy(tmp_path / "picture.png", tmp_path / "%03d.png")
+    model = OnnxVmaf(repo / "models" / "vmaf_tiny_v1.onnx")
+    literal = score_pair(model, FfmpegLibvmaf(), tmp_path / "%03d.png", tmp_path / "blurred.png")
+    plain = score_pair(model, FfmpegLibvmaf(), tmp_path / "picture.png", tmp_path / "blurred.png")
+    against_001 = score_pair(model, FfmpegLibvmaf(), tmp_path / "001.png", tmp_path / "blurred.png")
+    assert literal["columns"]["vmaf_v0.6.1"].tolist() == plain["columns"]["vmaf_v0.6.1"].tolist()
+    assert abs(against_001["columns"]["vmaf_v0.6.1"][0] - plain["columns"]["vmaf_v0.6.1"][0]) > 10

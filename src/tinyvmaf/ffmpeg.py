@@ -67,10 +67,20 @@ def filter_option(value: str) -> str:
     return re.sub(r"([\\'\[\],;])", r"\\\1", option_level)
 
 
+# Images: ffmpeg opens a name such as ``%03d.png`` with its image2 demuxer as the pattern of a
+# numbered sequence (001.png is read instead: VMAF 3.9 for 44.3) and others with a pipe demuxer
+# that takes no pattern option; image2 with patterns off reads every one by its literal name.
+IMAGE_SUFFIXES = frozenset(
+    ".bmp .dpx .exr .hdr .j2c .j2k .jp2 .jpc .jpeg .jpg .jls .pam .pbm .pfm .pgm .pgmyuv .phm .png .ppm .qoi .sgi "
+    ".tga .tif .tiff .webp .xbm .xpm .xwd".split()
+)
+
+
 def input_args(path: Path, raw: RawFormat | None) -> list[str]:
-    """ffmpeg arguments that open one video, raw YUV or any container."""
+    """ffmpeg arguments that open one video, raw YUV, any container, or one image by its literal name."""
     if raw is None:
-        return ["-i", file_arg(path)]
+        literal = ["-f", "image2", "-pattern_type", "none"] if Path(path).suffix.lower() in IMAGE_SUFFIXES else []
+        return [*literal, "-i", file_arg(path)]
     return [
         "-f", "rawvideo", "-pix_fmt", raw.pix_fmt, "-s", f"{raw.width}x{raw.height}",
         "-r", str(raw.fps), "-i", file_arg(path),
