@@ -489,3 +489,36 @@ def test_sigterm_stops_a_cache_build_its_ffmpeg_children_and_their_temporary_fol
     )
     assert rerun.returncode == 0 and "repaired" not in rerun.stdout
     assert f"{6 - len(finished)} clip(s) computed, {len(finished)} reused" in rerun.stdout
+
+
+def _object_arrays(npz):
+    np.savez(npz, manifest=np.array(np.load(npz)["manifest"]), models=np.array([{"a": 1}], dtype=object))
+
+
+@pytest.mark.parametrize(
+    "damage, said",
+    [
+        (
+            lambda npz: npz.write_bytes(npz.read_bytes()[: npz.stat().st_size // 2]),
+            "damaged (BadZipFile: File is not a zip file)",
+        ),
+        (_object_arrays, "damaged (ValueError: Object arrays cannot be loaded when allow_pickle=False)"),
+        (lambda npz: (npz.unlink(), os.mkfifo(npz)), "not a regular file"),
+    ],
+    ids=["truncated", "object arrays", "a FIFO"],
+)
+def test_a_damaged_frames_npz_is_one_line_then_written_anew_by_the_next_build(
+    tiny_corpus, tmp_path, cache_for, damage, said
+):
+    corpus = DirectoryCorpus(tiny_corpus)
+    cache_for(tmp_path).build(corpus)
+    good = cache_for(tmp_path).load(corpus)
+    npz = cache_for(tmp_path).folder(corpus) / "frames.npz"
+    damage(npz)
+    with pytest.raises(TinyVmafError) as refused:
+        cache_for(tmp_path).load(corpus)
+    assert str(refused.value) == f"{npz}: {said}; build_cache.py writes it anew"
+    cache = cache_for(tmp_path)
+    report = cache.build(corpus)
+    assert cache.libvmaf.scored == [] and len(report.reused) == 6 and not report.failures
+    np.testing.assert_array_equal(cache.load(corpus).features, good.features)

@@ -20,6 +20,8 @@ import functools
 import hashlib
 import json
 import os
+import stat
+import zipfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -243,7 +245,7 @@ class TeacherCache:
         folder = self.folder(corpus)
         manifest = _manifest(entries)
         npz = folder / "frames.npz"
-        if npz.exists() and _npz_manifest(npz) == manifest:
+        if npz.exists() and self._intact_manifest(corpus) == manifest:
             return
         read, pairs = [], []
         for pair, key in entries:
@@ -285,28 +287,27 @@ class TeacherCache:
         self.build(corpus).warn_left_out()
         return self.load(corpus)
 
+    def _intact_manifest(self, corpus: Corpus) -> str | None:
+        """The manifest of a ``frames.npz`` that loads whole; a damaged one is rebuilt."""
+        try:
+            return self.load(corpus).manifest
+        except TinyVmafError:
+            return None
+
     def load(self, corpus: Corpus) -> FrameTable:
-        """The consolidated frames of ``corpus``; raises if the cache was never built."""
+        """The consolidated frames of ``corpus``; raises if the cache was never built or its
+        ``frames.npz`` is damaged (truncated, not a regular file, object arrays)."""
         npz = self.folder(corpus) / "frames.npz"
         if not npz.exists():
             raise TinyVmafError(
                 f"{npz}: the teacher cache of corpus {corpus.name!r} is missing or empty; build it first"
             )
-        with np.load(npz) as z:
-            models = [str(m) for m in z["models"]]
-            return FrameTable(
-                corpus=str(z["corpus"]),
-                manifest=str(z["manifest"]),
-                libvmaf_version=str(z["libvmaf_version"]),
-                backend=str(z["backend"]),
-                features=z["features"],
-                scores={m: z[f"score:{m}"] for m in models},
-                variants={k.removeprefix("variant:"): z[k] for k in z.files if k.startswith("variant:")},
-                clip=z["clip"],
-                clips=[str(c) for c in z["clips"]],
-                clip_source=[str(s) for s in z["clip_source"]],
-                sources=[str(s) for s in z["sources"]],
-            )
+        if not stat.S_ISREG(npz.stat().st_mode):
+            raise TinyVmafError(f"{npz}: not a regular file; build_cache.py writes it anew")
+        try:
+            return _read_table(npz)
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise TinyVmafError(f"{npz}: damaged ({_one_line(exc)}); build_cache.py writes it anew") from None
 
     # -- summary ----------------------------------------------------------------------------
     def summary(self, table: FrameTable) -> dict:
@@ -426,12 +427,22 @@ def _manifest(entries: list[tuple[ClipPair, str]]) -> str:
     return hashlib.sha256(json.dumps([[p.asset, k] for p, k in entries]).encode()).hexdigest()
 
 
-def _npz_manifest(npz: Path) -> str | None:
-    try:
-        with np.load(npz) as z:
-            return str(z["manifest"])
-    except (OSError, KeyError, ValueError):
-        return None
+def _read_table(npz: Path) -> FrameTable:
+    with np.load(npz) as z:  # allow_pickle stays False: an object array is damage, never code
+        models = [str(m) for m in z["models"]]
+        return FrameTable(
+            corpus=str(z["corpus"]),
+            manifest=str(z["manifest"]),
+            libvmaf_version=str(z["libvmaf_version"]),
+            backend=str(z["backend"]),
+            features=z["features"],
+            scores={m: z[f"score:{m}"] for m in models},
+            variants={k.removeprefix("variant:"): z[k] for k in z.files if k.startswith("variant:")},
+            clip=z["clip"],
+            clips=[str(c) for c in z["clips"]],
+            clip_source=[str(s) for s in z["clip_source"]],
+            sources=[str(s) for s in z["sources"]],
+        )
 
 
 def _describe(video: Video, inputs: _InputMemo) -> dict:
