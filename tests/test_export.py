@@ -91,14 +91,21 @@ def test_the_lusoris_layout_drops_into_that_toolchains_folder(swept, compose, tm
     tmp, base = swept
     folder = tmp_path / "model" / "tiny"
     folder.mkdir(parents=True)
-    theirs = {"id": "vmaf_tiny_v2", "kind": "fr", "onnx": "vmaf_tiny_v2.onnx", "sha256": "0" * 64}
-    stale = {"id": "vmaf_tiny_v1", "kind": "fr", "onnx": "vmaf_tiny_v1.onnx", "sha256": "1" * 64}
-    (folder / "registry.json").write_text(json.dumps({"schema_version": 1, "models": [stale, theirs]}))
+    # the toolchain's own entries, in its own layout: kept byte for byte
+    theirs = [{"id": "vmaf_tiny_v1", "kind": "fr", "onnx": "vmaf_tiny_v1.onnx", "sha256": "1" * 64, "license": "x"},
+              {"id": "vmaf_tiny_v2", "kind": "fr", "onnx": "vmaf_tiny_v2.onnx", "sha256": "0" * 64, "smoke": True}]  # fmt: skip
+    before = json.dumps({"schema_version": 1, "models": theirs, "zzz": [1]}, indent=4) + "\n"
+    (folder / "registry.json").write_text(before)
+    (folder / "vmaf_tiny_v1.onnx").write_bytes(b"their model")
     options = ["export", "~experiment", *[o for o in base if not o.startswith("fold.")], "loso=false", "register=false",
                "~exports.vmaf_tiny_v1_medium", "teacher_exports=[]"]  # fmt: skip
     assert export_models(compose(*options, f"exports.vmaf_tiny_v1.output={tmp_path}/standard.onnx")) == 0
     assert export_models(compose(*options, "layout=lusoris", f"lusoris_dir={folder}")) == 0
-    path = folder / "vmaf_tiny_v1.onnx"
+    after = (folder / "registry.json").read_text()
+    last = before.rindex("}", 0, before.index("]")) + 1  # the end of their last entry
+    assert after.startswith(before[:last] + ",\n") and after.endswith(before[last:])
+    assert (folder / "vmaf_tiny_v1.onnx").read_bytes() == b"their model"
+    path = folder / "tinyvmaf_vmaf_tiny_v1.onnx"
     proto = onnx.load(str(path), load_external_data=False)
     assert proto.opset_import[0].version == 17 and proto.ir_version <= 10 and path.stat().st_size < 50e6
     assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
@@ -137,24 +144,56 @@ def test_the_lusoris_layout_drops_into_that_toolchains_folder(swept, compose, tm
     want = standard.run(["vmaf"], {"features": table.features.astype(np.float32)})[0]
     got = session.run(["score"], {"input": raw})[0]
     assert got.shape == (len(table), 1) and np.array_equal(got[:, 0], want)
-    registry = json.loads((folder / "registry.json").read_text())
-    assert registry["schema_version"] == 1 and [m["id"] for m in registry["models"]] == ["vmaf_tiny_v1", "vmaf_tiny_v2"]
-    entry, kept = registry["models"]
+    registry = json.loads(after)
+    assert [m["id"] for m in registry["models"]] == ["vmaf_tiny_v1", "vmaf_tiny_v2", "tinyvmaf_vmaf_tiny_v1"]
+    *kept, entry = registry["models"]
     assert kept == theirs and entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert re.fullmatch("[0-9a-f]{64}", entry["sha256"]) and (entry["kind"], entry["onnx"], entry["opset"]) == (
         "fr",
-        "vmaf_tiny_v1.onnx",
+        "tinyvmaf_vmaf_tiny_v1.onnx",
         17,
     )
     assert entry["license"] and 0 < len(entry["notes"]) <= 512 and "Unvalidated" in entry["notes"]
-    sidecar = json.loads((folder / "vmaf_tiny_v1.json").read_text())
+    sidecar = json.loads((folder / "tinyvmaf_vmaf_tiny_v1.json").read_text())
     assert (sidecar["kind"], sidecar["name"], sidecar["input_name"], sidecar["output_name"], sidecar["onnx_opset"]) == (
-        "fr", "vmaf_tiny_v1", "input", "score", 17)  # fmt: skip
+        "fr", "tinyvmaf_vmaf_tiny_v1", "input", "score", 17)  # fmt: skip
     assert sidecar["features"] == ["adm2", "vif_scale0", "vif_scale1", "vif_scale2", "vif_scale3", "motion2"]
     assert json.loads(session.get_modelmeta().custom_metadata_map["feature_names"]) == order
-    (folder / "registry.json").write_text("{not json")
-    with pytest.raises(TinyVmafError, match=r"registry.json: not JSON"):
-        export_models(compose(*options, "layout=lusoris", f"lusoris_dir={folder}"))
+    assert (
+        export_models(compose(*options, "layout=lusoris", f"lusoris_dir={folder}")) == 0
+    )  # again: its own entry, in place
+    again = (folder / "registry.json").read_text()
+    assert again.startswith(before[:last] + ",\n") and again.endswith(before[last:])
+    assert [m["id"] for m in json.loads(again)["models"]] == ["vmaf_tiny_v1", "vmaf_tiny_v2", "tinyvmaf_vmaf_tiny_v1"]
+
+
+def test_a_drop_in_folder_is_refused_before_any_training(swept, compose, tmp_path, monkeypatch):
+    """What writing would refuse (here an entry of the same id that tinyvmaf did not write) is
+    refused before the LOSO lookup and the training, and nothing in the folder changes."""
+    _, base = swept
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    theirs = {
+        "id": "tinyvmaf_vmaf_tiny_v1",
+        "kind": "fr",
+        "onnx": "x.onnx",
+        "sha256": "0" * 64,
+        "license": "Proprietary",
+    }
+    (folder / "registry.json").write_text(json.dumps({"schema_version": 1, "models": [theirs]}))
+
+    def trained(*args):
+        raise AssertionError("trained before refusing")
+
+    monkeypatch.setattr("tinyvmaf.export.train_on_all_sources", trained)
+    monkeypatch.setattr("tinyvmaf.export.validated", trained)
+    options = ["export", "~experiment", *[o for o in base if not o.startswith("fold.")], "register=false",
+               "teacher_exports=[]", "layout=lusoris", f"lusoris_dir={folder}"]  # fmt: skip
+    with pytest.raises(
+        TinyVmafError, match="entry 'tinyvmaf_vmaf_tiny_v1' was not written by tinyvmaf; overwrite=true"
+    ):
+        export_models(compose(*options))
+    assert sorted(p.name for p in folder.iterdir()) == ["registry.json"]
 
 
 def test_registered_models_load_by_name_and_score_like_the_files(exported, monkeypatch):

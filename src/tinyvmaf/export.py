@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from tinyvmaf.cache import FrameTable, TeacherCache
 from tinyvmaf.corpus import Corpus
 from tinyvmaf.errors import TinyVmafError, instantiate_checked
-from tinyvmaf.lusoris import write_lusoris
+from tinyvmaf.lusoris import DropInFolder
 from tinyvmaf.model import VmafNet, count_params
 from tinyvmaf.onnx_io import check_graph, model_from_weights, onnx_graph, open_session
 from tinyvmaf.runs import (
@@ -292,6 +292,9 @@ def export_models(cfg: DictConfig) -> int:
         raise TinyVmafError(f"layout={cfg.layout}: not one of {', '.join(LAYOUTS)}")
     if cfg.layout == LUSORIS and cfg.get("run_id"):
         raise TinyVmafError("layout=lusoris: writes the shipped models (exports), not a fold run's (run_id=)")
+    drop_in = DropInFolder(Path(cfg.lusoris_dir), cfg.overwrite, cfg.lusoris_id_prefix)
+    if cfg.layout == LUSORIS:  # that folder holds other people's files: refuse before any training
+        drop_in.check(list(cfg.exports))
     corpus = instantiate_checked(cfg.corpus)
     cache: TeacherCache = instantiate_checked(cfg.cache)
     tracking: Tracking = instantiate_checked(cfg.tracking)
@@ -330,7 +333,7 @@ def export_models(cfg: DictConfig) -> int:
             **evidence,
         }
         if cfg.layout == LUSORIS:
-            output, diff = write_lusoris(name, model, metadata, table.features, Path(cfg.lusoris_dir), cfg.license)
+            output, diff = drop_in.write(name, model, metadata, table.features, cfg.license)
             proto = with_metadata(onnx_graph(model), metadata)  # what MLflow registers: tinyvmaf's contract
         else:
             proto = to_onnx(model, output, metadata)

@@ -10,8 +10,13 @@ the standard file's, so the scores are too, bit for bit.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -37,12 +42,13 @@ ACCEPTED_OPS = frozenset({"Gather", "Reshape", "Sub", "Div", "Mul", "Add", "Max"
                           "Relu", "LeakyRelu", "Elu", "Selu", "Sigmoid", "Tanh", "Softplus", "Softsign",
                           "HardSigmoid", "HardSwish"})  # fmt: skip
 ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # the registry's own pattern for ids
+TINYVMAF_NOTES = "tinyvmaf "  # how registry_notes begins: the mark of an entry tinyvmaf wrote
 
 
 def registry_notes(metadata: dict[str, str]) -> str:
     """The registry entry's free text (at most 512 characters there): what the file is and its evidence."""
     notes = (
-        f"tinyvmaf {metadata['arch']} ({metadata['n_params']} params) predicting {metadata['teacher']} from raw "
+        f"{TINYVMAF_NOTES}{metadata['arch']} ({metadata['n_params']} params) predicting {metadata['teacher']} from raw "
         f"adm2, vif_scale0..3, motion2; standardization and clip inside the graph; trained on {metadata['corpus']} "
         f"(libvmaf {metadata['libvmaf_version']}, recipe {metadata['experiment']})."
     )
@@ -57,22 +63,103 @@ def registry_notes(metadata: dict[str, str]) -> str:
     return notes[:512]
 
 
-def write_lusoris(
-    model_id: str, model: VmafNet, metadata: dict[str, str], features: np.ndarray, folder: Path, license_name: str
-) -> tuple[Path, float]:
-    """Write ``<id>.onnx``, its sidecar ``<id>.json`` and its entry in ``registry.json`` into
-    ``folder``; the file is checked against torch on ``features`` (real frames) in that order.
-    Returns the ONNX file's path and its max |difference| from torch."""
-    if not ID_PATTERN.fullmatch(model_id):
-        raise TinyVmafError(f"exports.{model_id}: not a registry id of that toolchain (lowercase a-z, 0-9, _ and -)")
+class DropInFolder:
+    """That toolchain's model folder, which holds other people's files: everything is checked
+    before anything is written (``check``, before training), the registry's read-modify-write
+    holds a lock on the folder, and an id whose entry or files tinyvmaf did not write is refused
+    unless ``overwrite``. Every other registry entry is kept byte for byte."""
+
+    def __init__(self, folder: Path, overwrite: bool = False, id_prefix: str = "tinyvmaf_") -> None:
+        self.folder, self.overwrite, self.id_prefix = Path(folder), overwrite, id_prefix
+
+    @property
+    def registry(self) -> Path:
+        return self.folder / "registry.json"
+
+    def model_id(self, name: str) -> str:
+        """The registry id of export ``name``: prefixed, so that it never takes the toolchain's own
+        ``vmaf_tiny_v1``."""
+        model_id = self.id_prefix + name
+        if not ID_PATTERN.fullmatch(model_id):
+            raise TinyVmafError(
+                f"exports.{name}: id {model_id!r} is not a registry id of that toolchain (lowercase a-z, 0-9, _ and -, at most 64)"
+            )
+        return model_id
+
+    def check(self, names: list[str]) -> None:
+        """Refuse now, in one line, what ``write`` would refuse after training."""
+        if self.folder.exists() and not self.folder.is_dir():
+            raise TinyVmafError(f"lusoris_dir={self.folder}: not a folder")
+        text = read_registry(self.registry)
+        for name in names:
+            self._check_owned(self.model_id(name), text)
+
+    def _check_owned(self, model_id: str, text: str | None) -> None:
+        if self.overwrite:
+            return
+        entries = (
+            [m for m in json.loads(text)["models"] if isinstance(m, dict) and m.get("id") == model_id] if text else []
+        )
+        if any(not str(m.get("notes", "")).startswith(TINYVMAF_NOTES) for m in entries):
+            raise TinyVmafError(
+                f"{self.registry}: entry {model_id!r} was not written by tinyvmaf; overwrite=true replaces it"
+            )
+        if not entries:
+            for path in (self.folder / f"{model_id}.onnx", self.folder / f"{model_id}.json"):
+                if os.path.lexists(path):
+                    raise TinyVmafError(
+                        f"{path}: not written by tinyvmaf (no entry of its in the registry); overwrite=true replaces it"
+                    )
+
+    def write(
+        self, name: str, model: VmafNet, metadata: dict[str, str], features: np.ndarray, license_name: str
+    ) -> tuple[Path, float]:
+        """Write ``<id>.onnx``, its sidecar ``<id>.json`` and its registry entry; the file is checked
+        against torch on ``features`` (real frames) first. Returns the file's path and its max
+        |difference| from torch."""
+        model_id = self.model_id(name)
+        proto, diff = drop_in_graph(model_id, model, metadata, features, self.folder / f"{model_id}.onnx")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with folder_lock(self.folder):
+            text = read_registry(self.registry)
+            self._check_owned(model_id, text)
+            path = self.folder / f"{model_id}.onnx"
+            with atomic_path(path) as tmp:
+                onnx.save_model(proto, str(tmp), save_as_external_data=False)
+            sha256 = sha256_file(path)
+            opset = proto.opset_import[0].version
+            notes = registry_notes(metadata)
+            sidecar = {
+                "id": model_id, "name": model_id, "kind": "fr", "onnx": path.name, "sha256": sha256,
+                "opset": opset, "onnx_opset": opset,
+                "input_name": LUSORIS_CONTRACT.input, "input_shape": [-1, len(FEATURE_NAMES)],
+                "output_name": LUSORIS_CONTRACT.output, "output_shape": [-1, 1],
+                "features": [LEGACY_NAMES[f] for f in LUSORIS_FEATURES],
+                "expected_output_range": [0.0, 100.0], "license": license_name, "notes": notes,
+            }  # fmt: skip
+            write_json(self.folder / f"{model_id}.json", sidecar)
+            entry = {"id": model_id, "kind": "fr", "onnx": path.name, "sha256": sha256, "opset": opset,
+                     "notes": notes, "license": license_name}  # fmt: skip
+            with atomic_path(self.registry) as tmp:
+                tmp.write_text(with_entry(text, entry), encoding="utf-8")
+        print(
+            f"  {path.name}: scores every frame as the standard file does; {self.registry}: {model_id}, sha256 {sha256[:16]}..."
+        )
+        return path, diff
+
+
+def drop_in_graph(
+    model_id: str, model: VmafNet, metadata: dict[str, str], features: np.ndarray, path: Path
+) -> tuple[onnx.ModelProto, float]:
+    """The model in that toolchain's contract, within its limits and op allow-list, checked
+    against torch and against the standard graph on ``features``."""
     proto = onnx_graph(model, LUSORIS_CONTRACT)
     metadata = {**metadata, "feature_names": json.dumps(list(LUSORIS_FEATURES))}  # the columns this file reads
     refused = sorted({n.op_type for n in proto.graph.node} - ACCEPTED_OPS)
     if refused:
-        raise TinyVmafError(f"exports.{model_id}: that toolchain refuses the ops {', '.join(refused)} this model needs")
+        raise TinyVmafError(f"{model_id}: that toolchain refuses the ops {', '.join(refused)} this model needs")
     for key, value in metadata.items():
         proto.metadata_props.add(key=key, value=str(value))
-    path = folder / f"{model_id}.onnx"
     if proto.ByteSize() > MAX_BYTES or proto.ir_version > MAX_IR_VERSION:
         raise TinyVmafError(f"{path}: over that toolchain's limits (50 MB, IR version {MAX_IR_VERSION})")
     try:
@@ -80,27 +167,19 @@ def write_lusoris(
         scores_as_standard(proto, onnx_graph(model), features)
     except TinyVmafError as exc:
         raise TinyVmafError(f"{path}: {exc}") from None
-    with atomic_path(path) as tmp:
-        onnx.save_model(proto, str(tmp), save_as_external_data=False)
-    sha256 = sha256_file(path)
-    opset = proto.opset_import[0].version
-    notes = registry_notes(metadata)
-    sidecar = {
-        "id": model_id, "name": model_id, "kind": "fr", "onnx": path.name, "sha256": sha256,
-        "opset": opset, "onnx_opset": opset,
-        "input_name": LUSORIS_CONTRACT.input, "input_shape": [-1, len(FEATURE_NAMES)],
-        "output_name": LUSORIS_CONTRACT.output, "output_shape": [-1, 1],
-        "features": [LEGACY_NAMES[f] for f in LUSORIS_FEATURES],
-        "expected_output_range": [0.0, 100.0], "license": license_name, "notes": notes,
-    }  # fmt: skip
-    write_json(folder / f"{model_id}.json", sidecar)
-    entry = {"id": model_id, "kind": "fr", "onnx": path.name, "sha256": sha256, "opset": opset,
-             "notes": notes, "license": license_name}  # fmt: skip
-    add_to_registry(folder / "registry.json", entry)
-    print(
-        f"  {path.name}: scores every frame as the standard file does; {folder / 'registry.json'}: {model_id}, sha256 {sha256[:16]}..."
-    )
-    return path, diff
+    return proto, diff
+
+
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on the folder itself (flock on its descriptor): no lock file is left in
+    a folder that is not tinyvmaf's, and two exports into it take turns."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def scores_as_standard(proto: onnx.ModelProto, standard: onnx.ModelProto, features: np.ndarray) -> None:
@@ -112,32 +191,90 @@ def scores_as_standard(proto: onnx.ModelProto, standard: onnx.ModelProto, featur
         raise TinyVmafError(f"scores differ from the standard file's (max |diff| {np.abs(got[:, 0] - want).max():.2e})")
 
 
-def add_to_registry(path: Path, entry: dict) -> None:
-    """Put ``entry`` into the registry at ``path`` in place of any entry with its id, keeping every
-    other entry as it is; a new registry when there is none. Someone else's registry is data: a
-    file that is not one is refused in one line, and it is replaced whole or not at all."""
-    registry = {"$schema": "./registry.schema.json", "schema_version": REGISTRY_SCHEMA_VERSION, "models": []}
-    if path.exists():
-        if not path.is_file() or path.stat().st_size > MAX_REGISTRY_BYTES:
-            raise TinyVmafError(f"{path}: not a registry file (not a regular file, or over 16 MiB)")
-        try:
-            registry = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise TinyVmafError(f"{path}: not JSON ({type(exc).__name__})") from None
-        if not isinstance(registry, dict) or not isinstance(registry.get("models"), list):
-            raise TinyVmafError(f"{path}: not a model registry (no list of models)")
-        if registry.get("schema_version") != REGISTRY_SCHEMA_VERSION:
-            raise TinyVmafError(
-                f"{path}: schema_version {registry.get('schema_version')!r:.20}, not {REGISTRY_SCHEMA_VERSION}"
-            )
-    models = registry["models"]
-    same = [i for i, m in enumerate(models) if isinstance(m, dict) and m.get("id") == entry["id"]]
-    if same:
-        models[same[0]] = entry
-        registry["models"] = [m for i, m in enumerate(models) if i not in same[1:]]
-    else:
-        models.append(entry)
-    write_json(path, registry)
+def read_registry(path: Path) -> str | None:
+    """The registry's text, checked to be one (None when the folder has none yet). Someone
+    else's registry is data: a file that is not one is refused in one line, before any work."""
+    if not os.path.lexists(path):
+        return None
+    info = path.lstat()
+    if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_REGISTRY_BYTES:
+        raise TinyVmafError(f"{path}: not a registry file (a link, not a regular file, or over 16 MiB)")
+    try:
+        text = path.read_text(encoding="utf-8")
+        registry = json.loads(text)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise TinyVmafError(f"{path}: not JSON ({type(exc).__name__})") from None
+    if not isinstance(registry, dict) or not isinstance(registry.get("models"), list):
+        raise TinyVmafError(f"{path}: not a model registry (no list of models)")
+    if registry.get("schema_version") != REGISTRY_SCHEMA_VERSION:
+        raise TinyVmafError(
+            f"{path}: schema_version {registry.get('schema_version')!r:.20}, not {REGISTRY_SCHEMA_VERSION}"
+        )
+    ids = [m.get("id") for m in registry["models"] if isinstance(m, dict)]
+    twice = sorted({i for i in ids if ids.count(i) > 1 and isinstance(i, str)})
+    if twice:
+        raise TinyVmafError(f"{path}: lists id {twice[0]!r} twice")
+    return text
+
+
+def with_entry(text: str | None, entry: dict) -> str:
+    """The registry ``text`` with ``entry`` in place of the entry of its id, or added last. Only
+    that entry's bytes change (the rest of the file stays byte for byte); no text: a new registry."""
+    if text is None:
+        registry = {"$schema": "./registry.schema.json", "schema_version": REGISTRY_SCHEMA_VERSION, "models": [entry]}
+        return json.dumps(registry, indent=2, sort_keys=True) + "\n"
+    close, elements = _models_array(text)
+    for start, end in elements:
+        found = json.loads(text[start:end])
+        if isinstance(found, dict) and found.get("id") == entry["id"]:
+            indent = _indent_at(text, start)
+            return text[:start] + _entry_text(entry, indent) + text[end:]
+    if elements:
+        last = elements[-1][1]
+        indent = _indent_at(text, elements[-1][0])
+        return text[:last] + ",\n" + indent + _entry_text(entry, indent) + text[last:]
+    indent = _indent_at(text, close) + "  "
+    return text[:close] + "\n" + indent + _entry_text(entry, indent) + "\n" + text[close:]
+
+
+_SPACE = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+
+
+def _models_array(text: str) -> tuple[int, list[tuple[int, int]]]:
+    """Where the top-level ``models`` array closes, and each element's span (the last ``models``
+    key wins, as in json.loads). ``text`` is a registry that ``read_registry`` accepted."""
+    at = _SPACE.match(text, 0).end() + 1  # past '{'
+    found: tuple[int, list[tuple[int, int]]] | None = None
+    while True:
+        at = _SPACE.match(text, at).end()
+        if text[at] == "}":
+            break
+        key, at = _DECODER.raw_decode(text, at)
+        at = _SPACE.match(text, _SPACE.match(text, at).end() + 1).end()  # past ':'
+        if key == "models":
+            elements, at = [], at + 1
+            while (at := _SPACE.match(text, at).end()) < len(text) and text[at] != "]":
+                _, end = _DECODER.raw_decode(text, at)
+                elements.append((at, end))
+                at = _SPACE.match(text, end).end()
+                at += text[at] == ","
+            found, at = (at, elements), at + 1
+        else:
+            _, at = _DECODER.raw_decode(text, at)
+        at = _SPACE.match(text, at).end()
+        at += text[at] == ","
+    assert found is not None  # read_registry saw the list
+    return found
+
+
+def _indent_at(text: str, position: int) -> str:
+    line = text[text.rfind("\n", 0, position) + 1 : position]
+    return line[: len(line) - len(line.lstrip(" \t"))]
+
+
+def _entry_text(entry: dict, indent: str) -> str:
+    return json.dumps(entry, indent=2, sort_keys=True).replace("\n", "\n" + indent)
 
 
 def write_json(path: Path, value: dict) -> None:
