@@ -25,7 +25,7 @@ from tinyvmaf.cache import FrameTable, TeacherCache
 from tinyvmaf.cli import no_telemetry
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.export import export_models
-from tinyvmaf.teacher import FEATURE_NAMES
+from tinyvmaf.teacher import FEATURE_NAMES, NATIVE
 from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
 from tinyvmaf.training import train
 
@@ -114,17 +114,17 @@ class CountingLibvmaf(FfmpegLibvmaf):
         super().__init__()
         self.scored: list[str] = []
 
-    def score(self, pair, models):
+    def score(self, pair, models, measurement=NATIVE):
         self.scored.append(pair.asset)
-        return super().score(pair, models)
+        return super().score(pair, models, measurement)
 
 
 @pytest.fixture(scope="session")
 def cache_for() -> Callable[..., TeacherCache]:
     """``cache_for(folder)``: a teacher cache under ``folder/cache`` on the real ffmpeg backend, counting its libvmaf runs."""
 
-    def cache(folder: Path, models: list[str] = MODELS) -> TeacherCache:
-        return TeacherCache(folder / "cache", CountingLibvmaf(), models, n_jobs=2)
+    def cache(folder: Path, models: list[str] = MODELS, **measurement) -> TeacherCache:
+        return TeacherCache(folder / "cache", CountingLibvmaf(), models, n_jobs=2, **measurement)
 
     return cache
 

@@ -522,3 +522,18 @@ def test_a_damaged_frames_npz_is_one_line_then_written_anew_by_the_next_build(
     report = cache.build(corpus)
     assert cache.libvmaf.scored == [] and len(report.reused) == 6 and not report.failures
     np.testing.assert_array_equal(cache.load(corpus).features, good.features)
+
+
+def test_a_display_measurement_has_a_cache_of_its_own_and_the_native_one_stays_valid(tiny_corpus, tmp_path, cache_for):
+    corpus = DirectoryCorpus(tiny_corpus)
+    cache_for(tmp_path).build(corpus)
+    native = cache_for(tmp_path).folder(corpus)
+    before = {p: p.read_bytes() for p in native.rglob("*") if p.is_file()}
+    at_display = cache_for(tmp_path, ["vmaf_v0.6.1"], display=[128, 96], bit_depth=10)
+    report = at_display.build(corpus)
+    assert len(report.built) == 6 and at_display.folder(corpus) == native.parent / "@128x96p10" / native.name
+    assert {p: p.read_bytes() for p in native.rglob("*") if p.is_file()} == before
+    again = cache_for(tmp_path)
+    assert len(again.build(corpus).reused) == 6 and again.libvmaf.scored == []
+    scaled, plain = at_display.load(corpus), again.load(corpus)
+    assert np.abs(scaled.scores["vmaf_v0.6.1"] - plain.scores["vmaf_v0.6.1"]).max() > 1

@@ -27,7 +27,7 @@ from tinyvmaf.export import export_teacher
 from tinyvmaf.ffmpeg import RawFormat
 from tinyvmaf.onnx_io import OnnxVmaf
 from tinyvmaf.score import score_log
-from tinyvmaf.teacher import FEATURE_NAMES
+from tinyvmaf.teacher import FEATURE_NAMES, NATIVE, Measurement
 from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
 from tinyvmaf.teacher.function import domain_points, load_teacher, shipped_teachers
 from tinyvmaf.teacher.vmaf_cli import VmafCli
@@ -384,3 +384,41 @@ def test_a_libvmaf_killed_by_a_signal_is_one_line_naming_clip_models_and_signal(
         )
         and "\n" not in failure.error
     )
+
+
+PHONE = ["vmaf_v0.6.1", "vmaf_v1.0.16_5d0h"]
+AT_1080P10 = Measurement((1920, 1080), 10)
+
+
+@pytest.fixture(scope="module")
+def small_pair(tmp_path_factory, make_clip) -> ClipPair:
+    """A 320x240 pair, below the size at which the phone model crashes libvmaf."""
+    folder = tmp_path_factory.mktemp("small")
+    ref = make_clip(folder / "ref.y4m", "testsrc2", frames=3, size="320x240")
+    return pair(ref, make_clip(folder / "dis.mp4", "testsrc2", frames=3, size="320x240", codec=X264))
+
+
+def test_a_display_measurement_scales_both_clips_and_both_backends_agree(small_pair, vmaf_cli):
+    """At the phone model's display (1920x1080, 10 bits) the 320x240 pair that crashes libvmaf as
+    it is gets scored; libvmaf's own tool, fed by ffmpeg decoders, agrees with the filter."""
+    by_filter = FfmpegLibvmaf().score(small_pair, PHONE, AT_1080P10)
+    by_cli = VmafCli(vmaf_cli).score(small_pair, PHONE, AT_1080P10)
+    np.testing.assert_array_equal(by_filter.features, by_cli.features)
+    for model in PHONE:
+        np.testing.assert_array_equal(by_filter.scores[model], by_cli.scores[model])
+    native = FfmpegLibvmaf().score(small_pair, ["vmaf_v0.6.1"])
+    assert np.abs(native.scores["vmaf_v0.6.1"] - by_filter.scores["vmaf_v0.6.1"]).max() > 1  # it did change the picture
+    teacher = load_teacher("vmaf_v1.0.16_5d0h")
+    columns = np.stack([by_filter.variants[c] for c in teacher.feature_columns], axis=1)
+    assert (columns[:, 1] > 0).all()  # at 1080p SpEED has chroma to measure: no chroma correction
+    assert np.abs(teacher(columns) - by_filter.scores["vmaf_v1.0.16_5d0h"]).max() <= 1e-3
+
+
+def test_measurements_are_checked_and_named():
+    assert AT_1080P10.label == "1920x1080p10" and NATIVE.label == "" and AT_1080P10.pix_fmt("yuv444p") == "yuv444p10le"
+    with pytest.raises(
+        TinyVmafError, match=r"cache.display=\[1921, 1080\]: must be \[width, height\], even integers > 0"
+    ):
+        Measurement((1921, 1080))
+    with pytest.raises(TinyVmafError, match="cache.bit_depth=12: must be 8, 10 or null"):
+        Measurement(None, 12)

@@ -37,7 +37,7 @@ from tinyvmaf.corpus import ClipPair, Corpus, Video, sources_of
 from tinyvmaf.errors import TinyVmafError, instantiate_checked
 from tinyvmaf.ffmpeg import tools_stopped_on_interrupt
 from tinyvmaf.files import atomic_path, inside, sha256_file
-from tinyvmaf.teacher import FEATURE_NAMES, Libvmaf
+from tinyvmaf.teacher import FEATURE_NAMES, Libvmaf, Measurement
 
 SCHEMA = 2  # 2: feature variants (e.g. *_egl_1 for vmaf_v0.6.1neg) stored too
 
@@ -119,7 +119,10 @@ class TeacherCache:
         n_jobs: int | None = None,
         num_shards: int = 1,
         shard: int | None = None,
+        display: list[int] | None = None,
+        bit_depth: int | None = None,
     ) -> None:
+        self.measurement = Measurement(tuple(display) if display is not None else None, bit_depth)
         self.root = Path(root).expanduser().resolve()
         self.libvmaf = libvmaf
         self.models = list(models)
@@ -133,7 +136,11 @@ class TeacherCache:
         self.num_shards, self.shard = num_shards, shard
 
     def folder(self, corpus: Corpus) -> Path:
-        return inside(self.root, corpus.name, what="corpus name")
+        """``<root>/<corpus>``, or ``<root>/@1920x1080p10/<corpus>`` for a display-resolution
+        measurement: a corpus's native cache stays valid beside it (a corpus name's own ``@`` is
+        percent-encoded, so no corpus's folder is ever a measurement's)."""
+        label = self.measurement.label
+        return inside(self.root / f"@{label}" if label else self.root, corpus.name, what="corpus name")
 
     def entry_path(self, corpus: Corpus, asset: str) -> Path:
         return inside(self.folder(corpus) / "clips", asset, ".json", what=f"corpus {corpus.name!r}: clip name")
@@ -196,6 +203,7 @@ class TeacherCache:
             "models": sorted(self.models),
             "backend": self.libvmaf.backend,
             "libvmaf_version": version,
+            **({"measurement": self.measurement.label} if self.measurement.label else {}),  # native keys unchanged
         }
         return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
@@ -219,7 +227,7 @@ class TeacherCache:
                 progress.advance(task)
 
     def _compute_one(self, corpus: Corpus, pair: ClipPair, key: str, version: str) -> None:
-        result = self.libvmaf.score(pair, self.models)
+        result = self.libvmaf.score(pair, self.models, self.measurement)
         entry = {
             "schema": SCHEMA,
             "key": key,

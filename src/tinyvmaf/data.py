@@ -9,6 +9,7 @@ held-out source never influences training, not even through its statistics.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -21,7 +22,7 @@ from tinyvmaf.features import Standardization, transform_features
 from tinyvmaf.teacher import FEATURE_NAMES
 from tinyvmaf.teacher.function import DOMAIN_HIGH, DOMAIN_LOW, load_teacher
 
-_BUILT: set[tuple[str, str]] = set()  # (cache root, corpus) built by this process: sweeps check once
+_BUILT: set[Path] = set()  # corpus cache folders built by this process: sweeps check once
 
 
 @dataclass(frozen=True)
@@ -137,11 +138,10 @@ class LosoDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Build the teacher cache if it is missing or stale (a warm cache runs no libvmaf)."""
-        key = (str(self.cache.root), self.corpus.name)
-        if not self.build_cache or key in _BUILT:
+        if not self.build_cache or self.cache.folder(self.corpus) in _BUILT:
             return
         self.cache.build(self.corpus).warn_left_out()
-        _BUILT.add(key)
+        _BUILT.add(self.cache.folder(self.corpus))
 
     def setup(self, stage: str | None = None) -> None:
         if self.table is not None:

@@ -48,7 +48,42 @@ class Libvmaf(Protocol):
 
     def check_models(self, models: list[str]) -> None: ...
 
-    def score(self, pair: ClipPair, models: list[str]) -> TeacherResult: ...
+    def score(self, pair: ClipPair, models: list[str], measurement: Measurement | None = None) -> TeacherResult: ...
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Where libvmaf sees a pair: both clips scaled (bicubic) to ``display`` and converted to
+    ``bit_depth`` bits, as Netflix measures the v1.0.16 models (at the display's resolution, in
+    10 bits); ``None`` keeps the reference's size and bit depth, as the v0.6.1 models are measured."""
+
+    display: tuple[int, int] | None = None
+    bit_depth: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.display is not None:
+            display = tuple(self.display)
+            if len(display) != 2 or not all(type(v) is int and v > 0 and v % 2 == 0 for v in display):
+                raise TinyVmafError(f"cache.display={list(display)!r:.40}: must be [width, height], even integers > 0")
+            object.__setattr__(self, "display", display)
+        if self.bit_depth not in (None, 8, 10):
+            raise TinyVmafError(f"cache.bit_depth={self.bit_depth!r:.20}: must be 8, 10 or null")
+
+    @property
+    def label(self) -> str:
+        """``1920x1080p10``; empty for the native measurement."""
+        size = "x".join(map(str, self.display)) if self.display else "native"
+        return "" if self == NATIVE else f"{size}p{self.bit_depth or 'native'}"
+
+    def pix_fmt(self, source: str) -> str:
+        """The reference's chroma layout at this bit depth."""
+        if self.bit_depth is None:
+            return source
+        layout = source.removesuffix("10le")
+        return layout + ("10le" if self.bit_depth == 10 else "")
+
+
+NATIVE = Measurement()
 
 
 @dataclass(frozen=True)
@@ -59,10 +94,16 @@ class PairGeometry:
     height: int
     pix_fmt: str
     n_frames: int
-    rescale: bool  # the distorted clip is at another size: bicubic up to the reference's
+    rescale: bool  # the distorted clip is at another size: bicubic to the measured size
+    rescale_reference: bool = False  # the reference too (a display-resolution measurement)
+
+    @property
+    def as_read(self) -> bool:
+        """Both clips go to libvmaf as they are (no scaling)."""
+        return not (self.rescale or self.rescale_reference)
 
 
-def pair_geometry(pair: ClipPair) -> PairGeometry:
+def pair_geometry(pair: ClipPair, measurement: Measurement = NATIVE) -> PairGeometry:
     """Probe both clips; refuse pairs whose frame counts differ (no silent truncation)."""
     ref = ffmpeg.probe(pair.reference.path, pair.reference.raw)
     dis = ffmpeg.probe(pair.distorted.path, pair.distorted.raw)
@@ -70,9 +111,16 @@ def pair_geometry(pair: ClipPair) -> PairGeometry:
         raise TinyVmafError(
             f"{pair.distorted.path}: {dis.n_frames} frames, but its reference {pair.reference.path} has {ref.n_frames}"
         )
-    pix_fmt = ref.pix_fmt if ref.pix_fmt in LIBVMAF_PIX_FMTS else "yuv420p"
-    rescale = (dis.width, dis.height) != (ref.width, ref.height)
-    return PairGeometry(ref.width, ref.height, pix_fmt, ref.n_frames, rescale)
+    pix_fmt = measurement.pix_fmt(ref.pix_fmt if ref.pix_fmt in LIBVMAF_PIX_FMTS else "yuv420p")
+    width, height = measurement.display or (ref.width, ref.height)
+    return PairGeometry(
+        width,
+        height,
+        pix_fmt,
+        ref.n_frames,
+        (dis.width, dis.height) != (width, height),
+        (ref.width, ref.height) != (width, height),
+    )
 
 
 def frame_aligned_graph(geo: PairGeometry) -> tuple[str, str]:
@@ -82,8 +130,8 @@ def frame_aligned_graph(geo: PairGeometry) -> tuple[str, str]:
     frame rates or start times (mp4 vs raw YUV) still pair frame n with frame n.
     """
     common = f"format={geo.pix_fmt},settb=1/25,setpts=N"
-    scale = f"scale={geo.width}:{geo.height}:flags=bicubic," if geo.rescale else ""
-    return f"{scale}{common}", common
+    scale = f"scale={geo.width}:{geo.height}:flags=bicubic,"
+    return (scale if geo.rescale else "") + common, (scale if geo.rescale_reference else "") + common
 
 
 def checked_result(result: TeacherResult, pair: ClipPair, geo: PairGeometry) -> TeacherResult:

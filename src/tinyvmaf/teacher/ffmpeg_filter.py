@@ -12,6 +12,8 @@ from tinyvmaf import ffmpeg
 from tinyvmaf.corpus import ClipPair
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.teacher import (
+    NATIVE,
+    Measurement,
     TeacherResult,
     checked_result,
     frame_aligned_graph,
@@ -38,8 +40,8 @@ class FfmpegLibvmaf:
     def check_models(self, models: list[str]) -> None:
         _probe(ffmpeg.ffmpeg_exe(), tuple(models))
 
-    def score(self, pair: ClipPair, models: list[str]) -> TeacherResult:
-        geo = pair_geometry(pair)
+    def score(self, pair: ClipPair, models: list[str], measurement: Measurement = NATIVE) -> TeacherResult:
+        geo = pair_geometry(pair, measurement)
         dis_chain, ref_chain = frame_aligned_graph(geo)
         with tempfile.TemporaryDirectory(prefix="tinyvmaf-") as tmp:
             log_path = libvmaf_log_path(tmp)

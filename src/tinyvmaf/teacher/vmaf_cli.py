@@ -20,6 +20,8 @@ from tinyvmaf import ffmpeg
 from tinyvmaf.corpus import ClipPair, Video
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.teacher import (
+    NATIVE,
+    Measurement,
     PairGeometry,
     TeacherResult,
     checked_result,
@@ -53,8 +55,8 @@ class VmafCli:
         model_option(models, ":")
         _version(self.path)  # an unknown model is reported by the first scored clip
 
-    def score(self, pair: ClipPair, models: list[str]) -> TeacherResult:
-        geo = pair_geometry(pair)
+    def score(self, pair: ClipPair, models: list[str], measurement: Measurement = NATIVE) -> TeacherResult:
+        geo = pair_geometry(pair, measurement)
         with tempfile.TemporaryDirectory(prefix="tinyvmaf-") as tmp:
             log_path = libvmaf_log_path(tmp)
             decoders, inputs = _inputs(pair, geo, Path(tmp))
@@ -92,7 +94,7 @@ def _inputs(pair: ClipPair, geo: PairGeometry, tmp: Path) -> tuple[list[list[str
     is, and anything else has both sides decoded to the reference's size and pixel format.
     """
     ref, dis = pair.reference, pair.distorted
-    if ref.raw is not None and ref.raw == dis.raw and ref.raw.pix_fmt in _RAW_ARGS:
+    if ref.raw is not None and ref.raw == dis.raw and ref.raw.pix_fmt == geo.pix_fmt and geo.as_read:
         return [], [
             "-r",
             str(ref.path),
