@@ -18,9 +18,8 @@ import torch
 from tinyvmaf.cache import FrameTable, TeacherCache
 from tinyvmaf.corpus import Corpus, sources_of
 from tinyvmaf.errors import TinyVmafError, finite_number
-from tinyvmaf.features import Standardization, transform_features
-from tinyvmaf.teacher import FEATURE_NAMES
-from tinyvmaf.teacher.function import DOMAIN_HIGH, DOMAIN_LOW, load_teacher
+from tinyvmaf.features import Standardization, motion_column, transform_features
+from tinyvmaf.teacher.function import load_teacher, student_inputs
 
 _BUILT: set[Path] = set()  # corpus cache folders built by this process: sweeps check once
 
@@ -31,8 +30,8 @@ class Augmentation:
 
     ``amount`` synthetic vectors per real training frame, split into: ``around`` (a real frame
     plus Gaussian noise of ``jitter`` feature standard deviations), ``between`` (a random convex
-    mix of two real frames) and ``across`` (uniform over the valid feature box of
-    ``tinyvmaf.teacher.function``, some coordinates on its faces). Only
+    mix of two real frames) and ``across`` (uniform over the teacher's valid feature box,
+    ``SvrTeacher.domain``, some coordinates on its faces). Only
     the training sources' frames are used: the held-out source is never touched.
     """
 
@@ -58,24 +57,24 @@ class Augmentation:
     def sample(self, features: np.ndarray, teacher: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """``amount`` x len(features) labelled vectors; none when augmentation is off."""
         if not self.enabled:
-            return np.zeros((0, len(FEATURE_NAMES))), np.zeros(0)
+            return np.zeros((0, features.shape[1])), np.zeros(0)
         function = load_teacher(teacher)
-        if tuple(function.feature_columns) != FEATURE_NAMES:
+        if function.feature_columns != student_inputs(teacher):
             raise TinyVmafError(
-                f"data.augment: teacher {teacher} reads {function.feature_columns}, not the six features the models take"
+                f"data.augment: teacher {teacher} reads {function.feature_columns}, not the features its stand-ins take"
             )
         rng = np.random.default_rng(seed)
         n = int(self.amount * len(features))
         shares = np.array([self.around, self.between, self.across], dtype=np.float64)
         n_around, n_between = (n * shares[:2] / shares.sum()).astype(int)
         n_across = n - n_around - n_between
-        low, high = DOMAIN_LOW, DOMAIN_HIGH
+        low, high = function.domain
         around = features[rng.integers(len(features), size=n_around)]
         around = around + rng.normal(size=around.shape) * features.std(axis=0) * self.jitter
         a, b = features[rng.integers(len(features), size=(2, n_between))]
         mix = rng.uniform(size=(n_between, 1))
         between = mix * a + (1 - mix) * b
-        across = rng.uniform(low, high, size=(n_across, len(FEATURE_NAMES)))
+        across = rng.uniform(low, high, size=(n_across, len(low)))
         # Some coordinates on the domain's faces: corners and edges are where an MLP drifts most.
         on_face = rng.uniform(size=across.shape) < self.edge
         across = np.where(on_face, np.where(rng.uniform(size=across.shape) < 0.5, low, high), across)
@@ -156,12 +155,15 @@ class LosoDataModule(L.LightningDataModule):
         held = table.source_of_frame == (table.sources.index(self.heldout) if self.heldout else -1)
         target = table.scores[self.teacher]
         self.table = table
-        train_x, train_y = table.features[~held], target[~held]
+        inputs = student_inputs(self.teacher)
+        features = table.columns(inputs)
+        train_x, train_y = features[~held], target[~held]
         # Fitted on the real training frames only (transformed as the model will see them).
-        self.standardization = Standardization.fit(transform_features(train_x, self.log_motion), train_y)
+        motion = motion_column(inputs) if self.log_motion else None
+        self.standardization = Standardization.fit(transform_features(train_x, motion), train_y)
         self.train_x, self.train_y = _tensors(train_x, train_y)
         self.synthetic_x, self.synthetic_y = _tensors(*self.augment.sample(train_x, self.teacher, self.seed))
-        self.test_x, self.test_y = _tensors(table.features[held], target[held])
+        self.test_x, self.test_y = _tensors(features[held], target[held])
 
     def _refuse_uncached_source(self, table: FrameTable) -> None:
         """A source only leaves the cache when every clip of it failed: say which case it is."""

@@ -44,8 +44,7 @@ from tinyvmaf.runs import (
     latest_per_fold,
     loso_figures,
 )
-from tinyvmaf.teacher import FEATURE_NAMES
-from tinyvmaf.teacher.function import load_teacher
+from tinyvmaf.teacher.function import load_teacher, shipped_teachers
 from tinyvmaf.tracking import (
     Tracking,
     check_artifact_location,
@@ -187,8 +186,11 @@ def model_from_run(tracking: Tracking, run_id: str) -> tuple[VmafNet, dict, Run]
             raise TinyVmafError(f"run_id={run_id}: no readable model.pt artifact ({type(exc).__name__})") from None
     if not isinstance(saved, dict):
         raise TinyVmafError(f"{what}: not a tinyvmaf checkpoint")
+    teacher = params.get(Param.TEACHER, "vmaf_v0.6.1")
+    if teacher not in shipped_teachers():
+        raise TinyVmafError(f"run_id={run_id}: teacher {teacher!r:.60} is not a libvmaf model tinyvmaf knows")
     model = model_from_weights(
-        saved.get("state_dict"), params.get(Param.ACTIVATION), saved.get("log_motion", False), what
+        saved.get("state_dict"), params.get(Param.ACTIVATION), saved.get("log_motion", False), what, teacher
     )
     arch = saved.get("arch") if isinstance(saved.get("arch"), dict) else {}
     name = arch.get("name") if isinstance(arch.get("name"), str) else params.get(Param.ARCH, "unknown")
@@ -218,7 +220,8 @@ def register(
             str(corpus.location),
             "training; all sources",
         )
-        info = log_onnx_model(client, experiment_id, run.run_id, proto, table.features[:5], registered_name=name)
+        example = table.columns(json.loads(metadata["feature_names"]))[:5]
+        info = log_onnx_model(client, experiment_id, run.run_id, proto, example, registered_name=name)
     version = str(info.registered_model_version)
     for key, value in metadata.items():
         if key != "feature_names":
@@ -322,7 +325,8 @@ def export_models(cfg: DictConfig) -> int:
             arch_cfg = OmegaConf.to_container(arch, resolve=True)
             teacher, epochs, recipe = cfg.teacher.model, str(recipe_cfg.trainer.max_epochs), cfg.experiment_name
         metadata = {
-            "feature_names": json.dumps(list(FEATURE_NAMES)),
+            "feature_names": json.dumps(list(model.inputs)),
+            "score_range": json.dumps(list(model.score_range)),
             "teacher": teacher,
             "arch": arch_cfg["name"],
             "n_params": str(count_params(model)),
@@ -333,11 +337,11 @@ def export_models(cfg: DictConfig) -> int:
             **evidence,
         }
         if cfg.layout == LUSORIS:
-            output, diff = drop_in.write(name, model, metadata, table.features, cfg.license)
+            output, diff = drop_in.write(name, model, metadata, table.columns(model.inputs), cfg.license)
             proto = with_metadata(onnx_graph(model), metadata)  # what MLflow registers: tinyvmaf's contract
         else:
             proto = to_onnx(model, output, metadata)
-            diff = check_graph(output, model, table.features)
+            diff = check_graph(output, model, table.columns(model.inputs))
         print(
             f"{output}: {arch_cfg['name']}, {metadata['n_params']} params, ONNX Runtime vs torch max |diff| {diff:.1e} on {len(table)} frames"
         )

@@ -1,6 +1,7 @@
-"""The tiny models' input contract: libvmaf's six features in vmaf_v0.6.1's order, an optional
-log of motion2, and their standardization. It is fitted by the data module on the training
-sources and lives inside every model (and so inside every shipped ONNX graph) as buffers.
+"""The tiny models' input contract: their teacher's libvmaf features (vmaf_v0.6.1's six, or a
+v1.0.16 model's four), an optional log of the motion feature, and their standardization. It is
+fitted by the data module on the training sources and lives inside every model (and so inside
+every shipped ONNX graph) as buffers.
 """
 
 from __future__ import annotations
@@ -10,14 +11,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tinyvmaf.teacher import FEATURE_NAMES
 
-MOTION = FEATURE_NAMES.index("integer_motion2")
+def motion_column(inputs: tuple[str, ...]) -> int:
+    """Which input is the motion feature (motion2 of v0, motion3 of v1), whose tail runs long."""
+    (column,) = [i for i, name in enumerate(inputs) if "motion" in name]
+    return column
 
 
 @dataclass(frozen=True)
 class Standardization:
-    """Mean and standard deviation of the six features and of the teacher score (float64)."""
+    """Mean and standard deviation of each feature and of the teacher score (float64)."""
 
     feature_mean: np.ndarray
     feature_std: np.ndarray
@@ -30,14 +33,14 @@ class Standardization:
         return cls(features.mean(axis=0), np.where(std > 0, std, 1.0), float(target.mean()), float(target.std() or 1.0))
 
 
-def transform_features(features: np.ndarray | torch.Tensor, log_motion: bool) -> np.ndarray | torch.Tensor:
-    """The models' input transform: optionally log1p of motion2, whose tail runs to ~100 (features
-    in the last dimension: [N, 6], or [K, N, 6] for stacked folds)."""
-    if not log_motion:
+def transform_features(features: np.ndarray | torch.Tensor, motion: int | None) -> np.ndarray | torch.Tensor:
+    """The models' input transform: log1p of the ``motion`` column when given (motion2's tail runs
+    to ~100; features in the last dimension: [N, F], or [K, N, F] for stacked folds)."""
+    if motion is None:
         return features
     if isinstance(features, torch.Tensor):
-        motion = torch.log1p(features[..., MOTION : MOTION + 1].clamp(min=0))
-        return torch.cat([features[..., :MOTION], motion, features[..., MOTION + 1 :]], dim=-1)
+        logged = torch.log1p(features[..., motion : motion + 1].clamp(min=0))
+        return torch.cat([features[..., :motion], logged, features[..., motion + 1 :]], dim=-1)
     out = features.copy()
-    out[..., MOTION] = np.log1p(np.maximum(features[..., MOTION], 0))
+    out[..., motion] = np.log1p(np.maximum(features[..., motion], 0))
     return out

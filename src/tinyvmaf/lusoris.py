@@ -185,7 +185,7 @@ def folder_lock(folder: Path) -> Iterator[None]:
 def scores_as_standard(proto: onnx.ModelProto, standard: onnx.ModelProto, features: np.ndarray) -> None:
     """``proto`` scores ``features`` (fed in its column order) exactly as the standard graph does."""
     theirs, ours = open_session(proto, "the drop-in graph"), open_session(standard, "the standard graph")
-    got = theirs.run(["score"], {"input": LUSORIS_CONTRACT.inputs_from(features)})[0]
+    got = theirs.run(["score"], {"input": LUSORIS_CONTRACT.inputs_from(features, FEATURE_NAMES)})[0]
     want = ours.run(["vmaf"], {"features": features.astype(np.float32)})[0]
     if not np.array_equal(got[:, 0], want):
         raise TinyVmafError(f"scores differ from the standard file's (max |diff| {np.abs(got[:, 0] - want).max():.2e})")

@@ -16,17 +16,16 @@ from torch import nn
 from torchmetrics import MetricCollection
 
 from tinyvmaf.errors import TinyVmafError
-from tinyvmaf.features import Standardization, transform_features
+from tinyvmaf.features import Standardization, motion_column, transform_features
 from tinyvmaf.teacher import FEATURE_NAMES
 
-N_FEATURES = len(FEATURE_NAMES)
-VMAF_RANGE = (0.0, 100.0)  # the shipped graph clips to it; the censored loss knows it
+VMAF_RANGE = (0.0, 100.0)  # the score range of every model but the v1.0.16 4K 3H ones' [0, 110]
 
 
-def mlp(hidden: list[int], activation: str = "ReLU") -> nn.Sequential:
-    """6 -> hidden... -> 1; ``hidden=[]`` is the 7-parameter linear control."""
+def mlp(hidden: list[int], activation: str = "ReLU", n_features: int = len(FEATURE_NAMES)) -> nn.Sequential:
+    """n_features (6 for v0, 4 for v1) -> hidden... -> 1; ``hidden=[]`` is the linear control."""
     layers: list[nn.Module] = []
-    width = N_FEATURES
+    width = n_features
     for size in hidden:
         layers += [nn.Linear(width, size), getattr(nn, activation)()]
         width = size
@@ -47,14 +46,25 @@ def activation_name(net: nn.Module) -> str:
 
 
 class VmafNet(nn.Module):
-    """Raw features -> standardize -> net -> de-standardize. ``forward`` is unclipped (for the loss)."""
+    """Raw features (``inputs``, libvmaf's names) -> standardize -> net -> de-standardize.
+    ``forward`` is unclipped (for the loss); ``predict`` clips to the teacher's ``score_range``."""
 
-    def __init__(self, net: nn.Module, log_motion: bool = False) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        log_motion: bool = False,
+        inputs: tuple[str, ...] = FEATURE_NAMES,
+        score_range: tuple[float, float] = VMAF_RANGE,
+    ) -> None:
         super().__init__()
+        width = next(m.in_features for m in net.modules() if isinstance(m, nn.Linear))
+        if width != len(inputs):
+            raise TinyVmafError(f"the net takes {width} features, but its teacher gives {len(inputs)}: {list(inputs)}")
         self.net = net
         self.log_motion = log_motion
-        self.register_buffer("feature_mean", torch.zeros(N_FEATURES))
-        self.register_buffer("feature_std", torch.ones(N_FEATURES))
+        self.inputs, self.score_range = tuple(inputs), (float(score_range[0]), float(score_range[1]))
+        self.register_buffer("feature_mean", torch.zeros(len(inputs)))
+        self.register_buffer("feature_std", torch.ones(len(inputs)))
         self.register_buffer("target_mean", torch.zeros(()))
         self.register_buffer("target_std", torch.ones(()))
 
@@ -64,17 +74,23 @@ class VmafNet(nn.Module):
         self.target_mean.fill_(s.target_mean)
         self.target_std.fill_(s.target_std)
 
+    @property
+    def motion(self) -> int | None:
+        """The column taken through log1p, when ``log_motion``."""
+        return motion_column(self.inputs) if self.log_motion else None
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        z = (transform_features(features, self.log_motion) - self.feature_mean) / self.feature_std
+        z = (transform_features(features, self.motion) - self.feature_mean) / self.feature_std
         return self.net(z).squeeze(-1) * self.target_std + self.target_mean
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
-        """Scores as shipped: clipped to the VMAF range [0, 100]."""
-        return self.forward(features).clamp(*VMAF_RANGE)
+        """Scores as shipped: clipped to the teacher's range."""
+        return self.forward(features).clamp(*self.score_range)
 
 
 class CensoredMSELoss(nn.modules.loss._Loss):
-    """MSE that knows both teacher and model are clipped to ``VMAF_RANGE``.
+    """MSE that knows both teacher and model are clipped to the score range (``bounds``; the
+    module sets its teacher's).
 
     Where the teacher sits on a bound and the prediction lies beyond it, the clipped prediction
     is exact, so that residual counts zero: the net need not pin every "worse than 0" or "better
@@ -82,9 +98,9 @@ class CensoredMSELoss(nn.modules.loss._Loss):
     ``reduction`` as in torch's losses (stacked folds take it per element).
     """
 
-    def __init__(self, reduction: str = "mean") -> None:
+    def __init__(self, reduction: str = "mean", bounds: tuple[float, float] = VMAF_RANGE) -> None:
         super().__init__(reduction=reduction)
-        self.low, self.high = VMAF_RANGE
+        self.low, self.high = bounds
 
     def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         beyond = ((target <= self.low) & (prediction <= self.low)) | ((target >= self.high) & (prediction >= self.high))
@@ -107,12 +123,16 @@ class TinyVmafModule(L.LightningModule):
         log_motion: bool = False,
         loss: nn.Module | None = None,
         heldout_metrics: MetricCollection | None = None,
+        inputs: tuple[str, ...] = FEATURE_NAMES,
+        score_range: tuple[float, float] = VMAF_RANGE,
     ) -> None:
         super().__init__()
-        self.model = VmafNet(net, log_motion)
+        self.model = VmafNet(net, log_motion, tuple(inputs), tuple(score_range))
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.loss = loss if loss is not None else CensoredMSELoss()
+        if isinstance(self.loss, CensoredMSELoss):  # censored where this teacher clips
+            self.loss.low, self.loss.high = self.model.score_range
         # Manual optimization: Lightning's automatic loop (closures, hooks) costs more per step
         # than the arithmetic of a 257-parameter MLP.
         self.automatic_optimization = False

@@ -25,10 +25,9 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from tinyvmaf.errors import TinyVmafError
-from tinyvmaf.features import MOTION
-from tinyvmaf.model import N_FEATURES, VMAF_RANGE, VmafNet, mlp
+from tinyvmaf.model import VMAF_RANGE, VmafNet, mlp
 from tinyvmaf.teacher import FEATURE_NAMES
-from tinyvmaf.teacher.function import ONNX_IR_VERSION, ONNX_OPSET, ONNX_PROVIDERS
+from tinyvmaf.teacher.function import ONNX_IR_VERSION, ONNX_OPSET, ONNX_PROVIDERS, load_teacher, student_inputs
 from tinyvmaf.teacher.log import LEGACY_NAMES
 
 ONNX_TOLERANCE = 1e-4  # VMAF points: ONNX Runtime against torch on real frames, on every export
@@ -130,16 +129,17 @@ def _onnx_layers(g: _OnnxGraph, x: str, net: nn.Module) -> str:
 @dataclass(frozen=True)
 class OnnxContract:
     """What a written graph looks like from outside: its input and output names, the feature
-    each input column holds (a permutation of ``FEATURE_NAMES``), and the output's shape."""
+    each input column holds (a permutation of the model's inputs; None: the model's own order),
+    and the output's shape."""
 
     input: str = "features"
     output: str = "vmaf"
-    features: tuple[str, ...] = FEATURE_NAMES
+    features: tuple[str, ...] | None = None
     column_output: bool = False  # [N, 1] rather than [N]
 
-    def inputs_from(self, features: np.ndarray) -> np.ndarray:
-        """Frames in ``FEATURE_NAMES`` order, as this contract's input takes them."""
-        columns = [FEATURE_NAMES.index(f) for f in self.features]
+    def inputs_from(self, features: np.ndarray, inputs: tuple[str, ...]) -> np.ndarray:
+        """Frames in the model's ``inputs`` order, as this contract's input takes them."""
+        columns = [inputs.index(f) for f in self.features or inputs]
         return np.ascontiguousarray(features[:, columns], dtype=np.float32)
 
 
@@ -147,18 +147,20 @@ TINYVMAF_CONTRACT = OnnxContract()
 
 
 def onnx_graph(model: VmafNet, contract: OnnxContract = TINYVMAF_CONTRACT) -> onnx.ModelProto:
-    """The clipped model as one self-contained ONNX graph, [N, 6] -> [N] (or [N, 1]), any N,
-    written from the weights: the optional log of motion2, standardize, Gemm + activation per layer,
-    de-standardize, clip to the VMAF range. Another column order is one Gather back to
-    ``FEATURE_NAMES`` order first, so every score is bit for bit the standard graph's."""
+    """The clipped model as one self-contained ONNX graph, [N, F] -> [N] (or [N, 1]), any N,
+    written from the weights: the optional log of the motion feature, standardize, Gemm +
+    activation per layer, de-standardize, clip to the teacher's range. Another column order is one
+    Gather back to the model's order first, so every score is bit for bit the standard graph's."""
     g = _OnnxGraph()
     x = contract.input
-    if contract.features != FEATURE_NAMES:
-        order = np.array([contract.features.index(f) for f in FEATURE_NAMES], dtype=np.int64)
+    if contract.features is not None and contract.features != model.inputs:
+        if sorted(contract.features) != sorted(model.inputs):
+            raise TinyVmafError(f"the model reads {list(model.inputs)}, not {list(contract.features)}")
+        order = np.array([contract.features.index(f) for f in model.inputs], dtype=np.int64)
         g.initializers.append(numpy_helper.from_array(order, "feature_order"))
         x = g.op("Gather", x, "feature_order", axis=1)
-    if model.log_motion:  # log1p(max(motion2, 0)) in motion2's column, the others as they are
-        mask = np.arange(N_FEATURES) == MOTION
+    if model.log_motion:  # log1p(max(motion, 0)) in the motion feature's column, the others as they are
+        mask = np.arange(len(model.inputs)) == model.motion
         logged = g.op("Log", g.op("Add", g.op("Max", x, g.constant("zero", 0.0)), g.constant("one", 1.0)))
         g.initializers.append(numpy_helper.from_array(mask, "motion_column"))
         x = g.op("Where", "motion_column", logged, x)
@@ -167,14 +169,14 @@ def onnx_graph(model: VmafNet, contract: OnnxContract = TINYVMAF_CONTRACT) -> on
     x = _onnx_layers(g, x, model.net)
     x = g.op("Add", g.op("Mul", x, g.constant("target_std", model.target_std.cpu().numpy().reshape(1))),
              g.constant("target_mean", model.target_mean.cpu().numpy().reshape(1)))  # fmt: skip
-    x = _clip(g, x, *VMAF_RANGE)
+    x = _clip(g, x, *model.score_range)
     shape = ["batch", 1] if contract.column_output else ["batch"]
     g.initializers.append(numpy_helper.from_array(np.array([-1, 1] if contract.column_output else [-1]), "shape"))
     g.nodes.append(helper.make_node("Reshape", [x, "shape"], [contract.output]))
     graph = helper.make_graph(
         g.nodes,
         "tinyvmaf",
-        [helper.make_tensor_value_info(contract.input, TensorProto.FLOAT, ["batch", N_FEATURES])],
+        [helper.make_tensor_value_info(contract.input, TensorProto.FLOAT, ["batch", len(model.inputs)])],
         [helper.make_tensor_value_info(contract.output, TensorProto.FLOAT, shape)],
         g.initializers,
     )
@@ -187,12 +189,12 @@ def check_graph(
     graph: onnx.ModelProto | Path, model: VmafNet, features: np.ndarray, contract: OnnxContract = TINYVMAF_CONTRACT
 ) -> float:
     """``onnx.checker``, then ONNX Runtime against the torch module on ``features`` (real frames,
-    in ``FEATURE_NAMES`` order, fed in the contract's); returns the max |difference|, which must
+    in the model's input order, fed in the contract's); returns the max |difference|, which must
     stay within ``ONNX_TOLERANCE``."""
     onnx.checker.check_model(graph if isinstance(graph, onnx.ModelProto) else str(graph), full_check=True)
     session = open_session(graph, graph if isinstance(graph, Path) else "the ONNX graph")
     x = np.asarray(features, dtype=np.float32)
-    got = session.run([contract.output], {contract.input: contract.inputs_from(x)})[0]
+    got = session.run([contract.output], {contract.input: contract.inputs_from(x, model.inputs)})[0]
     with torch.no_grad():
         want = model.eval().predict(torch.from_numpy(x).to(model.feature_mean.device)).cpu().numpy()
     wanted_shape = (len(x), 1) if contract.column_output else (len(x),)
@@ -208,10 +210,13 @@ def check_graph(
 # --- someone else's files ------------------------------------------------------------------------
 
 
-def model_from_weights(state: object, activation: object, log_motion: object, what: str) -> VmafNet:
+def model_from_weights(
+    state: object, activation: object, log_motion: object, what: str, teacher: str = "vmaf_v0.6.1"
+) -> VmafNet:
     """A ``VmafNet`` rebuilt from a state dict read from someone else's file, never from a config
-    read with it: the layers from the weights' shapes (6 -> ... -> 1, each width the next's input),
-    the activation by name from the ones tinyvmaf writes as ONNX, every tensor float and finite."""
+    read with it: the layers from the weights' shapes (F -> ... -> 1, F the teacher's inputs, each
+    width the next's input), the activation by name from the ones tinyvmaf writes as ONNX, every
+    tensor float and finite."""
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
@@ -222,14 +227,20 @@ def model_from_weights(state: object, activation: object, log_motion: object, wh
     if not isinstance(log_motion, bool):
         raise TinyVmafError(f"{what}: log_motion is {log_motion!r:.40}, not true or false")
     weights = sorted((int(k.split(".")[1]), v) for k, v in state.items() if re.fullmatch(r"net\.\d{1,3}\.weight", k))
-    widths = [N_FEATURES]
+    inputs = student_inputs(teacher)
+    widths = [len(inputs)]
     for index, (layer, w) in enumerate(weights):
         if layer != 2 * index or w.dim() != 2 or w.shape[1] != widths[-1] or not 0 < w.shape[0] <= 4096:
-            raise TinyVmafError(f"{what}: layer net.{layer} of shape {tuple(w.shape)} does not continue a 6-input MLP")
+            raise TinyVmafError(
+                f"{what}: layer net.{layer} of shape {tuple(w.shape)} does not continue a {len(inputs)}-input MLP"
+            )
         widths.append(int(w.shape[0]))
     if widths[-1] != 1 or len(widths) < 2 or (activation == "none") != (len(widths) == 2):
-        raise TinyVmafError(f"{what}: the weights {widths} are not a 6 -> ... -> 1 MLP with activation {activation}")
-    model = VmafNet(mlp(widths[1:-1], activation if activation != "none" else "ReLU"), log_motion)
+        raise TinyVmafError(
+            f"{what}: the weights {widths} are not a {len(inputs)} -> ... -> 1 MLP with activation {activation}"
+        )
+    net = mlp(widths[1:-1], activation if activation != "none" else "ReLU", len(inputs))
+    model = VmafNet(net, log_motion, inputs, load_teacher(teacher).clip)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -23,7 +23,7 @@ from torchmetrics import MetricCollection
 from tinyvmaf.data import LosoDataModule
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.features import Standardization, transform_features
-from tinyvmaf.model import N_FEATURES, VMAF_RANGE, TinyVmafModule, VmafNet, nonfinite_loss
+from tinyvmaf.model import TinyVmafModule, VmafNet, nonfinite_loss
 
 # --- the data: every fold's batches side by side ---
 
@@ -31,7 +31,7 @@ from tinyvmaf.model import N_FEATURES, VMAF_RANGE, TinyVmafModule, VmafNet, nonf
 class StackedBatches:
     """Every fold's mini-batches side by side, as ``TensorBatches`` would cut them for each fold
     alone (same shuffling from the same seed, same last partial mini-batch): an item holds
-    ``minibatches_per_step`` mini-batches of each fold as ``(x [K, M*B, 6], y [K, M*B], weight
+    ``minibatches_per_step`` mini-batches of each fold as ``(x [K, M*B, F], y [K, M*B], weight
     [K, M*B])``. Folds with fewer rows are padded with copies of their first row, weight 0."""
 
     def __init__(
@@ -168,14 +168,20 @@ class StackedNet(nn.Module):
 
 
 class StackedVmafNet(nn.Module):
-    """``VmafNet`` for K folds at once: [K, B, 6] raw features -> [K, B] scores, each fold with its own standardization."""
+    """``VmafNet`` for K folds at once: [K, B, F] raw features -> [K, B] scores, each fold with its
+    own standardization; ``like`` gives the net, inputs, motion and score range."""
 
-    def __init__(self, net: nn.Module, folds: int, log_motion: bool = False) -> None:
+    def __init__(self, like: VmafNet, folds: int) -> None:
         super().__init__()
-        self.net = StackedNet(net, folds)
-        self.log_motion = log_motion
-        self.register_buffer("feature_mean", torch.zeros(folds, 1, N_FEATURES))
-        self.register_buffer("feature_std", torch.ones(folds, 1, N_FEATURES))
+        self.net = StackedNet(like.net, folds)
+        self.log_motion, self.inputs, self.score_range, self.motion = (
+            like.log_motion,
+            like.inputs,
+            like.score_range,
+            like.motion,
+        )
+        self.register_buffer("feature_mean", torch.zeros(folds, 1, len(like.inputs)))
+        self.register_buffer("feature_std", torch.ones(folds, 1, len(like.inputs)))
         self.register_buffer("target_mean", torch.zeros(folds, 1))
         self.register_buffer("target_std", torch.ones(folds, 1))
 
@@ -187,15 +193,15 @@ class StackedVmafNet(nn.Module):
             self.target_std[k] = s.target_std
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        z = (transform_features(features, self.log_motion) - self.feature_mean) / self.feature_std
+        z = (transform_features(features, self.motion) - self.feature_mean) / self.feature_std
         return self.net(z).squeeze(-1) * self.target_std + self.target_mean
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
-        return self.forward(features).clamp(*VMAF_RANGE)
+        return self.forward(features).clamp(*self.score_range)
 
     def fold(self, k: int) -> VmafNet:
         """Fold k as the ``VmafNet`` its separate run would have trained."""
-        model = VmafNet(self.net.fold(k), self.log_motion).to(self.feature_mean.device)
+        model = VmafNet(self.net.fold(k), self.log_motion, self.inputs, self.score_range).to(self.feature_mean.device)
         model.feature_mean.copy_(self.feature_mean[k, 0])
         model.feature_std.copy_(self.feature_std[k, 0])
         model.target_mean.copy_(self.target_mean[k, 0])
@@ -299,7 +305,7 @@ class StackedTinyVmafModule(L.LightningModule):
 
     def __init__(self, module: TinyVmafModule, folds: int) -> None:
         super().__init__()
-        self.model = StackedVmafNet(module.model.net, folds, module.model.log_motion)
+        self.model = StackedVmafNet(module.model, folds)
         self.optimizer_factory = module.optimizer_factory
         self.scheduler_factory = module.scheduler_factory
         if not isinstance(module.loss, nn.modules.loss._Loss):

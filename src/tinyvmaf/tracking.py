@@ -46,7 +46,6 @@ from tinyvmaf.errors import Interrupted, TinyVmafError, without_passwords
 from tinyvmaf.files import safe_name
 from tinyvmaf.mlflow_artifacts import local_artifact_root, store_path
 from tinyvmaf.runs import HELDOUT, Kind, Metric, Param, Tag, search_runs, slurm_tags
-from tinyvmaf.teacher import FEATURE_NAMES
 from tinyvmaf.teacher.function import ONNX_PROVIDERS
 
 
@@ -361,10 +360,11 @@ def log_dataset(client: MlflowClient, run_id: str, name: str, digest: str, sourc
         client.log_inputs(run_id, datasets=inputs)
 
 
-def onnx_signature() -> ModelSignature:
-    """The contract of every tinyvmaf ONNX model: ``features`` float32 [N, 6] -> ``vmaf`` float32 [N]."""
+def onnx_signature(n_features: int) -> ModelSignature:
+    """The contract of every tinyvmaf ONNX model: ``features`` float32 [N, F] (6 for v0, 4 for v1)
+    -> ``vmaf`` float32 [N]."""
     return ModelSignature(
-        Schema([TensorSpec(np.dtype(np.float32), (-1, len(FEATURE_NAMES)), "features")]),
+        Schema([TensorSpec(np.dtype(np.float32), (-1, n_features), "features")]),
         Schema([TensorSpec(np.dtype(np.float32), (-1,), "vmaf")]),
     )
 
@@ -401,7 +401,7 @@ def log_onnx_model(
     model scored); with ``registered_name``, also a new version of that registered model."""
     with _fluent_store(client.tracking_uri, experiment_id):
         return mlflow.onnx.log_model(
-            model, name="model", run_id=run_id, signature=onnx_signature(), step=step,
+            model, name="model", run_id=run_id, signature=onnx_signature(example.shape[1]), step=step,
             input_example=example.astype(np.float32), registered_model_name=registered_name,
             # pinned here: inferring them costs a Python subprocess (~1.5 s) per fold run
             pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],

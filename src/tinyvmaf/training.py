@@ -48,6 +48,7 @@ from tinyvmaf.runs import (
     run_params,
 )
 from tinyvmaf.stacked import StackedLosoDataModule, StackedTinyVmafModule
+from tinyvmaf.teacher.function import load_teacher, student_inputs
 from tinyvmaf.tracking import (
     TrackedRun,
     Tracking,
@@ -147,12 +148,19 @@ class Job:
         return self._make_data(heldout=heldout)
 
     def module(self) -> TinyVmafModule:
-        """The configured module, seeded as every fold's separate run seeds it."""
+        """The configured module, seeded as every fold's separate run seeds it, its net as wide as
+        its teacher's inputs and clipped to its teacher's range."""
         L.seed_everything(self.seed, verbose=False)
-        return instantiate_checked(self._cfg.model)
+        teacher = self._cfg.teacher.model
+        inputs = student_inputs(teacher)
+        return instantiate_checked(
+            self._cfg.model, net={"n_features": len(inputs)}, inputs=inputs, score_range=load_teacher(teacher).clip
+        )
 
     def n_params(self) -> int:
-        return count_params(instantiate_checked(self._cfg.arch.net))
+        return count_params(
+            instantiate_checked(self._cfg.arch.net, n_features=len(student_inputs(self._cfg.teacher.model)))
+        )
 
     def trainer(self, **options: Any) -> L.Trainer:
         """The configured Trainer, in one process whatever the machine: on a SLURM node Lightning would

@@ -340,6 +340,12 @@ def _chroma_correction(name: str, model: dict) -> tuple[float, int, int] | None:
     return float(c), guiding[0], guided[0]
 
 
+def student_inputs(teacher: str) -> tuple[str, ...]:
+    """The libvmaf features a tiny stand-in of ``teacher`` reads: a v1.0.16 model's own four; for
+    the v0.6.1 family the six plain features, vmaf_v0.6.1neg's stand-ins too (as shipped)."""
+    return V1_FEATURE_COLUMNS.get(teacher, FEATURE_NAMES)
+
+
 def domain_points(
     grid_steps: int, n_random: int, seed: int, low: np.ndarray = DOMAIN_LOW, high: np.ndarray = DOMAIN_HIGH
 ) -> np.ndarray:
