@@ -158,6 +158,7 @@ def test_the_lusoris_layout_drops_into_that_toolchains_folder(swept, compose, tm
     assert (sidecar["kind"], sidecar["name"], sidecar["input_name"], sidecar["output_name"], sidecar["onnx_opset"]) == (
         "fr", "tinyvmaf_vmaf_tiny_v1", "input", "score", 17)  # fmt: skip
     assert sidecar["features"] == ["adm2", "vif_scale0", "vif_scale1", "vif_scale2", "vif_scale3", "motion2"]
+    assert sidecar["onnx_has_scaler"] is True  # that toolchain must not standardize the features again
     assert json.loads(session.get_modelmeta().custom_metadata_map["feature_names"]) == order
     assert (
         export_models(compose(*options, "layout=lusoris", f"lusoris_dir={folder}")) == 0

@@ -77,7 +77,7 @@ def test_a_folder_that_holds_what_tinyvmaf_must_not_touch_is_refused_and_kept_by
     before = snapshot(folder)
     drop_in = DropInFolder(folder)
     with pytest.raises(TinyVmafError) as refused:
-        drop_in.check(["a"])
+        drop_in.check(["a"], "vmaf_v0.6.1")
     assert str(refused.value) == f"{folder}/{said}" and snapshot(folder) == before
     with pytest.raises(TinyVmafError) as refused:
         drop_in.write("a", *a_model()[:1], METADATA, a_model()[1], "BSD-2-Clause-Patent")
@@ -87,9 +87,11 @@ def test_a_folder_that_holds_what_tinyvmaf_must_not_touch_is_refused_and_kept_by
 def test_ids_and_the_folder_itself_are_checked_before_anything(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(TinyVmafError, match=r"^lusoris_dir=.*/file: not a folder$"):
-        DropInFolder(tmp_path / "file").check(["a"])
+        DropInFolder(tmp_path / "file").check(["a"], "vmaf_v0.6.1")
     with pytest.raises(TinyVmafError, match=r"^exports.Big: id 'tinyvmaf_Big' is not a registry id of that toolchain"):
-        DropInFolder(tmp_path / "new").check(["Big"])
+        DropInFolder(tmp_path / "new").check(["Big"], "vmaf_v0.6.1")
+    with pytest.raises(TinyVmafError, match="layout=lusoris: that toolchain's tiny models read vmaf_v0.6.1's six"):
+        DropInFolder(tmp_path / "new").check(["a"], "vmaf_v1.0.16_3d0h")
     assert not (tmp_path / "new").exists()
 
 

@@ -18,7 +18,7 @@ from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.features import Standardization, transform_features
 from tinyvmaf.model import VmafNet, mlp
 from tinyvmaf.onnx_io import ONNX_ACTIVATIONS, OnnxVmaf, check_graph, onnx_graph
-from tinyvmaf.teacher.function import DOMAIN_HIGH, DOMAIN_LOW
+from tinyvmaf.teacher.function import DOMAIN_HIGH, DOMAIN_LOW, load_teacher
 
 
 def random_model(activation: nn.Module, log_motion: bool) -> VmafNet:
@@ -27,7 +27,9 @@ def random_model(activation: nn.Module, log_motion: bool) -> VmafNet:
     net[1], net[3] = activation, copy.deepcopy(activation)
     model = VmafNet(net, log_motion)
     box = np.random.default_rng(0).uniform(DOMAIN_LOW, DOMAIN_HIGH, size=(1000, 6))  # fitted as on training frames
-    model.set_standardization(Standardization.fit(transform_features(box, log_motion), np.full(1000, 50.0) + box[:, 0]))
+    model.set_standardization(
+        Standardization.fit(transform_features(box, model.motion), np.full(1000, 50.0) + box[:, 0])
+    )
     return model.eval()
 
 
@@ -125,3 +127,22 @@ def test_a_graph_that_disagrees_with_torch_is_refused():
     x = np.random.default_rng(3).uniform(DOMAIN_LOW, DOMAIN_HIGH, size=(100, 6)).astype(np.float32)
     with pytest.raises(TinyVmafError, match=r"^the ONNX graph: ONNX Runtime disagrees with torch"):
         check_graph(graph, model, x)
+
+
+def test_a_four_input_stand_in_of_a_0_to_110_teacher_as_onnx():
+    """The contract of a v1.0.16 4K 3H stand-in: [N, 4] in its teacher's column order, its
+    motion3 logged, scores clipped to [0, 110], ONNX Runtime equal to torch on every frame."""
+    teacher = load_teacher("vmaf_v1.0.16_3d0h_2160")
+    torch.manual_seed(2)
+    model = VmafNet(mlp([8], "SiLU", 4), True, teacher.feature_columns, teacher.clip)
+    box = np.random.default_rng(0).uniform(*teacher.domain, size=(1000, 4))
+    model.set_standardization(Standardization.fit(transform_features(box, 3), np.full(1000, 100.0) + 20 * box[:, 2]))
+    proto = onnx_graph(model.eval())
+    assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim][1] == 4
+    check_graph(proto, model, box)
+    got = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        ["vmaf"], {"features": box.astype(np.float32)}
+    )[0]
+    assert got.max() == 110.0 and (got > 100).mean() > 0.1  # scores above 100 survive; the clip is 110's
+    with pytest.raises(TinyVmafError, match="the net takes 6 features, but its teacher gives 4"):
+        VmafNet(mlp([8]), False, teacher.feature_columns, teacher.clip)

@@ -4,11 +4,14 @@ optimizer against torch's AdamW, ONNX written from the weights against torch."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from functools import partial
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
+from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 from torch import nn
 
@@ -16,9 +19,11 @@ from tinyvmaf.cache import TeacherCache
 from tinyvmaf.corpus.directory import DirectoryCorpus
 from tinyvmaf.data import Augmentation, LosoDataModule, TensorBatches
 from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.export import export_models
 from tinyvmaf.features import Standardization
 from tinyvmaf.stacked import StackedAdamW, StackedBatches, StackedLosoDataModule
 from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
+from tinyvmaf.teacher.function import load_teacher
 from tinyvmaf.training import train
 
 # Sources of different lengths: their folds train on different numbers of rows, so their epochs
@@ -184,3 +189,55 @@ def test_stacked_batches_cut_each_fold_as_its_own_tensor_batches_and_weigh_the_p
         assert all(torch.equal(x[k][w[k] > 0, 0], y[k][w[k] > 0]) for x, y, w in items)
     shorter_padding = torch.cat([w[0] for _, _, w in items])
     assert shorter_padding.sum() == 5 and len(shorter_padding) == 9  # 5 real rows, 4 of padding at weight 0
+
+
+V1_SOURCES = {"Bars": "testsrc2", "Mandel": "mandelbrot", "Rgb": "rgbtestsrc"}
+
+
+@pytest.fixture(scope="module")
+def v1_corpus(tmp_path_factory, make_clip):
+    """640x360: every v1.0.16 model runs at the clips' own size, so the test's cache measures there."""
+    root = tmp_path_factory.mktemp("v1_stacked")
+    for source, lavfi in V1_SOURCES.items():
+        make_clip(root / "ref" / f"{source}.y4m", lavfi, frames=8, size="640x360")
+        for crf in (22, 40):
+            codec = ["-c:v", "libx264", "-crf", str(crf), "-threads", "1"]
+            make_clip(root / "dis" / f"{source}__crf{crf}.mp4", lavfi, frames=8, size="640x360", codec=codec)
+    return root
+
+
+@pytest.mark.slow
+def test_a_v1_teacher_trains_four_input_stand_ins_stacked_and_one_by_one_and_exports_them(
+    v1_corpus, tmp_path, compose, training_overrides
+):
+    """teacher=vmaf_v1.0.16_3d0h: stand-ins of four inputs (its cambi, speed_chroma_uv, adm3,
+    motion3) trained every fold at once and one by one agree; the exported file reads those four
+    by name, clips to the teacher's range, and the teacher's own ONNX graph ships beside it."""
+    overrides = [
+        o for o in training_overrides(v1_corpus, tmp_path) if not o.startswith(("cache.models", "trainer.max"))
+    ]
+    overrides += ["teacher=vmaf_v1.0.16_3d0h", "cache.display=[640,360]", "arch=mlp_small", "trainer.max_epochs=12",
+                  "fold.heldout=all"]  # fmt: skip
+    uri = next(o for o in overrides if o.startswith("tracking.uri=")).split("=", 1)[1]
+    train(compose("train", *overrides, "stack_folds=false", "sweep_id=one-by-one"))
+    train(compose("train", *overrides, "stack_folds=true", "sweep_id=stacked"))
+    sequential, stacked = fold_rmse(uri, "one-by-one"), fold_rmse(uri, "stacked")
+    assert set(sequential) == set(stacked) == set(V1_SOURCES)
+    for fold, rmse in sequential.items():
+        assert abs(stacked[fold] - rmse) <= max(0.01 * rmse, 2e-3), (fold, rmse, stacked[fold])
+    export = [o for o in overrides if not o.startswith(("fold.", "arch="))]
+    options = [*export, "~experiment", "loso=false", "register=false", "~exports.vmaf_tiny_v1_medium",
+               f"exports.vmaf_tiny_v1.output={tmp_path}/v1.onnx", "teacher_exports=[vmaf_v1.0.16_3d0h]",
+               f"teacher_output_dir={tmp_path}/teachers"]  # fmt: skip
+    assert export_models(compose("export", *options)) == 0
+    inputs = load_teacher("vmaf_v1.0.16_3d0h").feature_columns
+    session = ort.InferenceSession(str(tmp_path / "v1.onnx"), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    assert session.get_inputs()[0].shape[1] == 4 and json.loads(meta["feature_names"]) == list(inputs)
+    assert json.loads(meta["score_range"]) == [0.0, 100.0] and meta["teacher"] == "vmaf_v1.0.16_3d0h"
+    cfg = compose("export", *options)
+    table = instantiate(cfg.cache).load(instantiate(cfg.corpus))
+    got = session.run(["vmaf"], {"features": table.columns(inputs).astype(np.float32)})[0]
+    target = table.scores["vmaf_v1.0.16_3d0h"]
+    assert np.sqrt(np.mean((got - target) ** 2)) < 0.25 * target.std()  # it learned (0.86 vs a std of 14.3 here)
+    assert (tmp_path / "teachers" / "vmaf_v1.0.16_3d0h.onnx").is_file()

@@ -297,7 +297,7 @@ def export_models(cfg: DictConfig) -> int:
         raise TinyVmafError("layout=lusoris: writes the shipped models (exports), not a fold run's (run_id=)")
     drop_in = DropInFolder(Path(cfg.lusoris_dir), cfg.overwrite, cfg.lusoris_id_prefix)
     if cfg.layout == LUSORIS:  # that folder holds other people's files: refuse before any training
-        drop_in.check(list(cfg.exports))
+        drop_in.check(list(cfg.exports), cfg.teacher.model)
     corpus = instantiate_checked(cfg.corpus)
     cache: TeacherCache = instantiate_checked(cfg.cache)
     tracking: Tracking = instantiate_checked(cfg.tracking)

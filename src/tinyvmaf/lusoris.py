@@ -28,6 +28,7 @@ from tinyvmaf.model import VmafNet
 from tinyvmaf.onnx_io import OnnxContract, check_graph, onnx_graph, open_session
 from tinyvmaf.runs import LOSO_FOLDS, LOSO_MEAN, LOSO_WORST, Tag
 from tinyvmaf.teacher import FEATURE_NAMES
+from tinyvmaf.teacher.function import student_inputs
 from tinyvmaf.teacher.log import LEGACY_NAMES
 
 LUSORIS_FEATURES = ("integer_adm2", "integer_vif_scale0", "integer_vif_scale1", "integer_vif_scale2",
@@ -86,8 +87,12 @@ class DropInFolder:
             )
         return model_id
 
-    def check(self, names: list[str]) -> None:
+    def check(self, names: list[str], teacher: str) -> None:
         """Refuse now, in one line, what ``write`` would refuse after training."""
+        if student_inputs(teacher) != FEATURE_NAMES:
+            raise TinyVmafError(
+                f"layout=lusoris: that toolchain's tiny models read vmaf_v0.6.1's six features; stand-ins of {teacher} read its own"
+            )
         if self.folder.exists() and not self.folder.is_dir():
             raise TinyVmafError(f"lusoris_dir={self.folder}: not a folder")
         text = read_registry(self.registry)
@@ -136,6 +141,8 @@ class DropInFolder:
                 "output_name": LUSORIS_CONTRACT.output, "output_shape": [-1, 1],
                 "features": [LEGACY_NAMES[f] for f in LUSORIS_FEATURES],
                 "expected_output_range": [0.0, 100.0], "license": license_name, "notes": notes,
+                # the graph standardizes its raw inputs itself: that toolchain must not scale them again
+                "onnx_has_scaler": True,
             }  # fmt: skip
             write_json(self.folder / f"{model_id}.json", sidecar)
             entry = {"id": model_id, "kind": "fr", "onnx": path.name, "sha256": sha256, "opset": opset,
