@@ -21,6 +21,8 @@ from tinyvmaf.data import Augmentation, LosoDataModule, TensorBatches
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.export import export_models
 from tinyvmaf.features import Standardization
+from tinyvmaf.onnx_io import OnnxVmaf
+from tinyvmaf.score import score_pair
 from tinyvmaf.stacked import StackedAdamW, StackedBatches, StackedLosoDataModule
 from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
 from tinyvmaf.teacher.function import load_teacher
@@ -241,3 +243,10 @@ def test_a_v1_teacher_trains_four_input_stand_ins_stacked_and_one_by_one_and_exp
     target = table.scores["vmaf_v1.0.16_3d0h"]
     assert np.sqrt(np.mean((got - target) ** 2)) < 0.25 * target.std()  # it learned (0.86 vs a std of 14.3 here)
     assert (tmp_path / "teachers" / "vmaf_v1.0.16_3d0h.onnx").is_file()
+    # score.py measures a pair where the file says its features were measured, and scores it as the cache's frames
+    assert (json.loads(meta["display"]), json.loads(meta["bit_depth"])) == ([640, 360], 10)
+    scored = score_pair(OnnxVmaf(tmp_path / "v1.onnx"), FfmpegLibvmaf(), v1_corpus / "ref" / "Bars.y4m",
+                        v1_corpus / "dis" / "Bars__crf40.mp4")  # fmt: skip
+    rows = np.flatnonzero(np.array(table.clips)[table.clip] == "Bars__crf40")
+    np.testing.assert_array_equal(scored["columns"]["tiny"], got[rows])
+    np.testing.assert_array_equal(scored["columns"]["vmaf_v1.0.16_3d0h"], target[rows])

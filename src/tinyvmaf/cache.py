@@ -37,7 +37,7 @@ from tinyvmaf.corpus import ClipPair, Corpus, Video, sources_of
 from tinyvmaf.errors import TinyVmafError, instantiate_checked
 from tinyvmaf.ffmpeg import tools_stopped_on_interrupt
 from tinyvmaf.files import atomic_path, inside, sha256_file
-from tinyvmaf.teacher import FEATURE_NAMES, Libvmaf, Measurement
+from tinyvmaf.teacher import FEATURE_NAMES, Libvmaf, Measurement, named_columns
 
 SCHEMA = 2  # 2: feature variants (e.g. *_egl_1 for vmaf_v0.6.1neg) stored too
 
@@ -83,13 +83,7 @@ class FrameTable:
 
     def columns(self, names: tuple[str, ...] | list[str]) -> np.ndarray:
         """[n, len(names)] of features or feature variants, by libvmaf log name."""
-        index = {n: i for i, n in enumerate(FEATURE_NAMES)}
-        missing = [n for n in names if n not in index and n not in self.variants]
-        if missing:
-            raise TinyVmafError(
-                f"the cache of corpus {self.corpus!r} holds no {', '.join(missing)}; add the model that needs them to cache.models"
-            )
-        return np.stack([self.features[:, index[n]] if n in index else self.variants[n] for n in names], axis=1)
+        return named_columns(self.features, self.variants, names, f"the cache of corpus {self.corpus!r}")
 
     @property
     def source_of_frame(self) -> np.ndarray:

@@ -327,6 +327,7 @@ def export_models(cfg: DictConfig) -> int:
         metadata = {
             "feature_names": json.dumps(list(model.inputs)),
             "score_range": json.dumps(list(model.score_range)),
+            **cache.measurement.metadata(),
             "teacher": teacher,
             "arch": arch_cfg["name"],
             "n_params": str(count_params(model)),

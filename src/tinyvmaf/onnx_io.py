@@ -26,8 +26,15 @@ from torch import nn
 
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.model import VMAF_RANGE, VmafNet, mlp
-from tinyvmaf.teacher import FEATURE_NAMES
-from tinyvmaf.teacher.function import ONNX_IR_VERSION, ONNX_OPSET, ONNX_PROVIDERS, load_teacher, student_inputs
+from tinyvmaf.teacher import FEATURE_NAMES, Measurement
+from tinyvmaf.teacher.function import (
+    ONNX_IR_VERSION,
+    ONNX_OPSET,
+    ONNX_PROVIDERS,
+    V1_FEATURE_COLUMNS,
+    load_teacher,
+    student_inputs,
+)
 from tinyvmaf.teacher.log import LEGACY_NAMES
 
 ONNX_TOLERANCE = 1e-4  # VMAF points: ONNX Runtime against torch on real frames, on every export
@@ -275,8 +282,10 @@ def _dims(value: onnx.ValueInfoProto) -> list[int | str | None]:
 
 class OnnxVmaf:
     """A VMAF model from an ONNX file, maybe someone else's, checked before anything runs: one
-    float32 input ``[N, 6]`` (any N), one output ``[N]`` or ``[N, 1]``, known operators only, every
-    tensor's size bounded per frame; and every score it returns checked to be a number in [0, 100]."""
+    float32 input ``[N, F]`` (any N; F = 6 for vmaf_v0.6.1's features, 4 for a v1.0.16 model's),
+    one output ``[N]`` or ``[N, 1]``, known operators only, every tensor's size bounded per frame;
+    every score it returns checked to be a number in its teacher's range. ``teacher`` and
+    ``measurement`` say which libvmaf model gives its features, and where libvmaf must see a pair."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -285,6 +294,36 @@ class OnnxVmaf:
         self.metadata = {p.key: p.value for p in graph.metadata_props}
         self.input_name = self.session.get_inputs()[0].name
         self.feature_names = self._feature_names()
+        self.teacher = self._teacher()
+        self.score_range = load_teacher(self.teacher).clip if self.teacher in V1_FEATURE_COLUMNS else VMAF_RANGE
+        self.measurement = self._measurement()
+
+    def _teacher(self) -> str:
+        """The libvmaf model whose features the file reads: a v1.0.16 one by its metadata, which
+        its four columns must match; vmaf_v0.6.1 for the six."""
+        if tuple(sorted(self.feature_names)) == tuple(sorted(FEATURE_NAMES)):
+            return "vmaf_v0.6.1"
+        teacher = self.metadata.get("teacher")
+        if teacher not in V1_FEATURE_COLUMNS or sorted(V1_FEATURE_COLUMNS[teacher]) != sorted(self.feature_names):
+            raise TinyVmafError(
+                f"{self.path}: feature_names {self.feature_names!r:.300} are neither libvmaf's six nor the four of its teacher {teacher!r:.60}"
+            )
+        return teacher
+
+    def _measurement(self) -> Measurement:
+        """Where its features were measured (metadata ``display`` and ``bit_depth``, as export writes
+        them for a display-resolution cache); native when absent."""
+        try:
+            display = json.loads(self.metadata["display"]) if "display" in self.metadata else None
+            bit_depth = json.loads(self.metadata["bit_depth"]) if "bit_depth" in self.metadata else None
+        except json.JSONDecodeError:
+            raise TinyVmafError(f"{self.path}: display or bit_depth metadata is not JSON") from None
+        if display is not None and not (isinstance(display, list) and len(display) == 2):
+            raise TinyVmafError(f"{self.path}: display metadata {display!r:.40} is not [width, height]")
+        try:
+            return Measurement(tuple(display) if display else None, bit_depth)
+        except TinyVmafError as exc:
+            raise TinyVmafError(f"{self.path}: {str(exc).removeprefix('cache.')}") from None
 
     def _read(self) -> onnx.ModelProto:
         try:
@@ -318,18 +357,18 @@ class OnnxVmaf:
         inputs = [i for i in g.input if i.name not in initializers]
         if len(inputs) != 1 or len(g.output) != 1:
             raise refuse(
-                f"has {len(inputs)} input(s) and {len(g.output)} output(s), not one [N, 6] input and one score"
+                f"has {len(inputs)} input(s) and {len(g.output)} output(s), not one [N, F] input and one score"
             )
         (feed,), (out,) = inputs, g.output
         dims = _dims(feed)
         if (
             feed.type.tensor_type.elem_type != onnx.TensorProto.FLOAT
             or len(dims) != 2
-            or dims[1] != 6
+            or dims[1] not in (len(FEATURE_NAMES), 4)
             or isinstance(dims[0], int)
         ):
             raise refuse(
-                f"input {feed.name!r:.40} is {onnx.TensorProto.DataType.Name(feed.type.tensor_type.elem_type)} {dims}, not float32 [N, 6] for any N"
+                f"input {feed.name!r:.40} is {onnx.TensorProto.DataType.Name(feed.type.tensor_type.elem_type)} {dims}, not float32 [N, 6] or [N, 4] for any N"
             )
         out_dims = _dims(out)
         if out.type.tensor_type.elem_type != onnx.TensorProto.FLOAT or not (len(out_dims) == 1 or out_dims[1:] == [1]):
@@ -374,17 +413,18 @@ class OnnxVmaf:
         legacy = {v: k for k, v in LEGACY_NAMES.items()}
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise TinyVmafError(f"{self.path}: feature_names metadata is not a list of names")
-        unknown = [n for n in names if n not in FEATURE_NAMES and n not in legacy]
-        if unknown or len(names) != len(FEATURE_NAMES) or len(set(names)) != len(names):
-            raise TinyVmafError(f"{self.path}: feature_names {names!r:.200} are not libvmaf's {list(FEATURE_NAMES)}")
-        return [legacy.get(n, n) for n in names]
+        names = [legacy.get(n, n) for n in names]
+        if len(set(names)) != len(names) or len(names) != self.session.get_inputs()[0].shape[1]:
+            raise TinyVmafError(
+                f"{self.path}: feature_names {names!r:.200} do not name each of its {self.session.get_inputs()[0].shape[1]} input columns once"
+            )
+        return names
 
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        """Scores for features given in FEATURE_NAMES order, reordered to the model's own order; a
-        score that is not a finite number in [0, 100], or an output of the wrong shape, is an error
-        naming the frame."""
-        order = [FEATURE_NAMES.index(n) for n in self.feature_names]
-        x = np.ascontiguousarray(features[:, order], dtype=np.float32)
+    def predict(self, columns: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+        """Scores of the frames whose features ``columns(names)`` gives by libvmaf name, in the
+        model's own order; a score that is not a finite number in the teacher's range, or an output
+        of the wrong shape, is an error naming the frame."""
+        x = np.ascontiguousarray(columns(self.feature_names), dtype=np.float32)
         scores = []
         for start in range(0, len(x), FRAMES_PER_RUN):
             chunk = x[start : start + FRAMES_PER_RUN]
@@ -395,10 +435,11 @@ class OnnxVmaf:
                 )
             scores.append(got.reshape(-1).astype(np.float64))
         tiny = np.concatenate(scores) if scores else np.zeros(0)
-        bad = np.flatnonzero(~(np.isfinite(tiny) & (tiny >= VMAF_RANGE[0]) & (tiny <= VMAF_RANGE[1])))
+        low, high = self.score_range
+        bad = np.flatnonzero(~(np.isfinite(tiny) & (tiny >= low) & (tiny <= high)))
         if len(bad):
             raise TinyVmafError(
-                f"{self.path}: frame {bad[0]}: the model's score is {tiny[bad[0]]}, not a number in [0, 100] "
+                f"{self.path}: frame {bad[0]}: the model's score is {tiny[bad[0]]}, not a number in [{low:g}, {high:g}] "
                 f"({len(bad)} such frame(s))"
             )
         return tiny

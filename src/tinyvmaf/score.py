@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,35 +18,42 @@ from tinyvmaf.corpus import ClipPair, Video
 from tinyvmaf.errors import TinyVmafError, instantiate_checked
 from tinyvmaf.metrics import metrics_per_source
 from tinyvmaf.onnx_io import OnnxVmaf
-from tinyvmaf.teacher.log import features_from_log, read_log
-
-LIBVMAF_MODEL = "vmaf_v0.6.1"
+from tinyvmaf.teacher import FEATURE_NAMES
+from tinyvmaf.teacher.log import LibvmafLog, features_from_log, read_log
 
 
 def score_log(model: OnnxVmaf, log_path: Path) -> dict:
     log = read_log(log_path)
-    features = features_from_log(log)
-    own = next((k for k in ("vmaf", LIBVMAF_MODEL) if log.has(k)), None)
-    libvmaf = log.column(own) if own else None
-    return result(model, features, libvmaf)
+    own = next((k for k in ("vmaf", model.teacher) if log.has(k)), None)
+    return result(model, lambda names: log_columns(log, names), log.column(own) if own else None)
+
+
+def log_columns(log: LibvmafLog, names: list[str]) -> np.ndarray:
+    """Features by name: the six of vmaf_v0.6.1 whichever naming the log uses, others as logged."""
+    if set(names) <= set(FEATURE_NAMES):
+        return features_from_log(log)[:, [FEATURE_NAMES.index(n) for n in names]]
+    return np.stack([log.column(n) for n in names], axis=1)
 
 
 def score_pair(model: OnnxVmaf, libvmaf, reference: Path, distorted: Path) -> dict:
+    """libvmaf computes exactly the features the model names, where its metadata says they were
+    measured (a v1.0.16 stand-in: at its display's size and bit depth), and its teacher's score."""
     pair = ClipPair("cli", Path(distorted).stem, Video(Path(reference)), Video(Path(distorted)))
-    teacher = libvmaf.score(pair, [LIBVMAF_MODEL])
-    return result(model, teacher.features, teacher.scores[LIBVMAF_MODEL])
+    models = list(dict.fromkeys(["vmaf_v0.6.1", model.teacher]))  # every libvmaf run logs v0.6.1's six
+    teacher = libvmaf.score(pair, models, model.measurement)
+    return result(model, teacher.columns, teacher.scores[model.teacher])
 
 
-def result(model: OnnxVmaf, features: np.ndarray, libvmaf: np.ndarray | None) -> dict:
+def result(model: OnnxVmaf, columns: Callable[[list[str]], np.ndarray], libvmaf: np.ndarray | None) -> dict:
     """Per-frame scores as columns (a log of millions of frames stays arrays) and their means."""
-    tiny = model.predict(features)
-    columns = {"frame": np.arange(len(tiny)), "tiny": tiny}
+    tiny = model.predict(columns)
+    scored = {"frame": np.arange(len(tiny)), "tiny": tiny}
     pooled = {"tiny_mean": float(tiny.mean())}
     if libvmaf is not None:
-        columns[LIBVMAF_MODEL] = libvmaf
-        pooled[f"{LIBVMAF_MODEL}_mean"] = float(libvmaf.mean())
+        scored[model.teacher] = libvmaf
+        pooled[f"{model.teacher}_mean"] = float(libvmaf.mean())
         pooled["mean_abs_diff"] = float(np.abs(tiny - libvmaf).mean())
-    return {"model": str(model.path), "columns": columns, "pooled": pooled}
+    return {"model": str(model.path), "columns": scored, "pooled": pooled}
 
 
 ROWS_PER_CHUNK = 10_000
@@ -109,7 +116,7 @@ def evaluate_onnx(cfg: DictConfig) -> int:
     cache: TeacherCache = instantiate_checked(cfg.cache)
     table = cache.ready(corpus)
     teacher_scores = table.scores[cfg.teacher.model]
-    predicted = model.predict(table.features)
+    predicted = model.predict(table.columns)
     report = Table(title=f"{model.path} on corpus {table.corpus} (teacher {cfg.teacher.model})")
     for name in ("source", "n", "PLCC", "SROCC", "RMSE"):
         report.add_column(name, justify="right")

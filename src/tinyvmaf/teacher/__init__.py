@@ -8,6 +8,7 @@ libvmaf build, as the reference users run it).
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 from dataclasses import dataclass, field
@@ -38,6 +39,21 @@ class TeacherResult:
     features: np.ndarray  # [n_frames, 6], FEATURE_NAMES order
     scores: dict[str, np.ndarray]  # model name -> [n_frames]
     variants: dict[str, np.ndarray] = field(default_factory=dict)  # other features the models read -> [n_frames]
+
+    def columns(self, names: list[str] | tuple[str, ...]) -> np.ndarray:
+        """[n, len(names)] of features by libvmaf log name."""
+        return named_columns(self.features, self.variants, names, "the libvmaf run")
+
+
+def named_columns(
+    features: np.ndarray, variants: dict[str, np.ndarray], names: list[str] | tuple[str, ...], holder: str
+) -> np.ndarray:
+    """Columns by libvmaf log name, from the six features (FEATURE_NAMES order) and the others."""
+    index = {n: i for i, n in enumerate(FEATURE_NAMES)}
+    missing = [n for n in names if n not in index and n not in variants]
+    if missing:
+        raise TinyVmafError(f"{holder} holds no {', '.join(missing)}; add the model that reads them to cache.models")
+    return np.stack([features[:, index[n]] if n in index else variants[n] for n in names], axis=1)
 
 
 class Libvmaf(Protocol):
@@ -74,6 +90,11 @@ class Measurement:
         """``1920x1080p10``; empty for the native measurement."""
         size = "x".join(map(str, self.display)) if self.display else "native"
         return "" if self == NATIVE else f"{size}p{self.bit_depth or 'native'}"
+
+    def metadata(self) -> dict[str, str]:
+        """What a stand-in's ONNX metadata says of where its features were measured (OnnxVmaf reads it)."""
+        display = {"display": json.dumps(list(self.display))} if self.display else {}
+        return display | ({"bit_depth": json.dumps(self.bit_depth)} if self.bit_depth else {})
 
     def pix_fmt(self, source: str) -> str:
         """The reference's chroma layout at this bit depth."""
