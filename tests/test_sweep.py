@@ -68,6 +68,19 @@ def test_a_sweep_that_launches_no_job_fails(tiny_overrides, run_entry):
     assert proc.returncode == 1 and "error: the sweep launched no job" in proc.stderr
 
 
+def test_a_sweep_over_two_teachers_is_refused_before_any_job(tiny_overrides, run_entry, tmp_path):
+    """Runs are keyed by (arch, fold) in a sweep: two teachers' stand-ins would count as one run
+    twice in its digest and resumption, so the plan refuses the sweep in one line."""
+    proc = run_entry("train.py", "-m", *tiny_overrides, "teacher=vmaf_v0.6.1,vmaf_v0.6.1neg", "arch=linear",
+                     "fold.heldout=Bars", "sweep_id=two")  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().endswith(
+        "error: teacher: this sweep trains stand-ins of vmaf_v0.6.1, vmaf_v0.6.1neg; a sweep's digest, resumption and "
+        "evidence are of one teacher: sweep each under its own sweep_id (python train.py -m teacher=... sweep_id=...)"
+    )
+    assert not list(tmp_path.rglob("FAILED")) and "linear fold=Bars" not in proc.stdout
+
+
 @pytest.mark.slow
 def test_a_cold_parallel_sweep_builds_the_cache_once_before_any_job(tiny_overrides, run_entry, tmp_path):
     proc = run_entry(

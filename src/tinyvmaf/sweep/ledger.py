@@ -70,10 +70,16 @@ def plan_jobs(config: DictConfig, config_loader: Any, batch: list[list[str]], fi
     sweep = sweep_id(config)
     sources: dict[str, tuple] = {}
     finished: dict[str, dict] = {}
-    jobs = []
+    jobs, teachers = [], set()
     for offset, overrides in enumerate(batch):
         cfg = config_loader.load_sweep_config(config, list(overrides))
         arch, heldout = str(cfg.arch.name), str(cfg.fold.heldout)
+        teachers.add(str(cfg.teacher.model))
+        if len(teachers) > 1:  # its runs are keyed by (arch, fold): two teachers' would count as one
+            raise TinyVmafError(
+                f"teacher: this sweep trains stand-ins of {', '.join(sorted(teachers))}; a sweep's digest, resumption and "
+                "evidence are of one teacher: sweep each under its own sweep_id (python train.py -m teacher=... sweep_id=...)"
+            )
         if heldout == ALL_FOLDS:
             key = OmegaConf.to_yaml(cfg.corpus) + OmegaConf.to_yaml(cfg.cache)
             if key not in sources:
