@@ -27,6 +27,7 @@ from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.export import export_models, model_from_run
 from tinyvmaf.teacher import FEATURE_NAMES
 from tinyvmaf.teacher.function import domain_points, load_teacher
+from tinyvmaf.tracking import Tracking
 
 
 def replace_artifact(client: MlflowClient, run_id: str, name: str, make) -> None:
@@ -346,6 +347,18 @@ def test_weights_that_are_not_a_tiny_vmaf_mlp_are_one_line(their_store, tmp_path
     assert proc.stderr.strip().splitlines() == [
         f"error: run_id={run.info.run_id}: model.pt: layer net.0 of shape (16, 7) does not continue a 6-input MLP"
     ]
+
+
+def test_a_model_pt_over_the_cap_is_refused_before_it_is_copied(their_store, monkeypatch, tmp_path):
+    folder, _, run = their_store
+    tracking = Tracking(f"sqlite:///{folder}/mlruns/mlflow.db", "tinyvmaf-loso")
+    monkeypatch.setattr("tinyvmaf.export.MAX_MODEL_BYTES", 100)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(downloads))  # where a download would land
+    with pytest.raises(TinyVmafError, match=r"model.pt: [\d,]+ bytes, more than the 100 a model may hold$"):
+        model_from_run(tracking, run.info.run_id)
+    assert list(downloads.iterdir()) == []
 
 
 @pytest.mark.parametrize("form", ["file://{}", "{}"], ids=["file URI", "bare path"])

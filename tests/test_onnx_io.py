@@ -17,7 +17,7 @@ from torch import nn
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.features import Standardization, transform_features
 from tinyvmaf.model import VmafNet, mlp
-from tinyvmaf.onnx_io import ONNX_ACTIVATIONS, OnnxVmaf, check_graph, onnx_graph
+from tinyvmaf.onnx_io import ONNX_ACTIVATIONS, OnnxVmaf, check_graph, model_from_weights, onnx_graph
 from tinyvmaf.teacher.function import DOMAIN_HIGH, DOMAIN_LOW, load_teacher
 
 
@@ -148,3 +148,25 @@ def test_a_four_input_stand_in_of_a_0_to_110_teacher_as_onnx():
     assert got.max() == 110.0 and (got > 100).mean() > 0.1  # scores above 100 survive; the clip is 110's
     with pytest.raises(TinyVmafError, match="the net takes 6 features, but its teacher gives 4"):
         VmafNet(mlp([8]), False, teacher.feature_columns, teacher.clip)
+
+
+def _saved_and_read(state: dict, path) -> dict:
+    torch.save(state, path)
+    return torch.load(path, weights_only=True)
+
+
+def test_weights_that_declare_more_than_they_hold_or_too_many_are_refused_before_allocating(tmp_path):
+    """A state dict of stride-0 views (89 KB declaring 499 layers of 4096x4096 took 5.5 GB before a
+    traceback), and one of more weights than a tiny model holds, are one line each."""
+    views = {f"net.{2 * i}.weight": torch.zeros(1).expand(4096, 4096 if i else 6) for i in range(3)}
+    views |= {f"net.{2 * i}.bias": torch.zeros(1).expand(4096) for i in range(3)}
+    with pytest.raises(
+        TinyVmafError, match=r"^m.pt: tensor 'net.0.weight' of shape \(4096, 6\) declares more values than"
+    ):
+        model_from_weights(_saved_and_read(views, tmp_path / "v.pt"), "ReLU", False, "m.pt")
+    big = {"net.0.weight": torch.zeros(1000, 6), "net.0.bias": torch.zeros(1000), "net.2.weight": torch.zeros(1000, 1000),
+           "net.2.bias": torch.zeros(1000), "net.4.weight": torch.zeros(1, 1000), "net.4.bias": torch.zeros(1)}  # fmt: skip
+    with pytest.raises(
+        TinyVmafError, match=r"^m.pt: 1,009,001 weights, more than the 1,000,000 a tiny model may hold$"
+    ):
+        model_from_weights(_saved_and_read(big, tmp_path / "b.pt"), "ReLU", False, "m.pt")

@@ -29,7 +29,7 @@ from tinyvmaf.corpus import Corpus
 from tinyvmaf.errors import TinyVmafError, instantiate_checked
 from tinyvmaf.lusoris import DropInFolder
 from tinyvmaf.model import VmafNet, count_params
-from tinyvmaf.onnx_io import check_graph, model_from_weights, onnx_graph, open_session
+from tinyvmaf.onnx_io import MAX_MODEL_BYTES, check_graph, model_from_weights, onnx_graph, open_session
 from tinyvmaf.runs import (
     LOSO_EXPERIMENT_ID,
     LOSO_FOLDS,
@@ -172,6 +172,9 @@ def model_from_run(tracking: Tracking, run_id: str) -> tuple[VmafNet, dict, Run]
     check_artifact_location(client.tracking_uri, run.info.artifact_uri, f"run_id={run_id}")
     params = run.data.params
     what = f"run_id={run_id}: model.pt"
+    listed = {f.path: f.file_size for f in client.list_artifacts(run_id)}
+    if (listed.get("model.pt") or 0) > MAX_MODEL_BYTES:  # before it is copied anywhere
+        raise TinyVmafError(f"{what}: {listed['model.pt']:,} bytes, more than the {MAX_MODEL_BYTES:,} a model may hold")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             with warnings.catch_warnings():  # "Detected pickle protocol 4": said again below as one line

@@ -216,6 +216,10 @@ def check_graph(
 
 # --- someone else's files ------------------------------------------------------------------------
 
+# The most weights a rebuilt model may hold: tinyvmaf's nets hold 7 to 2,561, a wide search's
+# some 10^5; checked before any layer is allocated.
+MAX_WEIGHTS = 1_000_000
+
 
 def model_from_weights(
     state: object, activation: object, log_motion: object, what: str, teacher: str = "vmaf_v0.6.1"
@@ -233,6 +237,11 @@ def model_from_weights(
         raise TinyVmafError(f"{what}: activation {activation!r:.40} is not one of {', '.join(sorted(known))}")
     if not isinstance(log_motion, bool):
         raise TinyVmafError(f"{what}: log_motion is {log_motion!r:.40}, not true or false")
+    for name, tensor in state.items():  # a view may declare far more values than its storage holds
+        if tensor.numel() * tensor.element_size() > tensor.untyped_storage().nbytes():
+            raise TinyVmafError(
+                f"{what}: tensor {name!r:.60} of shape {tuple(tensor.shape)} declares more values than its file holds"
+            )
     weights = sorted((int(k.split(".")[1]), v) for k, v in state.items() if re.fullmatch(r"net\.\d{1,3}\.weight", k))
     inputs = student_inputs(teacher)
     widths = [len(inputs)]
@@ -246,6 +255,9 @@ def model_from_weights(
         raise TinyVmafError(
             f"{what}: the weights {widths} are not a {len(inputs)} -> ... -> 1 MLP with activation {activation}"
         )
+    n_weights = sum(a * b + b for a, b in zip(widths, widths[1:]))
+    if n_weights > MAX_WEIGHTS:
+        raise TinyVmafError(f"{what}: {n_weights:,} weights, more than the {MAX_WEIGHTS:,} a tiny model may hold")
     net = mlp(widths[1:-1], activation if activation != "none" else "ReLU", len(inputs))
     model = VmafNet(net, log_motion, inputs, load_teacher(teacher).clip)
     try:
