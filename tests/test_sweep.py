@@ -189,6 +189,23 @@ def test_a_rerun_sweep_trains_only_what_it_lacks(tiny_overrides, compose, capsys
         train(compose("train", *base, "fold.heldout=Bars", "model.optimizer.lr=1e-3"))
 
 
+def test_a_rerun_after_the_corpus_changed_refuses_to_mix_its_folds(tiny_overrides, tiny_corpus, compose, make_clip):
+    """Same sweep, same clip names, other content: a fold finished on the old clips is not kept
+    beside folds trained on the new ones."""
+    base = [*tiny_overrides, "arch=linear", "sweep_id=S"]
+    train(compose("train", *base, "fold.heldout=Bars"))
+    make_clip(
+        tiny_corpus / "dis" / "Bars__crf45.mp4", "testsrc2", codec=["-c:v", "libx264", "-crf", "30", "-threads", "1"]
+    )
+    with pytest.raises(
+        TinyVmafError,
+        match=r"sweep_id=S: linear fold=Bars already finished there on other data \(corpus cache [0-9a-f]{12}, now [0-9a-f]{12}: its clips changed\)",
+    ):
+        train(compose("train", *base, "fold.heldout=Bars"))
+    with pytest.raises(TinyVmafError, match="linear fold=Bars already finished there on other data"):
+        train(compose("train", *base, "fold.heldout=all"))
+
+
 def test_the_digest_states_missing_killed_and_duplicate_runs(tiny_overrides, compose, run_entry, tmp_path):
     base = [*tiny_overrides, "arch=linear", "sweep_id=K"]
     train(compose("train", *base, "fold.heldout=Bars"))

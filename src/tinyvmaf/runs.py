@@ -131,6 +131,13 @@ def recipe_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def dataset_digest(run: Run) -> str | None:
+    """The digest of the corpus cache a run trained on (its MLflow dataset input: the first 12
+    characters of the cache's manifest, ``FrameTable.label``)."""
+    inputs = run.inputs.dataset_inputs if run.inputs else []
+    return inputs[0].dataset.digest if inputs else None
+
+
 def fold_config(cfg: DictConfig, corpus: Corpus, source: str) -> DictConfig:
     """The configuration of one fold of a whole-configuration job: what its separate run is given."""
     names = {"heldout": config_literal(source), "corpus": config_literal(corpus.name)}  # data, never interpolations

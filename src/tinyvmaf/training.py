@@ -39,6 +39,7 @@ from tinyvmaf.runs import (
     Metric,
     Param,
     Tag,
+    dataset_digest,
     finished_folds,
     fold_config,
     fold_run_tags,
@@ -198,12 +199,18 @@ def search_trial(cfg: DictConfig) -> SearchTrial | None:
     return SearchTrial(search.study, search.storage, int(search.trial), pruner)
 
 
-def resumed(recipe: FoldRecipe, sweep: str, done: Run) -> dict[str, float]:
-    """A fold the sweep finished earlier, with this recipe: its held-out metrics, without training it again."""
+def resumed(recipe: FoldRecipe, sweep: str, done: Run, data: str) -> dict[str, float]:
+    """A fold the sweep finished earlier, with this recipe on this data (``data``: the digest of
+    the corpus cache now): its held-out metrics, without training it again."""
     if done.data.tags.get(Tag.RECIPE_HASH) != recipe.hash:
         raise TinyVmafError(
             f"sweep_id={sweep}: {recipe.arch} fold={recipe.heldout} already finished there with another recipe "
             f"(run {done.info.run_id}); give a new sweep_id to train this one"
+        )
+    if dataset_digest(done) != data:  # same names, other clips: folds of two corpora must not mix
+        raise TinyVmafError(
+            f"sweep_id={sweep}: {recipe.arch} fold={recipe.heldout} already finished there on other data (corpus cache "
+            f"{dataset_digest(done)}, now {data}: its clips changed); give a new sweep_id to train on these"
         )
     print(
         f"{recipe.arch} fold={recipe.heldout}: finished earlier in sweep {sweep} (run {done.info.run_id}); not trained again"
@@ -234,7 +241,9 @@ def train(cfg: DictConfig) -> dict[str, float] | float | None:
         )
     done = latest_per_fold(finished_folds(client, experiment_id, sweep=job.sweep, arch=job.arch)).get(job.heldout)
     recipe = job.recipe()
-    return resumed(recipe, job.sweep, done) if done is not None else train_fold(job, recipe, parent)
+    if done is None:
+        return train_fold(job, recipe, parent)
+    return resumed(recipe, job.sweep, done, job.cache.ready(job.corpus).manifest[:12])
 
 
 def train_every_fold(job: Job, parent_run_id: str | None) -> float | None:
@@ -244,7 +253,8 @@ def train_every_fold(job: Job, parent_run_id: str | None) -> float | None:
     says so (returning None) and tells the study its objective."""
     client, experiment_id = job.tracking.experiment()
     trial = job.trial
-    sources = job.cache.ready(job.corpus).sources
+    table = job.cache.ready(job.corpus)
+    sources = table.sources
     tags = {Tag.SWEEP_ID: job.sweep, Tag.KIND: Kind.LOSO, **({Tag.PARENT: parent_run_id} if parent_run_id else {})}
     name = f"trial-{trial.number}" if trial else f"{job.arch}-{ALL_FOLDS}"
     with tracked_run(client, experiment_id, name, tags) as parent:
@@ -263,7 +273,7 @@ def train_every_fold(job: Job, parent_run_id: str | None) -> float | None:
             if trial is not None
             else latest_per_fold(finished_folds(client, experiment_id, sweep=job.sweep, arch=job.arch))
         )
-        per_fold = {s: resumed(job.recipe(s), job.sweep, done[s]) for s in sources if s in done}
+        per_fold = {s: resumed(job.recipe(s), job.sweep, done[s], table.manifest[:12]) for s in sources if s in done}
         todo = [s for s in sources if s not in done]
         stacked = bool(todo) and job.stack_folds
         train_folds = train_stacked if stacked else train_one_after_another
