@@ -315,6 +315,11 @@ def test_the_launcher_stopped_cancels_its_jobs_and_a_rerun_submits_only_those(sl
     launcher = start(slurm, tmp_path, "train.py", "-m", *long_and_short(tiny_overrides, "stopped"))
     long_run(uri)
     wait_until("the short job done", lambda: store_runs(uri, "params.fold = 'Bars' and attributes.status = 'FINISHED'"))
+    # Its run ends before its SLURM task does (submitit writes the result after): a SIGTERM between
+    # the two rightly cancels that task too, so wait until SLURM lists the long one alone.
+    wait_until(
+        "the short job's SLURM task over", lambda: len(slurm.command("squeue", "-h").stdout.strip().splitlines()) == 1
+    )
     launcher.send_signal(signal.SIGTERM)
     status, log = finished(launcher)
     assert status == 130 and "the launching process was interrupted: 1 unfinished job(s) cancelled" in log, log
