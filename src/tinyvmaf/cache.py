@@ -116,7 +116,7 @@ class TeacherCache:
         display: list[int] | None = None,
         bit_depth: int | None = None,
     ) -> None:
-        self.measurement = Measurement(tuple(display) if display is not None else None, bit_depth)
+        self.measurement = Measurement(display, bit_depth)
         self.root = Path(root).expanduser().resolve()
         self.libvmaf = libvmaf
         self.models = list(models)

@@ -21,17 +21,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 from torch import nn
 
 from tinyvmaf.errors import TinyVmafError
-from tinyvmaf.model import VMAF_RANGE, VmafNet, mlp
+from tinyvmaf.model import VmafNet, mlp
 from tinyvmaf.teacher import FEATURE_NAMES, Measurement
 from tinyvmaf.teacher.function import (
-    ONNX_IR_VERSION,
-    ONNX_OPSET,
     ONNX_PROVIDERS,
     V1_FEATURE_COLUMNS,
+    OnnxGraph,
     load_teacher,
     student_inputs,
 )
@@ -53,26 +52,7 @@ def open_session(model: onnx.ModelProto | Path, what: str | Path) -> ort.Inferen
 # --- the tiny models' graph, written from the weights -------------------------------------------
 
 
-class _OnnxGraph:
-    """Nodes and initializers of a graph under construction; each op returns its output's name."""
-
-    def __init__(self) -> None:
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
-
-    def constant(self, name: str, value: np.ndarray | float) -> str:
-        """A float32 initializer; an activation's constants are shared by every layer that uses it."""
-        if name not in {t.name for t in self.initializers}:
-            self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype=np.float32), name))
-        return name
-
-    def op(self, op_type: str, *inputs: str, **attributes: object) -> str:
-        output = f"{op_type.lower()}_{len(self.nodes)}"
-        self.nodes.append(helper.make_node(op_type, list(inputs), [output], **attributes))
-        return output
-
-
-def _gelu(g: _OnnxGraph, x: str, m: nn.GELU) -> str:
+def _gelu(g: OnnxGraph, x: str, m: nn.GELU) -> str:
     if m.approximate == "tanh":  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
         cube = g.op("Mul", g.op("Mul", x, x), x)
         inner = g.op("Mul", g.op("Add", x, g.op("Mul", cube, g.constant("gelu_c", 0.044715))),
@@ -85,20 +65,20 @@ def _gelu(g: _OnnxGraph, x: str, m: nn.GELU) -> str:
     return g.op("Mul", g.op("Mul", x, gate), g.constant("gelu_half", 0.5))
 
 
-def _softplus(g: _OnnxGraph, x: str, beta: float) -> str:
+def _softplus(g: OnnxGraph, x: str, beta: float) -> str:
     if beta == 1:
         return g.op("Softplus", x)
     b = g.constant(f"softplus_beta_{len(g.nodes)}", beta)
     return g.op("Div", g.op("Softplus", g.op("Mul", x, b)), b)
 
 
-def _clip(g: _OnnxGraph, x: str, low: float, high: float) -> str:
+def _clip(g: OnnxGraph, x: str, low: float, high: float) -> str:
     n = len(g.nodes)
     return g.op("Clip", x, g.constant(f"clip_low_{n}", low), g.constant(f"clip_high_{n}", high))
 
 
 # torch's activation modules and their ONNX forms (torch's Softplus threshold is below float32 resolution)
-ONNX_ACTIVATIONS: dict[type[nn.Module], Callable[[_OnnxGraph, str, nn.Module], str]] = {
+ONNX_ACTIVATIONS: dict[type[nn.Module], Callable[[OnnxGraph, str, nn.Module], str]] = {
     nn.ReLU: lambda g, x, m: g.op("Relu", x),
     nn.LeakyReLU: lambda g, x, m: g.op("LeakyRelu", x, alpha=float(m.negative_slope)),
     nn.ELU: lambda g, x, m: g.op("Elu", x, alpha=float(m.alpha)),
@@ -119,7 +99,7 @@ ONNX_ACTIVATIONS: dict[type[nn.Module], Callable[[_OnnxGraph, str, nn.Module], s
 }
 
 
-def _onnx_layers(g: _OnnxGraph, x: str, net: nn.Module) -> str:
+def _onnx_layers(g: OnnxGraph, x: str, net: nn.Module) -> str:
     for i, layer in enumerate(list(net) if isinstance(net, nn.Sequential) else [net]):
         if isinstance(layer, nn.Linear):
             weight = g.constant(f"layer{i}.weight", layer.weight.detach().cpu().numpy())
@@ -158,18 +138,18 @@ def onnx_graph(model: VmafNet, contract: OnnxContract = TINYVMAF_CONTRACT) -> on
     written from the weights: the optional log of the motion feature, standardize, Gemm +
     activation per layer, de-standardize, clip to the teacher's range. Another column order is one
     Gather back to the model's order first, so every score is bit for bit the standard graph's."""
-    g = _OnnxGraph()
+    g = OnnxGraph(np.float32)
     x = contract.input
     if contract.features is not None and contract.features != model.inputs:
         if sorted(contract.features) != sorted(model.inputs):
             raise TinyVmafError(f"the model reads {list(model.inputs)}, not {list(contract.features)}")
         order = np.array([contract.features.index(f) for f in model.inputs], dtype=np.int64)
-        g.initializers.append(numpy_helper.from_array(order, "feature_order"))
+        g.constants(feature_order=order)
         x = g.op("Gather", x, "feature_order", axis=1)
     if model.log_motion:  # log1p(max(motion, 0)) in the motion feature's column, the others as they are
         mask = np.arange(len(model.inputs)) == model.motion
         logged = g.op("Log", g.op("Add", g.op("Max", x, g.constant("zero", 0.0)), g.constant("one", 1.0)))
-        g.initializers.append(numpy_helper.from_array(mask, "motion_column"))
+        g.constants(motion_column=mask)
         x = g.op("Where", "motion_column", logged, x)
     x = g.op("Div", g.op("Sub", x, g.constant("feature_mean", model.feature_mean.cpu().numpy())),
              g.constant("feature_std", model.feature_std.cpu().numpy()))  # fmt: skip
@@ -178,17 +158,12 @@ def onnx_graph(model: VmafNet, contract: OnnxContract = TINYVMAF_CONTRACT) -> on
              g.constant("target_mean", model.target_mean.cpu().numpy().reshape(1)))  # fmt: skip
     x = _clip(g, x, *model.score_range)
     shape = ["batch", 1] if contract.column_output else ["batch"]
-    g.initializers.append(numpy_helper.from_array(np.array([-1, 1] if contract.column_output else [-1]), "shape"))
-    g.nodes.append(helper.make_node("Reshape", [x, "shape"], [contract.output]))
-    graph = helper.make_graph(
-        g.nodes,
+    g.constants(shape=np.array([-1, 1] if contract.column_output else [-1]))
+    g.op("Reshape", x, "shape", out=contract.output)
+    return g.model(
         "tinyvmaf",
-        [helper.make_tensor_value_info(contract.input, TensorProto.FLOAT, ["batch", len(model.inputs)])],
-        [helper.make_tensor_value_info(contract.output, TensorProto.FLOAT, shape)],
-        g.initializers,
-    )
-    return helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)], ir_version=ONNX_IR_VERSION, producer_name="tinyvmaf"
+        helper.make_tensor_value_info(contract.input, TensorProto.FLOAT, ["batch", len(model.inputs)]),
+        helper.make_tensor_value_info(contract.output, TensorProto.FLOAT, shape),
     )
 
 
@@ -307,7 +282,7 @@ class OnnxVmaf:
         self.input_name = self.session.get_inputs()[0].name
         self.feature_names = self._feature_names()
         self.teacher = self._teacher()
-        self.score_range = load_teacher(self.teacher).clip if self.teacher in V1_FEATURE_COLUMNS else VMAF_RANGE
+        self.score_range = load_teacher(self.teacher).clip
         self.measurement = self._measurement()
 
     def _teacher(self) -> str:
@@ -333,7 +308,7 @@ class OnnxVmaf:
         if display is not None and not (isinstance(display, list) and len(display) == 2):
             raise TinyVmafError(f"{self.path}: display metadata {display!r:.40} is not [width, height]")
         try:
-            return Measurement(tuple(display) if display else None, bit_depth)
+            return Measurement(display, bit_depth)
         except TinyVmafError as exc:
             raise TinyVmafError(f"{self.path}: {str(exc).removeprefix('cache.')}") from None
 
@@ -426,9 +401,10 @@ class OnnxVmaf:
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise TinyVmafError(f"{self.path}: feature_names metadata is not a list of names")
         names = [legacy.get(n, n) for n in names]
-        if len(set(names)) != len(names) or len(names) != self.session.get_inputs()[0].shape[1]:
+        width = self.session.get_inputs()[0].shape[1]
+        if len(set(names)) != len(names) or len(names) != width:
             raise TinyVmafError(
-                f"{self.path}: feature_names {names!r:.200} do not name each of its {self.session.get_inputs()[0].shape[1]} input columns once"
+                f"{self.path}: feature_names {names!r:.200} do not name each of its {width} input columns once"
             )
         return names
 

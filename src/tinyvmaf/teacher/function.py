@@ -156,33 +156,41 @@ class SvrTeacher:
         in float64 as in libvmaf, the steps of ``_score``: the rescale, the chroma correction, the
         RBF SVR (the squared distance expanded), the denormalisation, ``score_transform`` where
         libvmaf applies it unasked (v1.0.16; not v0.6.1's), the clip."""
-        graph = _GraphBuilder()
+        graph = OnnxGraph(np.float64)
         graph.constants(slopes=self.slopes[1:], intercepts=self.intercepts[1:])
-        graph.node("Cast", ["features"], to=onnx.TensorProto.DOUBLE, out="x")
-        graph.node("Mul", ["x", "slopes"], out="x_scaled")
-        z = graph.node("Add", ["x_scaled", "intercepts"], out="z")
+        graph.op("Cast", "features", to=onnx.TensorProto.DOUBLE, out="x")
+        graph.op("Mul", "x", "slopes", out="x_scaled")
+        z = graph.op("Add", "x_scaled", "intercepts", out="z")
+        graph.constants(zero=np.zeros(1), axis1=np.array([1], dtype=np.int64))
         if self.chroma_correction:
             z = self._chroma_nodes(graph, z)
         sv = self.support_vectors
         graph.constants(
-            sv_t=-2.0 * sv.T, sv_sq=(sv**2).sum(1)[None, :], zero=np.zeros(1), minus_gamma=np.array([-self.gamma]),
+            sv_t=-2.0 * sv.T, sv_sq=(sv**2).sum(1)[None, :], minus_gamma=np.array([-self.gamma]),
             coef=self.coefficients[:, None], rho=np.array([self.rho]), score_intercept=np.array([self.intercepts[0]]),
-            score_slope=np.array([self.slopes[0]]), axis1=np.array([1], dtype=np.int64),
+            score_slope=np.array([self.slopes[0]]),
         )  # fmt: skip
-        z_norm = graph.node("ReduceSum", [graph.node("Mul", [z, z]), "axis1"], keepdims=1)
-        d = graph.node("Add", [graph.node("Add", [graph.node("MatMul", [z, "sv_t"]), z_norm]), "sv_sq"])
-        distance = graph.node("Max", [d, "zero"])  # rounding can take a zero distance below 0
-        kernel = graph.node("Exp", [graph.node("Mul", [distance, "minus_gamma"])])
-        svr = graph.node("Sub", [graph.node("Squeeze", [graph.node("MatMul", [kernel, "coef"]), "axis1"]), "rho"])
-        score = graph.node("Div", [graph.node("Sub", [svr, "score_intercept"]), "score_slope"])
+        z_norm = graph.op("ReduceSum", graph.op("Mul", z, z), "axis1", keepdims=1)
+        d = graph.op("Add", graph.op("Add", graph.op("MatMul", z, "sv_t"), z_norm), "sv_sq")
+        distance = graph.op("Max", d, "zero")  # rounding can take a zero distance below 0
+        kernel = graph.op("Exp", graph.op("Mul", distance, "minus_gamma"))
+        svr = graph.op("Sub", graph.op("Squeeze", graph.op("MatMul", kernel, "coef"), "axis1"), "rho")
+        score = graph.op("Div", graph.op("Sub", svr, "score_intercept"), "score_slope")
         if self.transform_enabled:
             score = self._transform_nodes(graph, score)
-        graph.constants(low=np.array([self.clip[0]], dtype=np.float64), high=np.array([self.clip[1]], dtype=np.float64))
-        clipped = graph.node("Min", [graph.node("Max", [score, "low"]), "high"])
-        graph.node("Cast", [clipped], to=onnx.TensorProto.FLOAT, out="vmaf")
-        return graph.model(self.name, self.n_features)
+        clipped = graph.op(
+            "Min", graph.op("Max", score, graph.constant("low", [self.clip[0]])), graph.constant("high", [self.clip[1]])
+        )
+        graph.op("Cast", clipped, to=onnx.TensorProto.FLOAT, out="vmaf")
+        model = graph.model(
+            self.name,
+            onnx.helper.make_tensor_value_info("features", onnx.TensorProto.FLOAT, ["batch", self.n_features]),
+            onnx.helper.make_tensor_value_info("vmaf", onnx.TensorProto.FLOAT, ["batch"]),
+        )
+        onnx.checker.check_model(model, full_check=True)
+        return model
 
-    def _chroma_nodes(self, graph: _GraphBuilder, z: str) -> str:
+    def _chroma_nodes(self, graph: OnnxGraph, z: str) -> str:
         c, guiding, guided = self.chroma_correction
         s, b = self.slopes[1:], self.intercepts[1:]
         column = np.zeros((1, self.n_features), dtype=bool)
@@ -191,71 +199,67 @@ class SvrTeacher:
             guiding=np.array(guiding, dtype=np.int64), guided=np.array(guided, dtype=np.int64),
             b_guiding=np.array([b[guiding]]), s_guiding=np.array([s[guiding]]), b_guided=np.array([b[guided]]),
             s_guided=np.array([s[guided]]), minus_c=np.array([-c]), c=np.array([c]), guided_column=column,
-            zero_feature=np.zeros(1), axis_last=np.array([1], dtype=np.int64),
         )  # fmt: skip
-        raw = graph.node(
-            "Div", [graph.node("Sub", [graph.node("Gather", [z, "guided"], axis=1), "b_guided"]), "s_guided"]
-        )
-        zero = graph.node("Equal", [raw, "zero_feature"])
-        adm3 = graph.node(
-            "Div", [graph.node("Sub", [graph.node("Gather", [z, "guiding"], axis=1), "b_guiding"]), "s_guiding"]
-        )
-        corrected = graph.node("Add", [graph.node("Mul", [adm3, "minus_c"]), "c"])
-        rescaled = graph.node("Add", [graph.node("Mul", [corrected, "s_guided"]), "b_guided"])
-        where = graph.node("And", [graph.node("Unsqueeze", [zero, "axis_last"]), "guided_column"])
-        return graph.node("Where", [where, graph.node("Unsqueeze", [rescaled, "axis_last"]), z])
+        raw = graph.op("Div", graph.op("Sub", graph.op("Gather", z, "guided", axis=1), "b_guided"), "s_guided")
+        zero = graph.op("Equal", raw, "zero")
+        adm3 = graph.op("Div", graph.op("Sub", graph.op("Gather", z, "guiding", axis=1), "b_guiding"), "s_guiding")
+        corrected = graph.op("Add", graph.op("Mul", adm3, "minus_c"), "c")
+        rescaled = graph.op("Add", graph.op("Mul", corrected, "s_guided"), "b_guided")
+        where = graph.op("And", graph.op("Unsqueeze", zero, "axis1"), "guided_column")
+        return graph.op("Where", where, graph.op("Unsqueeze", rescaled, "axis1"), z)
 
-    def _transform_nodes(self, graph: _GraphBuilder, y: str) -> str:
+    def _transform_nodes(self, graph: OnnxGraph, y: str) -> str:
         t = self.transform
         out = y
         if any(t.get(p) is not None for p in ("p0", "p1", "p2")):
-            graph.constants(**{f"t_{p}": np.array([t[p]]) for p in ("p0", "p1", "p2") if t.get(p) is not None})
-            graph.constants(t_zero=np.zeros(1))
-            out = graph.node("Mul", [y, "t_zero"])  # 0, shaped as y
+            out = graph.op("Mul", y, "zero")  # 0, shaped as y
             if t.get("p0") is not None:
-                out = graph.node("Add", [out, "t_p0"])
+                out = graph.op("Add", out, graph.constant("t_p0", [t["p0"]]))
             if t.get("p1") is not None:
-                out = graph.node("Add", [out, graph.node("Mul", ["t_p1", y])])
+                out = graph.op("Add", out, graph.op("Mul", graph.constant("t_p1", [t["p1"]]), y))
             if t.get("p2") is not None:
-                out = graph.node("Add", [out, graph.node("Mul", [graph.node("Mul", ["t_p2", y]), y])])
+                out = graph.op("Add", out, graph.op("Mul", graph.op("Mul", graph.constant("t_p2", [t["p2"]]), y), y))
         if t.get("out_lte_in") == "true":
-            out = graph.node("Min", [out, y])
+            out = graph.op("Min", out, y)
         if t.get("out_gte_in") == "true":
-            out = graph.node("Max", [out, y])
+            out = graph.op("Max", out, y)
         return out
 
 
-class _GraphBuilder:
-    """Nodes and constants of one ONNX graph, each intermediate named after its step."""
+class OnnxGraph:
+    """Nodes and initializers of an ONNX graph under construction, each op returning its output's
+    name: the teacher's graph here (float64, as libvmaf computes), the tiny models' in
+    ``tinyvmaf.onnx_io`` (float32)."""
 
-    def __init__(self) -> None:
+    def __init__(self, dtype: type = np.float32) -> None:
+        self.dtype = dtype  # of ``constant``: the graph's float type
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
 
+    def constant(self, name: str, value: np.ndarray | float | list[float]) -> str:
+        """An initializer of the graph's float type, made once per name (layers share an activation's)."""
+        if name not in {t.name for t in self.initializers}:
+            self.constants(**{name: np.asarray(value, dtype=self.dtype)})
+        return name
+
     def constants(self, **values: np.ndarray) -> None:
+        """Initializers of their own dtypes (weights, indices, masks)."""
         self.initializers += [onnx.numpy_helper.from_array(np.asarray(v), name=k) for k, v in values.items()]
 
-    def node(self, op: str, inputs: list[str], out: str | None = None, **attributes: object) -> str:
-        out = out or f"{op.lower()}_{len(self.nodes)}"
-        self.nodes.append(onnx.helper.make_node(op, inputs, [out], **attributes))
+    def op(self, op_type: str, *inputs: str, out: str | None = None, **attributes: object) -> str:
+        out = out or f"{op_type.lower()}_{len(self.nodes)}"
+        self.nodes.append(onnx.helper.make_node(op_type, list(inputs), [out], **attributes))
         return out
 
-    def model(self, name: str, n_features: int) -> onnx.ModelProto:
-        graph = onnx.helper.make_graph(
-            self.nodes,
-            name,
-            [onnx.helper.make_tensor_value_info("features", onnx.TensorProto.FLOAT, ["batch", n_features])],
-            [onnx.helper.make_tensor_value_info("vmaf", onnx.TensorProto.FLOAT, ["batch"])],
-            self.initializers,
-        )
-        model = onnx.helper.make_model(
+    def model(self, name: str, feed: onnx.ValueInfoProto, result: onnx.ValueInfoProto) -> onnx.ModelProto:
+        """The graph with one input and one output, at tinyvmaf's opset and IR version."""
+        graph = onnx.helper.make_graph(self.nodes, name, [feed], [result], self.initializers)
+        return onnx.helper.make_model(
             graph,
             opset_imports=[onnx.helper.make_opsetid("", ONNX_OPSET)],
             ir_version=ONNX_IR_VERSION,
             producer_name="tinyvmaf",
         )
-        onnx.checker.check_model(model, full_check=True)
-        return model
 
 
 @cache
