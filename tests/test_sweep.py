@@ -16,6 +16,7 @@ import pytest
 from helpers import LAUNCHERS, experiment_runs
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
 from mlflow import entities
 from mlflow.entities import Metric, Run, RunData, RunInfo, RunTag
 from mlflow.tracking import MlflowClient
@@ -26,9 +27,9 @@ from tinyvmaf.runs import HELDOUT, Param, Tag
 from tinyvmaf.slurm import JobState, job_states
 from tinyvmaf.sweep import verdicts
 from tinyvmaf.sweep.callbacks import sweep_jobs
-from tinyvmaf.sweep.ledger import read_ledger_file
+from tinyvmaf.sweep.ledger import LEDGER, PlannedJob, ledger_of_run, read_ledger_file, record_jobs
 from tinyvmaf.sweep.status import finish_sweep_run, sweep_status
-from tinyvmaf.tracking import Tracking, open_sweep_run
+from tinyvmaf.tracking import Tracking, find_sweep_run, open_sweep_run
 from tinyvmaf.training import train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -306,6 +307,26 @@ def test_the_plan_is_the_basic_sweepers_product_of_the_command_line(compose, tmp
         jobs = sweep_jobs(cfg)
     assert len(jobs) == 8  # a later override of a key replaces the earlier one, as Hydra's basic sweeper does
     assert jobs[0] == ["arch=mlp_small", "fold=Bikes", "seed=2"] and jobs[-1] == ["arch=linear", "fold=Life", "seed=3"]
+
+
+def test_two_sweeps_sharing_a_folder_keep_their_ledgers_apart(tiny_overrides, compose, tmp_path):
+    """hydra.sweep.dir shared by sweeps A and B: B's ledger (on its run, what its digest reads)
+    holds only B's job; the folder's jobs.json keeps both, nothing of A's lost."""
+    folder = tmp_path / "shared"
+    for sweep, arch in (("A", "linear"), ("B", "mlp_small")):
+        cfg = compose("train", *tiny_overrides, f"sweep_id={sweep}")
+        with open_dict(cfg):
+            cfg.hydra = {"sweep": {"dir": str(folder)}}
+        open_sweep_run(instantiate(cfg.tracking), sweep, {})
+        record_jobs(cfg, [PlannedJob(0, [f"arch={arch}"], arch, ["Bars"], sweep_id=sweep)])
+    client, experiment_id = instantiate(cfg.tracking).experiment()
+    for sweep, arch in (("A", "linear"), ("B", "mlp_small")):
+        run = find_sweep_run(client, experiment_id, sweep)
+        assert [j["arch"] for j in ledger_of_run(client, run.info.run_id)] == [arch]
+    assert [(j["sweep_id"], j["arch"]) for j in read_ledger_file(folder / LEDGER)] == [
+        ("A", "linear"),
+        ("B", "mlp_small"),
+    ]
 
 
 def test_a_ledger_that_is_not_one_is_refused_naming_the_file(tmp_path):

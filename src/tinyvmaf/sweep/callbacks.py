@@ -37,12 +37,13 @@ class FailedJobsExit(Callback):
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         quiet_libraries()
-        from tinyvmaf.sweep.ledger import LEDGER, read_ledger_file
+        from tinyvmaf.sweep.ledger import LEDGER, own_jobs, read_ledger_file
+        from tinyvmaf.tracking import sweep_id
 
         sweep_dir = _sweep_dir(config)
         jobs = verdicts.job_folders(sweep_dir)
         failed = verdicts.failed_jobs(jobs)
-        if not jobs and not read_ledger_file(sweep_dir / LEDGER):
+        if not jobs and not own_jobs(read_ledger_file(sweep_dir / LEDGER), sweep_id(config)):
             print("error: the sweep launched no job: check the swept groups and values", file=sys.stderr)
             sys.exit(1)
         if failed:

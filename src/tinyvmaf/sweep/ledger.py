@@ -34,6 +34,7 @@ class PlannedJob:
     done: bool = False  # the sweep finished all of them earlier with this recipe: not launched again
     slurm_job: str | None = None  # once submitted to SLURM: ``<array id>_<task>``
     log: str | None = None  # the job's log, once it has one
+    sweep_id: str = ""  # whose job: two sweeps may share a folder (hydra.sweep.dir), never a ledger
 
 
 def read_ledger_file(path: Path) -> list[dict]:
@@ -94,7 +95,7 @@ def plan_jobs(config: DictConfig, config_loader: Any, batch: list[list[str]], fi
         done = all(
             f in finished[arch] and finished[arch][f].data.tags.get(Tag.RECIPE_HASH) == recipes[f] for f in folds
         )
-        jobs.append(PlannedJob(first + offset, list(overrides), arch, folds, done))
+        jobs.append(PlannedJob(first + offset, list(overrides), arch, folds, done, sweep_id=sweep))
     return jobs
 
 
@@ -108,21 +109,33 @@ def job_folder(config: DictConfig, config_loader: Any, job: PlannedJob) -> Path:
 
 def record_jobs(config: DictConfig, jobs: list[PlannedJob]) -> None:
     """The sweep's ledger: every job its commands planned, by overrides (a rerun's entries replace
-    the earlier ones), in the sweep folder and as the sweep run's ``jobs.json``; and, for a plan
-    (not a launcher's update with SLURM ids), this launch's jobs by number in ``plan.json``."""
+    the earlier ones), as the sweep run's ``jobs.json`` and in the sweep folder, whose file keeps
+    the entries of other sweeps sharing the folder; and, for a plan (not a launcher's update with
+    SLURM ids), this launch's jobs by number in ``plan.json``."""
     folder = Path(str(config.hydra.sweep.dir))
     folder.mkdir(parents=True, exist_ok=True)
     client, experiment_id = instantiate_checked(config.tracking).experiment()
-    sweep_run = find_sweep_run(client, experiment_id, sweep_id(config))
+    sweep = sweep_id(config)
+    sweep_run = find_sweep_run(client, experiment_id, sweep)
     # every launch of the sweep, whatever its folder (a rerun's is a new one by default)
     earlier = ledger_of_run(client, sweep_run.info.run_id) if sweep_run is not None else []
-    ledger = {json.dumps(j["overrides"]): j for j in [*earlier, *read_ledger_file(folder / LEDGER)]}
+    in_folder = read_ledger_file(folder / LEDGER)
+    ledger = {json.dumps(j["overrides"]): j for j in [*earlier, *own_jobs(in_folder, sweep)]}
     ledger.update({json.dumps(j.overrides): asdict(j) for j in jobs})
-    (folder / LEDGER).write_text(json.dumps(list(ledger.values()), indent=1))
+    others = [j for j in in_folder if j.get("sweep_id") != sweep]
+    (folder / LEDGER).write_text(json.dumps([*others, *ledger.values()], indent=1))
     if not any(j.slurm_job for j in jobs):
         (folder / PLAN).write_text(json.dumps([asdict(j) for j in jobs], indent=1))
     if sweep_run is not None:
-        TrackedRun(client, sweep_run.info.run_id, sweep_run.info.artifact_uri).log_artifact(folder / LEDGER)
+        with tempfile.TemporaryDirectory(prefix="tinyvmaf-ledger-") as tmp:
+            own = Path(tmp) / LEDGER
+            own.write_text(json.dumps(list(ledger.values()), indent=1))
+            TrackedRun(client, sweep_run.info.run_id, sweep_run.info.artifact_uri).log_artifact(own)
+
+
+def own_jobs(entries: list[dict], sweep: str) -> list[dict]:
+    """The entries of a folder's ledger that are ``sweep``'s (the folder may hold other sweeps')."""
+    return [e for e in entries if e.get("sweep_id") == sweep]
 
 
 def planned_jobs(sweep_dir: Path) -> dict[int, dict]:
@@ -132,5 +145,5 @@ def planned_jobs(sweep_dir: Path) -> dict[int, dict]:
 
 def submitted(entry: dict, slurm_job: str, log: str) -> PlannedJob:
     """A planned job once SLURM took it."""
-    fields = {k: entry[k] for k in ("index", "overrides", "arch", "folds", "done") if k in entry}
+    fields = {k: entry[k] for k in ("index", "overrides", "arch", "folds", "done", "sweep_id") if k in entry}
     return PlannedJob(**fields, slurm_job=slurm_job, log=log)
