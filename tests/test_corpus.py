@@ -136,6 +136,44 @@ def test_default_corpus_generation_is_byte_for_byte_reproducible(tmp_path, compo
     assert len(digests[0]) == 2 * len(sources) and digests[0] == digests[1]
 
 
+def plane_psnr(distorted: Path, reference: Path) -> dict[str, float]:
+    """ffmpeg's average PSNR per plane (y, u, v) of a clip against its reference."""
+    from tinyvmaf import ffmpeg
+
+    proc = ffmpeg.run(
+        ["-i", str(distorted), "-i", str(reference), "-lavfi", "[0:v][1:v]psnr", "-f", "null", "-"], what="psnr"
+    )
+    line = next(x for x in proc.stderr.splitlines() if "PSNR y:" in x)
+    return {k: float(line.split(f" {k}:")[1].split()[0]) for k in "yuv"}
+
+
+def test_v1_corpus_hrcs_damage_what_they_name_and_sources_are_cut_short(tmp_path, compose):
+    """corpus=v1's chroma HRCs damage the chroma of colourful detail and spare its luma, its 6-bit
+    HRC damages the luma of smooth gradients (bands), and corpus.frames cuts every source."""
+    recipe = OmegaConf.to_container(compose("build_cache", "corpus=v1").corpus, resolve=True)
+    hrcs = {h["name"]: h for h in recipe["hrcs"]}
+    names = ["full_crf24", "full_crf24_chromaqp12", "full_crf20_chroma410", "full_crf18_luma6bit"]
+    sources = {s: recipe["sources"][s] for s in ("MandelbrotZoom", "Gradients")}
+    corpus = DefaultCorpus(tmp_path, sources, [hrcs[n] for n in names], frames=6)
+    pairs = {p.asset: p for p in corpus.pairs()}
+    assert {corpus.reference_path(s).read_bytes().count(b"FRAME") for s in sources} == {6}
+    psnr = {
+        (s, n): plane_psnr(pairs[f"{s}__{n}"].distorted.path, corpus.reference_path(s)) for s in sources for n in names
+    }
+    plain = psnr["MandelbrotZoom", "full_crf24"]
+    for chroma in ("full_crf24_chromaqp12", "full_crf20_chroma410"):
+        damaged = psnr["MandelbrotZoom", chroma]
+        assert damaged["y"] > plain["y"] - 0.5 and max(damaged["u"], damaged["v"]) < min(plain["u"], plain["v"]) - 3, (
+            psnr
+        )
+    assert psnr["Gradients", "full_crf18_luma6bit"]["y"] < psnr["Gradients", "full_crf24"]["y"] - 3, psnr
+
+
+def test_corpus_frames_below_two_is_one_line(tmp_path):
+    with pytest.raises(TinyVmafError, match=r"^corpus.frames=1: must be an integer >= 2"):
+        DefaultCorpus(tmp_path, {"Life": {"lavfi": "life", "frames": 5}}, [], frames=1)
+
+
 @pytest.mark.parametrize(
     "second_ref, third_asset, refusal",
     [

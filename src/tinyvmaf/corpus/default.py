@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -53,11 +53,22 @@ class SourceRecipe:
 
 @dataclass(frozen=True)
 class Hrc:
-    """A hypothetical reference circuit: encode at ``scale`` of the reference size with libx264."""
+    """A hypothetical reference circuit: ``filter`` (an ffmpeg filter applied first, e.g. a cut to
+    6-bit luma, which bands smooth content), then libx264 at ``scale`` of the reference size,
+    ``crf`` and ``x264_params`` (e.g. ``chroma-qp-offset=12``, which damages chroma alone)."""
 
     name: str
     scale: float
     crf: int
+    filter: str = "null"
+    x264_params: str | None = None
+
+    def encoder_args(self) -> list[str]:
+        scale = f"scale=trunc(iw*{self.scale}/2)*2:trunc(ih*{self.scale}/2)*2:flags=bicubic"
+        params = ["-x264-params", self.x264_params] if self.x264_params else []
+        # One x264 thread: the same bytes on every machine, hence the same teacher scores.
+        return ["-vf", f"{self.filter},{scale}", "-c:v", "libx264", "-preset", "fast", "-crf", str(self.crf),
+                *params, "-threads", "1"]  # fmt: skip
 
 
 def packaged_file(package: str, file: str) -> Path:
@@ -79,10 +90,15 @@ class DefaultCorpus:
         hrcs: list[dict],
         name: str = "default",
         n_jobs: int | None = None,
+        frames: int | None = None,
     ) -> None:
         self.root = Path(root).expanduser().resolve()
         self.name = name
         self.sources = {k: SourceRecipe(**v) for k, v in sources.items()}
+        if frames is not None:  # every source cut short: a corpus measured at a display's size costs per frame
+            if type(frames) is not int or frames < 2:
+                raise TinyVmafError(f"corpus.frames={frames!r:.20}: must be an integer >= 2 (motion needs two frames)")
+            self.sources = {k: replace(v, frames=min(v.frames, frames)) for k, v in self.sources.items()}
         self.hrcs = [Hrc(**h) for h in hrcs]
         self.n_jobs = n_jobs or os.cpu_count() or 1
 
@@ -134,11 +150,9 @@ class DefaultCorpus:
 
     def _write_distorted(self, source: str, hrc: Hrc) -> None:
         path = self.distorted_path(source, hrc)
-        scale = f"scale=trunc(iw*{hrc.scale}/2)*2:trunc(ih*{hrc.scale}/2)*2:flags=bicubic"
         with atomic_path(path) as tmp:
-            # One x264 thread: the same bytes on every machine, hence the same teacher scores.
             ffmpeg.run(
-                [*ffmpeg.input_args(self.reference_path(source), None), "-vf", scale, "-c:v", "libx264",
-                 "-preset", "fast", "-crf", str(hrc.crf), "-threads", "1", "-f", "mp4", ffmpeg.file_arg(tmp)],
-                what=f"default corpus clip {path.name}",
+                [*ffmpeg.input_args(self.reference_path(source), None), *hrc.encoder_args(),
+                 "-f", "mp4", ffmpeg.file_arg(tmp)],
+                what=f"{self.name} corpus clip {path.name}",
             )  # fmt: skip
