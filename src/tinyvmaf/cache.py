@@ -507,7 +507,7 @@ def build_cache(cfg: DictConfig) -> int:
     if cache.shard is not None:
         console.print(f"shard {cache.shard} of {cache.num_shards}: its clips are in {cache.folder(corpus) / 'clips'}")
     elif summary_path.exists():
-        console.print(summary_table(json.loads(summary_path.read_text())))
+        console.print(summary_table(json.loads(summary_path.read_text()), str(cfg.teacher.model)))
         console.print(f"summary: {summary_path}")
     console.print(f"{len(report.built)} clip(s) computed, {len(report.reused)} reused from the cache")
     for damaged in report.repaired:
@@ -521,8 +521,9 @@ def build_cache(cfg: DictConfig) -> int:
     return 1 if report.failures else 0
 
 
-def summary_table(summary: dict) -> Table:
-    models = list(summary["total"]["teachers"])[:1]  # the primary teacher; summary.json has them all
+def summary_table(summary: dict, teacher: str) -> Table:
+    """The configured teacher's scores per source (summary.json has every cached model's)."""
+    models = [teacher] if teacher in summary["total"]["teachers"] else list(summary["total"]["teachers"])[:1]
     table = Table(
         title=f"teacher cache: {summary['corpus']} (libvmaf {summary['libvmaf_version']}, {summary['backend']})"
     )

@@ -36,7 +36,10 @@ from tinyvmaf.teacher.function import (
 )
 from tinyvmaf.teacher.log import LEGACY_NAMES
 
-ONNX_TOLERANCE = 1e-4  # VMAF points: ONNX Runtime against torch on real frames, on every export
+# VMAF points: ONNX Runtime against torch on real frames, on every export. Both run float32, whose
+# spacing near a score of 100 is 7.6e-6; their sums and SiLU differ in order, and a stand-in trained
+# 400 epochs differed by 1.03e-4. A wrong graph is off by whole points.
+ONNX_TOLERANCE = 5e-4
 
 
 def open_session(model: onnx.ModelProto | Path, what: str | Path) -> ort.InferenceSession:
