@@ -9,6 +9,7 @@ import os
 import pickle
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -328,6 +329,25 @@ def test_a_stored_config_never_chooses_what_runs(their_store, tmp_path, repo):
     assert not copied.exists()
     assert proc.returncode == 0, proc.stderr  # the weights are sound: the model is rebuilt from their shapes
     assert (tmp_path / "out.onnx").is_file()
+
+
+def test_a_store_whose_run_was_changed_ships_nothing(their_store, tmp_path, repo):
+    """The run's activation param changed from SiLU to ReLU6 (a name tinyvmaf knows): the rebuilt
+    model no longer predicts what the run logged on its held-out frames, so nothing is exported
+    under that run's evidence. The untouched run exports."""
+    folder, base, run = their_store
+    proc = subprocess.run(export_command(repo, tmp_path, base, run.info.run_id), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    (tmp_path / "out.onnx").unlink()
+    with sqlite3.connect(folder / "mlruns" / "mlflow.db") as db:
+        db.execute("UPDATE params SET value = 'ReLU6' WHERE run_uuid = ? AND key = 'activation'", (run.info.run_id,))
+    proc = subprocess.run(export_command(repo, tmp_path, base, run.info.run_id), capture_output=True, text=True)
+    assert proc.returncode == 1 and not (tmp_path / "out.onnx").exists()
+    assert re.fullmatch(
+        rf"error: run_id={run.info.run_id}: its weights and params do not reproduce its own held-out predictions on "
+        rf"{run.data.params['fold']} \(max \|difference\| [0-9.e+-]+\): the store was changed since; not exported",
+        proc.stderr.strip(),
+    ), proc.stderr
 
 
 def test_weights_that_are_not_a_tiny_vmaf_mlp_are_one_line(their_store, tmp_path, repo):

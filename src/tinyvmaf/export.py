@@ -1,9 +1,10 @@
 """Shipping models: one self-contained ONNX file each, checked every time it is written.
 
-Contract: input ``features`` float32 [N, 6] (raw libvmaf values, order in ``feature_names``),
-output ``vmaf`` float32 [N] in [0, 100]; dynamic batch; standardization and clip in the graph;
-no external data; metadata: feature_names, teacher, arch, n_params, corpus, libvmaf_version
-and the LOSO metrics of the recipe.
+Contract: input ``features`` float32 [N, F] (the teacher's raw libvmaf values, F = 6 for the
+v0.6.1 family, 4 for v1.0.16, order in ``feature_names``), output ``vmaf`` float32 [N] in the
+teacher's ``score_range``; dynamic batch; standardization and clip in the graph; no external
+data; metadata: feature_names, score_range, display and bit_depth where measured at a display,
+teacher, arch, n_params, corpus, libvmaf_version and the LOSO metrics of the recipe.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from tinyvmaf.corpus import Corpus
 from tinyvmaf.errors import TinyVmafError, instantiate_checked
 from tinyvmaf.lusoris import DropInFolder
 from tinyvmaf.model import VmafNet, count_params
-from tinyvmaf.onnx_io import MAX_MODEL_BYTES, check_graph, model_from_weights, onnx_graph, open_session
+from tinyvmaf.onnx_io import MAX_MODEL_BYTES, ONNX_TOLERANCE, check_graph, model_from_weights, onnx_graph, open_session
 from tinyvmaf.runs import (
     LOSO_EXPERIMENT_ID,
     LOSO_FOLDS,
@@ -200,6 +201,43 @@ def model_from_run(tracking: Tracking, run_id: str) -> tuple[VmafNet, dict, Run]
     return model, {"name": name[:100]}, run
 
 
+def check_reproduces_its_heldout(client: MlflowClient, run: Run, model: VmafNet, table: FrameTable) -> None:
+    """A model rebuilt from a store ships only if it predicts, on its held-out source's cached
+    frames, what the run logged it predicted there (``heldout.npz``): a store whose weights or
+    params were changed since (an activation renamed, a layer edited) would ship a different
+    model under the run's evidence."""
+    run_id, fold = run.info.run_id, run.data.params.get(Param.FOLD, "")
+    what = f"run_id={run_id}: heldout.npz"
+    if fold not in table.sources:
+        raise TinyVmafError(
+            f"run_id={run_id}: its held-out source {fold!r:.60} is not in corpus {table.corpus!r}: "
+            "its predictions cannot be checked; export with the corpus it was trained on"
+        )
+    listed = {f.path: f.file_size for f in client.list_artifacts(run_id)}
+    if "heldout.npz" not in listed or (listed["heldout.npz"] or 0) > MAX_MODEL_BYTES:
+        raise TinyVmafError(f"{what}: missing, or over {MAX_MODEL_BYTES:,} bytes")
+    rows = table.source_of_frame == table.sources.index(fold)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            with np.load(client.download_artifacts(run_id, "heldout.npz", tmp), allow_pickle=False) as logged:
+                teacher, predicted = logged["teacher"], logged["predicted"]
+        except Exception as exc:
+            raise TinyVmafError(f"{what}: not readable ({type(exc).__name__})") from None
+    scores = table.scores[run.data.params.get(Param.TEACHER, "vmaf_v0.6.1")][rows]
+    if teacher.shape != scores.shape or not np.allclose(teacher, scores, atol=1e-4):
+        raise TinyVmafError(
+            f"{what}: its {fold} frames are not this corpus's: export with the corpus it was trained on"
+        )
+    with torch.no_grad():
+        got = model.eval().predict(torch.from_numpy(table.columns(model.inputs)[rows].astype(np.float32))).numpy()
+    diff = float(np.abs(got - predicted).max()) if got.shape == predicted.shape else float("inf")
+    if not diff <= ONNX_TOLERANCE:
+        raise TinyVmafError(
+            f"run_id={run_id}: its weights and params do not reproduce its own held-out predictions on {fold} "
+            f"(max |difference| {diff:.3g}): the store was changed since; not exported"
+        )
+
+
 def register(
     tracking: Tracking, corpus: Corpus, name: str, proto: onnx.ModelProto, table: FrameTable, metadata: dict[str, str]
 ) -> str:
@@ -236,8 +274,10 @@ def register(
 def describe(metadata: dict[str, str]) -> str:
     """A registered version's description: a trained model's recipe and LOSO figures, or, for
     libvmaf's own model, that nobody trained it and how closely it matches libvmaf."""
+    n_features = len(json.loads(metadata["feature_names"]))
     contract = (
-        "Input `features` float32 [N, 6] in the order of the `feature_names` metadata; output `vmaf` float32 [N]."
+        f"Input `features` float32 [N, {n_features}] in the order of the `feature_names` metadata; "
+        "output `vmaf` float32 [N]."
     )
     if metadata.get("experiment") == "libvmaf":
         return (
@@ -259,7 +299,7 @@ def describe(metadata: dict[str, str]) -> str:
     else:
         loso = f"**Unvalidated**: {metadata.get('loso', 'no LOSO of this recipe was found')}."
     return (
-        f"{metadata['arch']} ({metadata['n_params']} parameters) predicting {metadata['teacher']} from libvmaf's six features, "
+        f"{metadata['arch']} ({metadata['n_params']} parameters) predicting {metadata['teacher']} from its {n_features} libvmaf features, "
         f"trained on {metadata['corpus']} (libvmaf {metadata['libvmaf_version']}). {loso} {contract}"
     )
 
@@ -290,6 +330,11 @@ def export_teacher(name: str, output: Path, table: FrameTable) -> tuple[onnx.Mod
     return proto, metadata
 
 
+def shipped(cfg: DictConfig) -> list[tuple[str, Path, DictConfig]]:
+    """Each shipped model's name (its registered model's, ``name`` or the key), file and arch."""
+    return [(str(e.get("name") or k), Path(e.output), e.arch) for k, e in cfg.exports.items()]
+
+
 def export_models(cfg: DictConfig) -> int:
     """``export.py``: train each shipping model on every source, with the LOSO of its recipe as its
     evidence (or take a fold run's model), and write it."""
@@ -300,15 +345,11 @@ def export_models(cfg: DictConfig) -> int:
         raise TinyVmafError("layout=lusoris: writes the shipped models (exports), not a fold run's (run_id=)")
     drop_in = DropInFolder(Path(cfg.lusoris_dir), cfg.overwrite, cfg.lusoris_id_prefix)
     if cfg.layout == LUSORIS:  # that folder holds other people's files: refuse before any training
-        drop_in.check(list(cfg.exports), cfg.teacher.model)
+        drop_in.check([name for name, _, _ in shipped(cfg)], cfg.teacher.model)
     corpus = instantiate_checked(cfg.corpus)
     cache: TeacherCache = instantiate_checked(cfg.cache)
     tracking: Tracking = instantiate_checked(cfg.tracking)
-    jobs = (
-        [(None, Path(cfg.output), None)]
-        if cfg.get("run_id")
-        else [(k, Path(e.output), e.arch) for k, e in cfg.exports.items()]
-    )
+    jobs = [(None, Path(cfg.output), None)] if cfg.get("run_id") else shipped(cfg)
     for name, output, arch in jobs:
         if arch is None:
             # The metadata describes the run's recipe, not this export config's.
@@ -317,6 +358,7 @@ def export_models(cfg: DictConfig) -> int:
             teacher, epochs = params[Param.TEACHER], params[Param.EPOCHS]
             recipe = params.get(Param.EXPERIMENT, "default")
             table = cache.ready(corpus)
+            check_reproduces_its_heldout(tracking.existing_experiment()[0], run, model, table)
             evidence = run_loso(tracking.existing_experiment()[0], run)
         else:
             recipe_cfg = with_arch(cfg, arch)
