@@ -27,7 +27,7 @@ from tinyvmaf.tracking import Tracking
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-PRIMARIES = ["train", "evaluate", "export", "score", "build_cache", "make_folds"]
+PRIMARIES = ["train", "evaluate", "export", "export_v1", "score", "build_cache", "make_folds"]
 
 
 # What a group's option needs from the user before it can be built (their ??? values).
@@ -68,7 +68,7 @@ def composed(name: str, *overrides: str, hydra: bool = False):
 def test_every_entry_points_config_composes_and_resolves(name):
     # make_folds writes beside the config folder Hydra ran from: known only at run time
     cfg = composed(name, *(["fold_dir=/tmp/folds"] if name == "make_folds" else []))
-    if name == "export":  # each shipped model's recipe resolves with its own arch (tinyvmaf.export.with_arch)
+    if name.startswith("export"):  # each shipped model's recipe resolves with its own arch (tinyvmaf.export.with_arch)
         cfg = with_arch(cfg, next(iter(cfg.exports.values())).arch)
     OmegaConf.resolve(cfg)
 
@@ -203,3 +203,22 @@ def test_the_shipped_recipe_is_each_archs_own_in_training_and_export(compose):
         assert cfg.model.optimizer.lr == recipe[arch].lr and instantiate(cfg.model.net)[0].out_features == (
             16 if arch == "mlp_small" else 64
         )
+
+
+def test_the_v1_exports_are_named_after_their_teacher_and_trained_with_the_v1_recipe(compose):
+    """export.py --config-name export_v1 teacher=X: files and registered names begin with X (never to
+    be taken for vmaf_tiny_v1), each arch trained on corpus=v1 with experiment=shipped_v1's values."""
+    from tinyvmaf.export import shipped
+
+    export = compose("export_v1", "teacher=vmaf_v1.0.16_5d0h")
+    names = [(name, str(output), arch.name) for name, output, arch in shipped(export)]
+    assert names == [
+        ("vmaf_v1.0.16_5d0h_tiny_small", "models/v1.0.16/vmaf_v1.0.16_5d0h_tiny_small.onnx", "mlp_small"),
+        ("vmaf_v1.0.16_5d0h_tiny_medium", "models/v1.0.16/vmaf_v1.0.16_5d0h_tiny_medium.onnx", "mlp_medium"),
+    ]
+    assert list(export.teacher_exports) == ["vmaf_v1.0.16_5d0h"] and export.teacher_output_dir == "models/v1.0.16"
+    recipe = compose("train", "experiment=shipped_v1").recipe
+    for _, _, arch in shipped(export):
+        cfg = with_arch(export, arch)
+        assert (cfg.corpus.name, cfg.experiment_name, cfg.teacher.display) == ("v1", "shipped_v1", [1920, 1080])
+        assert cfg.trainer.max_epochs == recipe[arch.name].epochs and cfg.model.optimizer.lr == recipe[arch.name].lr
