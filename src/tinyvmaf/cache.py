@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -507,7 +507,7 @@ def build_cache(cfg: DictConfig) -> int:
     if cache.shard is not None:
         console.print(f"shard {cache.shard} of {cache.num_shards}: its clips are in {cache.folder(corpus) / 'clips'}")
     elif summary_path.exists():
-        console.print(summary_table(json.loads(summary_path.read_text()), str(cfg.teacher.model)))
+        console.print(summary_table(json.loads(summary_path.read_text()), OmegaConf.select(cfg, "teacher.model")))
         console.print(f"summary: {summary_path}")
     console.print(f"{len(report.built)} clip(s) computed, {len(report.reused)} reused from the cache")
     for damaged in report.repaired:
@@ -521,7 +521,7 @@ def build_cache(cfg: DictConfig) -> int:
     return 1 if report.failures else 0
 
 
-def summary_table(summary: dict, teacher: str) -> Table:
+def summary_table(summary: dict, teacher: str | None) -> Table:
     """The configured teacher's scores per source (summary.json has every cached model's)."""
     models = [teacher] if teacher in summary["total"]["teachers"] else list(summary["total"]["teachers"])[:1]
     table = Table(
