@@ -150,3 +150,17 @@ def test_a_run_whose_metrics_are_not_finite_is_reported_failed_and_the_json_stay
         "failed: mlp_small fold Mandel: FINISHED held-out metrics missing or not finite (heldout_rmse=nan)"
         in (tmp_path / "theirs" / "digest.md").read_text()
     )
+
+
+def test_one_fold_shows_its_figures_without_a_spread_of_zero():
+    """A one-fold sweep's digest row: the fold's figures, said to have no spread, never "± 0.0000"."""
+    from tinyvmaf.digest import aggregate_cells
+
+    one = {"plcc_mean": 0.99, "srocc_mean": 0.98, "rmse_mean": 1.5, "plcc_std": 0.0, "srocc_std": 0.0, "rmse_std": 0.0}
+    assert aggregate_cells({**one, "folds": [{}]}) == [
+        "0.9900 (1 fold: no spread)",
+        "0.9800 (1 fold: no spread)",
+        "1.500 (1 fold: no spread)",
+    ]
+    two = {**one, "plcc_std": 0.01, "srocc_std": 0.02, "rmse_std": 0.25, "folds": [{}, {}]}
+    assert aggregate_cells(two) == ["0.9900 ± 0.0100", "0.9800 ± 0.0200", "1.500 ± 0.250"]

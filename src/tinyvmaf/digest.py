@@ -112,6 +112,15 @@ def completeness(status: SweepStatus) -> dict:
     }
 
 
+def aggregate_cells(row: dict) -> list[str]:
+    """An arch's mean ± sample std per metric; one fold has no spread to show, and says so rather
+    than a std of 0."""
+    decimals = {m: 3 if m == "rmse" else 4 for m in METRIC_NAMES}
+    if len(row["folds"]) < 2:
+        return [f"{row[f'{m}_mean']:.{decimals[m]}f} (1 fold: no spread)" for m in METRIC_NAMES]
+    return [f"{row[f'{m}_mean']:.{decimals[m]}f} ± {row[f'{m}_std']:.{decimals[m]}f}" for m in METRIC_NAMES]
+
+
 def completeness_lines(status: SweepStatus) -> list[str]:
     """The digest's statement of what it averages over, and what it lacks."""
     lines = [
@@ -204,13 +213,7 @@ def markdown(
         "|---|---:|---:|---:|---:|",
     ]
     for arch, row in archs.items():
-        cells = [
-            f"{row[f'{m}_mean']:.4f} ± {row[f'{m}_std']:.4f}"
-            if m != "rmse"
-            else f"{row['rmse_mean']:.3f} ± {row['rmse_std']:.3f}"
-            for m in METRIC_NAMES
-        ]
-        lines.append(f"| {arch} | {row['params']:,} | " + " | ".join(cells) + " |")
+        lines.append(f"| {arch} | {row['params']:,} | " + " | ".join(aggregate_cells(row)) + " |")
     if teacher_row is not None:
         row = teacher_row
         lines.append(
