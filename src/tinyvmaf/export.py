@@ -358,8 +358,9 @@ def export_models(cfg: DictConfig) -> int:
             teacher, epochs = params[Param.TEACHER], params[Param.EPOCHS]
             recipe = params.get(Param.EXPERIMENT, "default")
             table = cache.ready(corpus)
-            check_reproduces_its_heldout(tracking.existing_experiment()[0], run, model, table)
-            evidence = run_loso(tracking.existing_experiment()[0], run)
+            client = tracking.existing_experiment()[0]
+            check_reproduces_its_heldout(client, run, model, table)
+            evidence = run_loso(client, run)
         else:
             recipe_cfg = with_arch(cfg, arch)
             check_options(recipe_cfg)
