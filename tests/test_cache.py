@@ -22,7 +22,9 @@ from tinyvmaf.corpus.dataset_file import DatasetFileCorpus
 from tinyvmaf.corpus.directory import DirectoryCorpus
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.ffmpeg import RawFormat, ffmpeg_exe
+from tinyvmaf.files import folder_lock
 from tinyvmaf.teacher import FEATURE_NAMES
+from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
 
 
 def direct_libvmaf(ref: Path, dis: Path, log: Path, scale: str = "null") -> dict:
@@ -146,6 +148,10 @@ class OnePairCorpus:
 
     def __init__(self, pair: ClipPair) -> None:
         self.pair = pair
+
+    @property
+    def location(self) -> Path:
+        return self.pair.reference.path.parent
 
     def pairs(self) -> list[ClipPair]:
         return [self.pair]
@@ -400,24 +406,37 @@ def test_names_from_a_dataset_file_never_leave_the_cache(tmp_path, make_clip, ca
     assert cache.load(corpus).sources == ["../../../escape"]
 
 
+def _edited(edit):
+    return lambda entry: entry.write_text(edit(entry.read_text()))
+
+
+def _replaced_by(make):
+    return lambda entry: (entry.unlink(), make(entry))
+
+
 @pytest.mark.parametrize(
-    "damage",
+    "damage, said",
     [
-        lambda text: text[:200],  # truncated after its first bytes: the key survives
-        lambda text: text.replace('"n_frames": 8', '"n_frames": 9'),
-        lambda text: text.replace('"schema": 2', '"schema": "x"'),
+        (_edited(lambda text: text[:200]), "does not parse"),  # truncated after its first bytes: the key survives
+        (_edited(lambda text: text.replace('"n_frames": 8', '"n_frames": 9')), "shapes disagree"),
+        (_edited(lambda text: text.replace('"schema": 2', '"schema": "x"')), "is not a schema-2 cache entry"),
+        # Read whole, a link to /dev/zero would fill memory, and a FIFO would hang the build.
+        (_replaced_by(lambda entry: entry.symlink_to("/dev/zero")), "(a symbolic link)"),
+        (_replaced_by(os.mkfifo), "Bars__crf45.json: not a regular file"),
     ],
+    ids=["truncated", "frame count", "schema", "link to /dev/zero", "FIFO"],
 )
-def test_a_damaged_entry_is_recomputed_and_reported(tiny_corpus, tmp_path, cache_for, damage):
+def test_a_damaged_entry_is_recomputed_and_reported(tiny_corpus, tmp_path, cache_for, damage, said):
     corpus = DirectoryCorpus(tiny_corpus)
     cache_for(tmp_path).build(corpus)
     good = cache_for(tmp_path).load(corpus)
     entry = cache_for(tmp_path).entry_path(corpus, "Bars__crf45")
-    entry.write_text(damage(entry.read_text()))
+    damage(entry)
     cache = cache_for(tmp_path)
     report = cache.build(corpus)
     assert cache.libvmaf.scored == ["Bars__crf45"] and [r.asset for r in report.repaired] == ["Bars__crf45"]
-    assert not report.failures and len(report.reused) == 5
+    assert said in report.repaired[0].error
+    assert not report.failures and len(report.reused) == 5 and entry.is_file() and not entry.is_symlink()
     np.testing.assert_array_equal(cache.load(corpus).features, good.features)
 
 
@@ -537,3 +556,75 @@ def test_a_display_measurement_has_a_cache_of_its_own_and_the_native_one_stays_v
     assert len(again.build(corpus).reused) == 6 and again.libvmaf.scored == []
     scaled, plain = at_display.load(corpus), again.load(corpus)
     assert np.abs(scaled.scores["vmaf_v0.6.1"] - plain.scores["vmaf_v0.6.1"]).max() > 1
+
+
+def _one_clip_corpus(root: Path, lavfi: str, make_clip) -> Path:
+    make_clip(root / "ref" / "Src.y4m", lavfi, frames=4)
+    make_clip(
+        root / "dis" / "Src__crf40.mp4", lavfi, frames=4, codec=["-c:v", "libx264", "-crf", "40", "-threads", "1"]
+    )
+    return root
+
+
+def _start_builds(data: Path, *corpora: Path, names: tuple[str, ...] = ()) -> list[tuple[subprocess.Popen, Path]]:
+    """build_cache.py on each corpus as real processes started together, one cache under ``data``;
+    each with its output file."""
+    started = []
+    for i, root in enumerate(corpora):
+        named = [f"corpus.name={names[i]}"] if names else []
+        args = [
+            "corpus=directory",
+            f"corpus.root={root}",
+            *named,
+            f"paths.data_dir={data}",
+            "cache.models=[vmaf_v0.6.1]",
+        ]
+        out = data.parent / f"build{i}-{len(names)}.out"
+        with open(out, "w") as f:
+            proc = subprocess.Popen(
+                [os.sys.executable, str(Path(__file__).parents[1] / "build_cache.py"), *args, f"hydra.run.dir={data}/h{i}"],
+                stdout=f, stderr=subprocess.STDOUT, text=True, cwd=data.parent,
+            )  # fmt: skip
+        started.append((proc, out))
+    return started
+
+
+def _finished(started: list[tuple[subprocess.Popen, Path]]) -> list[tuple[int, str]]:
+    return [(proc.wait(timeout=300), out.read_text()) for proc, out in started]
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_two_corpora_of_one_name_built_at_once_never_share_a_cache(tmp_path, make_clip, round_):
+    """Two folders both called ``clips`` (other content, same clip names), built at once into one
+    cache: one is refused in one line, the other's entries are its own; named apart, both build."""
+    a = _one_clip_corpus(tmp_path / "a" / "clips", "testsrc2", make_clip)
+    b = _one_clip_corpus(tmp_path / "b" / "clips", "mandelbrot", make_clip)
+    data = tmp_path / "data"
+    results = _finished(_start_builds(data, a, b))
+    assert sorted(code for code, _ in results) == [0, 1], results
+    winner, loser = (a, b) if results[0][0] == 0 else (b, a)
+    refused = next(out for code, out in results if code == 1)
+    assert refused.strip().splitlines()[-1] == (
+        f"error: {data}/cache/clips: holds the cache of corpus 'clips' at {winner}; the corpus at {loser} "
+        "has the same name: set corpus.name to tell them apart"
+    )
+    cache = TeacherCache(data / "cache", FfmpegLibvmaf(), ["vmaf_v0.6.1"])
+    report = cache.build(DirectoryCorpus(winner), compute=False)
+    assert len(report.reused) == 1 and not report.failures  # every entry is the winner's own
+    results = _finished(_start_builds(data, winner, loser, names=("clips", "clips_2")))
+    assert [code for code, _ in results] == [0, 0], results
+
+
+def test_two_builds_of_one_corpus_at_once_take_turns_and_compute_each_clip_once(tiny_corpus, tmp_path):
+    folder = tmp_path / "data" / "cache" / "corpus"
+    folder.mkdir(parents=True)
+    with folder_lock(folder):  # held until both builds wait on it, so they surely overlap
+        started = _start_builds(tmp_path / "data", tiny_corpus, tiny_corpus)
+        deadline = time.monotonic() + 120
+        while not all("waiting for another build" in out.read_text() for _, out in started):
+            assert time.monotonic() < deadline and all(p.poll() is None for p, _ in started), _finished(started)
+            time.sleep(0.1)
+    results = _finished(started)
+    assert [code for code, _ in results] == [0, 0], results
+    said = sorted(re.search(r"(\d+) clip\(s\) computed, (\d+) reused", out).groups() for _, out in results)
+    assert said == [("0", "6"), ("6", "0")]

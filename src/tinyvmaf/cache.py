@@ -7,11 +7,14 @@ Layout under ``root/<corpus name>/``:
   training loads ~15,000 frames in milliseconds;
 - ``summary.json``: per source, clips, frames and teacher score statistics;
 - ``inputs.json``: memo of input-file digests (by size and mtime) and of the libvmaf probe,
-  so that a warm build neither rehashes unchanged files nor runs libvmaf.
+  so that a warm build neither rehashes unchanged files nor runs libvmaf;
+- ``corpus.json``: where the corpus lives, so that two corpora of one name never share entries.
 
 An entry's key hashes the content of both input files, their raw format, the teacher model set,
 the backend and libvmaf's version: a change of any of them recomputes exactly the clips it touches.
-Entries are written atomically, so an interrupted build resumes where it stopped.
+Entries are written atomically, so an interrupted build resumes where it stopped; builds of one
+corpus take turns on a lock of its folder. Every file here is read only if it is a regular file
+of bounded size: anything else is damage, recomputed.
 """
 
 from __future__ import annotations
@@ -36,10 +39,12 @@ from tinyvmaf import ffmpeg
 from tinyvmaf.corpus import ClipPair, Corpus, Video, sources_of
 from tinyvmaf.errors import TinyVmafError, instantiate_checked
 from tinyvmaf.ffmpeg import tools_stopped_on_interrupt
-from tinyvmaf.files import atomic_path, inside, sha256_file
+from tinyvmaf.files import atomic_path, folder_lock, inside, read_bounded, sha256_file
 from tinyvmaf.teacher import FEATURE_NAMES, Libvmaf, Measurement, named_columns
 
 SCHEMA = 2  # 2: feature variants (e.g. *_egl_1 for vmaf_v0.6.1neg) stored too
+# An entry holds ~150 bytes a frame with three models: 256 MiB is over 8 hours at 60 fps.
+MAX_ENTRY_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -144,7 +149,36 @@ class TeacherCache:
         """Compute every missing or stale entry (of this shard, when sharded) and consolidate;
         a warm cache runs no libvmaf at all. ``compute=False`` only consolidates what the shards
         wrote: a missing entry is a failure, and an entry of another libvmaf version an error."""
-        pairs = corpus.pairs() if pairs is None else pairs
+        folder = self.folder(corpus)
+        folder.mkdir(parents=True, exist_ok=True)
+        # Shards of one build write distinct entries and run together; a whole build (or the
+        # consolidation after shards) waits for them and for any other whole build of the corpus.
+        busy = f"waiting for another build of corpus {corpus.name!r} ({folder}) to finish"
+        with folder_lock(folder, shared=self.shard is not None, busy=busy):
+            self._claim(corpus, write=True)
+            return self._build_locked(corpus, corpus.pairs() if pairs is None else pairs, compute)
+
+    def _claim(self, corpus: Corpus, write: bool = False) -> None:
+        """A cache folder is named after its corpus; ``corpus.json`` records where that corpus
+        lives, so that another corpus of the same name (two folders both called ``clips``) is
+        refused instead of sharing, and overwriting, its entries. A claim whose corpus is gone
+        (the corpus was moved) passes to the corpus asking: entries are keyed by content."""
+        claim = self.folder(corpus) / "corpus.json"
+        here = str(Path(corpus.location).expanduser().resolve())
+        try:
+            held = json.loads(read_bounded(claim, 2**16, "a corpus claim")).get("location")
+        except (FileNotFoundError, TinyVmafError, ValueError, AttributeError):
+            held = None  # none yet, or damaged: the corpus asking claims the folder
+        if isinstance(held, str) and held != here and os.path.lexists(held):
+            raise TinyVmafError(
+                f"{claim.parent}: holds the cache of corpus {corpus.name!r} at {held}; the corpus at {here} "
+                "has the same name: set corpus.name to tell them apart"
+            )
+        if write and held != here:
+            with atomic_path(claim) as tmp:
+                tmp.write_text(json.dumps({"corpus": corpus.name, "location": here}))
+
+    def _build_locked(self, corpus: Corpus, pairs: list[ClipPair], compute: bool) -> BuildReport:
         folder = self.folder(corpus)
         inputs = _InputMemo(folder / "inputs.json")
         version = inputs.probe(self.libvmaf, self.models)
@@ -300,6 +334,7 @@ class TeacherCache:
         """The consolidated frames of ``corpus``; raises if the cache was never built or its
         ``frames.npz`` is damaged (truncated, not a regular file, object arrays)."""
         npz = self.folder(corpus) / "frames.npz"
+        self._claim(corpus)
         if not npz.exists():
             raise TinyVmafError(
                 f"{npz}: the teacher cache of corpus {corpus.name!r} is missing or empty; build it first"
@@ -388,10 +423,12 @@ def read_entry(path: Path, key: str, models: list[str]) -> dict:
     """A cache entry, parsed and checked before anything uses it: schema and key as expected, and
     one finite row of features and of every model's score per frame."""
     try:
-        entry = json.loads(path.read_bytes())
+        entry = json.loads(read_bounded(path, MAX_ENTRY_BYTES, "a cache entry"))
     except FileNotFoundError:
         raise StaleEntry("no entry") from None
-    except (OSError, ValueError) as exc:
+    except TinyVmafError as exc:  # a link, a FIFO, a device: replaced by the recomputed entry
+        raise DamagedEntry(str(exc).removeprefix(f"{path.parent}/")) from None
+    except (OSError, ValueError, RecursionError) as exc:
         raise DamagedEntry(f"{path.name} does not parse ({_one_line(exc)})") from None
     if not isinstance(entry, dict) or entry.get("schema") != SCHEMA or not isinstance(entry.get("key"), str):
         raise DamagedEntry(f"{path.name} is not a schema-{SCHEMA} cache entry")
@@ -456,12 +493,12 @@ class _InputMemo:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        try:
-            self.data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+        try:  # only a memo: whatever cannot be read is rebuilt by hashing again
+            self.data = json.loads(read_bounded(path, MAX_ENTRY_BYTES, "an input memo"))
+        except (OSError, TinyVmafError, ValueError, RecursionError):
             self.data = {}
-        self.data.setdefault("files", {})
-        self.data.setdefault("probes", {})
+        if not (isinstance(self.data, dict) and all(isinstance(self.data.get(k), dict) for k in ("files", "probes"))):
+            self.data = {"files": {}, "probes": {}}
 
     def digest(self, path: Path) -> str:
         try:

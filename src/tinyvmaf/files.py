@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
+import stat
 import string
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -86,3 +88,51 @@ def atomic_path(path: Path) -> Iterator[Path]:
 def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def read_bounded(path: Path, limit: int, what: str, follow_links: bool = False) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (``what`` names it in the error).
+
+    Opened without blocking (and, for files tinyvmaf writes itself, without following a link),
+    then checked on the open descriptor: a FIFO, a device or a link to ``/dev/zero`` is refused
+    at once instead of hanging or reading until memory runs out, and a file that grows after the
+    check is still read only up to ``limit``. A missing file raises ``FileNotFoundError`` for the
+    caller to decide what absence means.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow_links else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        kind = "a symbolic link" if os.path.islink(path) else exc.strerror
+        raise TinyVmafError(f"{path}: cannot be read as {what} ({kind})") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise TinyVmafError(f"{path}: not a regular file")
+        if info.st_size > limit:
+            raise TinyVmafError(f"{path}: {info.st_size:,} bytes, more than the {limit:,} {what} may hold")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise TinyVmafError(f"{path}: more than the {limit:,} bytes {what} may hold")
+    return data
+
+
+@contextmanager
+def folder_lock(folder: Path, shared: bool = False, busy: str | None = None) -> Iterator[None]:
+    """A lock on the folder itself (flock on its descriptor, so no lock file is left in a folder
+    that is not tinyvmaf's): exclusive holders take turns, shared ones run together. The kernel
+    drops it when the holder dies, even by kill -9. ``busy`` is printed once if we must wait."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    try:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if busy:
+                print(busy, flush=True)
+            fcntl.flock(fd, mode)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

@@ -10,20 +10,17 @@ the standard file's, so the scores are too, bit for bit.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
 import stat
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from tinyvmaf.errors import TinyVmafError
-from tinyvmaf.files import atomic_path, sha256_file
+from tinyvmaf.files import atomic_path, folder_lock, sha256_file
 from tinyvmaf.model import VmafNet
 from tinyvmaf.onnx_io import OnnxContract, check_graph, onnx_graph, open_session
 from tinyvmaf.runs import LOSO_FOLDS, LOSO_MEAN, LOSO_WORST, Tag
@@ -175,18 +172,6 @@ def drop_in_graph(
     except TinyVmafError as exc:
         raise TinyVmafError(f"{path}: {exc}") from None
     return proto, diff
-
-
-@contextmanager
-def folder_lock(folder: Path) -> Iterator[None]:
-    """An exclusive lock on the folder itself (flock on its descriptor): no lock file is left in
-    a folder that is not tinyvmaf's, and two exports into it take turns."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def scores_as_standard(proto: onnx.ModelProto, standard: onnx.ModelProto, features: np.ndarray) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from onnx import TensorProto, helper
 from torch import nn
 
 from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.files import read_bounded
 from tinyvmaf.model import VmafNet, mlp
 from tinyvmaf.teacher import FEATURE_NAMES, Measurement
 from tinyvmaf.teacher.function import (
@@ -317,17 +317,9 @@ class OnnxVmaf:
 
     def _read(self) -> onnx.ModelProto:
         try:
-            info = self.path.stat()
-        except OSError:
+            data = read_bounded(self.path, MAX_MODEL_BYTES, "a model", follow_links=True)
+        except FileNotFoundError:
             raise TinyVmafError(f"{self.path}: no such model file") from None
-        if not stat.S_ISREG(info.st_mode):
-            raise TinyVmafError(f"{self.path}: not a regular file")
-        if info.st_size > MAX_MODEL_BYTES:
-            raise TinyVmafError(
-                f"{self.path}: {info.st_size:,} bytes, more than the {MAX_MODEL_BYTES:,} a model may hold"
-            )
-        with open(self.path, "rb") as f:
-            data = f.read(MAX_MODEL_BYTES + 1)
         try:
             return onnx.load_model_from_string(data)
         except Exception as exc:
