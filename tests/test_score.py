@@ -16,9 +16,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tinyvmaf import ffmpeg
 from tinyvmaf.corpus.default import packaged_file
+from tinyvmaf.corpus.directory import raw_format
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.onnx_io import OnnxVmaf
 from tinyvmaf.score import render, score_log, score_pair
+from tinyvmaf.score import score_command as score_command_of
 from tinyvmaf.teacher import FEATURE_NAMES
 from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
 
@@ -73,6 +75,44 @@ def test_score_a_pair_runs_libvmaf_for_the_features(exported, tmp_path, make_cli
     scored = score_pair(OnnxVmaf(tmp / "models" / "a.onnx"), FfmpegLibvmaf(), tmp_path / "r.y4m", tmp_path / "d.mp4")
     direct = [f["metrics"]["vmaf"] for f in json.loads(log.read_text())["frames"]]
     np.testing.assert_allclose(scored["columns"]["vmaf_v0.6.1"], direct, atol=1e-6)
+
+
+def test_a_raw_yuv_pair_scores_as_its_y4m_and_needs_its_format(tmp_path, make_clip, repo, compose):
+    make_clip(tmp_path / "r.y4m", "testsrc2")
+    make_clip(tmp_path / "d.mp4", "testsrc2", codec=["-c:v", "libx264", "-crf", "40", "-threads", "1"])
+    for name in ("r", "d"):  # the same frames, headerless
+        src = tmp_path / ("r.y4m" if name == "r" else "d.mp4")
+        ffmpeg.run(["-i", str(src), "-f", "rawvideo", "-pix_fmt", "yuv420p", str(tmp_path / f"{name}.yuv")], what=name)
+    model = repo / "models" / "vmaf_tiny_v1.onnx"
+    with_header = score_pair(OnnxVmaf(model), FfmpegLibvmaf(), tmp_path / "r.y4m", tmp_path / "d.mp4")
+    yuv = ["reference=" + str(tmp_path / "r.yuv"), "distorted=" + str(tmp_path / "d.yuv"), f"onnx={model}"]
+    cfg = compose("score", *yuv, "yuv={width: 64, height: 48}", "format=csv")
+    raw = score_pair(OnnxVmaf(model), FfmpegLibvmaf(), tmp_path / "r.yuv", tmp_path / "d.yuv", raw_format(cfg.yuv))
+    assert all(np.array_equal(raw["columns"][k], v) for k, v in with_header["columns"].items())
+    for overrides, said in (
+        ([], f"{tmp_path}/r.yuv: a .yuv file needs yuv='{{width: W, height: H, pix_fmt: yuv420p, fps: 25}}'"),
+        (["yuv={width: 64, height: 48, fmt: nv12}"], "yuv: unknown key(s) fmt; give width, height, pix_fmt, fps"),
+        (["yuv={width: 64, height: 0}"], "yuv.height=0: must be an integer > 0"),
+    ):
+        with pytest.raises(TinyVmafError) as refused:
+            score_command_of(compose("score", *yuv, *overrides))
+        assert str(refused.value) == said
+    with pytest.raises(TinyVmafError, match="^yuv: given, but neither clip is a .yuv file$"):
+        score_command_of(
+            compose(
+                "score", f"reference={tmp_path}/r.y4m", f"distorted={tmp_path}/d.mp4", "yuv={width: 64, height: 48}"
+            )
+        )
+
+
+def test_frames_too_small_for_libvmaf_are_one_line_before_it_crashes(tmp_path, make_clip, repo):
+    ref = make_clip(tmp_path / "r.y4m", "testsrc2", size="32x16")
+    dis = make_clip(tmp_path / "d.mp4", "testsrc2", size="32x16")
+    with pytest.raises(TinyVmafError) as refused:
+        score_pair(OnnxVmaf(repo / "models" / "vmaf_tiny_v1.onnx"), FfmpegLibvmaf(), ref, dis)
+    assert (
+        str(refused.value) == f"{ref}: 32x16 frames; libvmaf measures frames of at least 18x18 (smaller ones crash it)"
+    )
 
 
 def test_bad_models_and_logs(exported, tmp_path):

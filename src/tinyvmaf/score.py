@@ -15,7 +15,9 @@ from rich.table import Table
 
 from tinyvmaf.cache import TeacherCache
 from tinyvmaf.corpus import ClipPair, Video
+from tinyvmaf.corpus.directory import raw_format
 from tinyvmaf.errors import TinyVmafError, instantiate_checked
+from tinyvmaf.ffmpeg import RawFormat
 from tinyvmaf.metrics import metrics_per_source
 from tinyvmaf.onnx_io import OnnxVmaf
 from tinyvmaf.teacher import FEATURE_NAMES
@@ -35,10 +37,17 @@ def log_columns(log: LibvmafLog, names: list[str]) -> np.ndarray:
     return np.stack([log.column(n) for n in names], axis=1)
 
 
-def score_pair(model: OnnxVmaf, libvmaf, reference: Path, distorted: Path) -> dict:
+def score_pair(model: OnnxVmaf, libvmaf, reference: Path, distorted: Path, raw: RawFormat | None = None) -> dict:
     """libvmaf computes exactly the features the model names, where its metadata says they were
-    measured (a v1.0.16 stand-in: at its display's size and bit depth), and its teacher's score."""
-    pair = ClipPair("cli", Path(distorted).stem, Video(Path(reference)), Video(Path(distorted)))
+    measured (a v1.0.16 stand-in: at its display's size and bit depth), and its teacher's score.
+    ``raw`` is what a headerless ``.yuv`` clip cannot say itself (a corpus's ``yuv`` option)."""
+    videos = [Video(Path(path), raw if Path(path).suffix == ".yuv" else None) for path in (reference, distorted)]
+    headerless = next((v.path for v in videos if v.path.suffix == ".yuv" and raw is None), None)
+    if headerless:
+        raise TinyVmafError(f"{headerless}: a .yuv file needs yuv='{{width: W, height: H, pix_fmt: yuv420p, fps: 25}}'")
+    if raw and not any(v.raw for v in videos):
+        raise TinyVmafError("yuv: given, but neither clip is a .yuv file")
+    pair = ClipPair("cli", Path(distorted).stem, *videos)
     models = list(dict.fromkeys(["vmaf_v0.6.1", model.teacher]))  # every libvmaf run logs v0.6.1's six
     teacher = libvmaf.score(pair, models, model.measurement)
     return result(model, teacher.columns, teacher.scores[model.teacher])
@@ -101,7 +110,8 @@ def score_command(cfg: DictConfig) -> int:
     if cfg.get("log"):
         scored = score_log(model, Path(cfg.log))
     elif cfg.get("reference") and cfg.get("distorted"):
-        scored = score_pair(model, instantiate_checked(cfg.libvmaf), Path(cfg.reference), Path(cfg.distorted))
+        raw = raw_format(cfg.yuv, "yuv") if cfg.get("yuv") else None
+        scored = score_pair(model, instantiate_checked(cfg.libvmaf), Path(cfg.reference), Path(cfg.distorted), raw)
     else:
         raise TinyVmafError("give log=LIBVMAF_JSON, or reference=REF distorted=DIS")
     for piece in render(scored, cfg.format):

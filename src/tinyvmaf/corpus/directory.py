@@ -13,22 +13,23 @@ SEPARATOR = "__"
 YUV_KEYS = ("width", "height", "pix_fmt", "fps")
 
 
-def raw_format(yuv: dict) -> RawFormat:
-    """``corpus.yuv`` checked: positive integer width and height, a supported pix_fmt, fps a finite number > 0."""
+def raw_format(yuv: dict, option: str = "corpus.yuv") -> RawFormat:
+    """``yuv`` checked: positive integer width and height, a supported pix_fmt, fps a finite
+    number > 0, no other keys; ``option`` names it in errors."""
     yuv = dict(yuv)
     unknown = sorted(set(yuv) - set(YUV_KEYS))
     if unknown:
-        raise TinyVmafError(f"corpus.yuv: unknown key(s) {', '.join(map(str, unknown))}; give {', '.join(YUV_KEYS)}")
+        raise TinyVmafError(f"{option}: unknown key(s) {', '.join(map(str, unknown))}; give {', '.join(YUV_KEYS)}")
     for key in ("width", "height"):
         value = yuv.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise TinyVmafError(f"corpus.yuv.{key}={value!r}: must be an integer > 0")
+            raise TinyVmafError(f"{option}.{key}={value!r}: must be an integer > 0")
     fps = yuv.get("fps", 25.0)
     if not finite_number(fps) or fps <= 0:
-        raise TinyVmafError(f"corpus.yuv.fps={fps!r}: must be a finite number > 0")
+        raise TinyVmafError(f"{option}.fps={fps!r}: must be a finite number > 0")
     pix_fmt = yuv.get("pix_fmt", "yuv420p")
     if pix_fmt not in RAW_BYTES_PER_PIXEL:
-        raise TinyVmafError(f"corpus.yuv.pix_fmt={pix_fmt!r}: use one of {', '.join(sorted(RAW_BYTES_PER_PIXEL))}")
+        raise TinyVmafError(f"{option}.pix_fmt={pix_fmt!r}: use one of {', '.join(sorted(RAW_BYTES_PER_PIXEL))}")
     return RawFormat(yuv["width"], yuv["height"], pix_fmt, float(fps))
 
 

@@ -105,6 +105,9 @@ class Measurement:
 
 
 NATIVE = Measurement()
+# libvmaf 3.2.0 dies by SIGSEGV on a frame with a side under 18 pixels (measured with vmaf_v0.6.1:
+# 18x18, 64x18 and 18x64 run; 17x17, 64x17, 17x64 and 32x16 crash).
+MIN_SIDE = 18
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,11 @@ def pair_geometry(pair: ClipPair, measurement: Measurement = NATIVE) -> PairGeom
         )
     pix_fmt = measurement.pix_fmt(ref.pix_fmt if ref.pix_fmt in LIBVMAF_PIX_FMTS else "yuv420p")
     width, height = measurement.display or (ref.width, ref.height)
+    if min(width, height) < MIN_SIDE:
+        raise TinyVmafError(
+            f"{pair.reference.path}: {width}x{height} frames; libvmaf measures frames of at least "
+            f"{MIN_SIDE}x{MIN_SIDE} (smaller ones crash it)"
+        )
     return PairGeometry(
         width,
         height,
