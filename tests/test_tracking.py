@@ -9,11 +9,14 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 import requests
+from mlflow import entities
 from mlflow.tracking import MlflowClient
 from servers import mlflow_ui
 
@@ -248,3 +251,93 @@ def test_a_command_that_only_reads_refuses_a_file_that_is_not_a_store_and_writes
         Tracking(f"sqlite:///{db}", "tinyvmaf-loso").existing_experiment()
     assert str(refused.value).startswith(f"tracking.uri=sqlite:///{db}: {db} {said}")
     assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory) -> Path:
+    """A real MLflow SQLite store with a few runs in it (its pages span the file)."""
+    db = tmp_path_factory.mktemp("store") / "mlflow.db"
+    client, experiment = Tracking(f"sqlite:///{db}", "tinyvmaf-loso").experiment()
+    for i in range(20):
+        run = client.create_run(experiment, run_name=f"run {i}")
+        client.log_batch(run.info.run_id, metrics=[entities.Metric(f"m{j}", j, 0, 0) for j in range(20)])
+    return db
+
+
+def _schema_reads(db: Path) -> bool:
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            con.execute("SELECT name FROM sqlite_master").fetchall()
+            con.execute("SELECT version_num FROM alembic_version").fetchall()
+        return True
+    except sqlite3.DatabaseError:
+        return False
+
+
+def _damaged_in_the_middle(store: Path):
+    """One page from the middle on overwritten, the first whose damage the schema's own tables do
+    not show: MLflow went on writing into such a file; only a check of the whole file finds it."""
+
+    def damage(db: Path) -> None:
+        data, page = store.read_bytes(), 4096
+        for start in range(len(data) // page // 2 * page, len(data), page):
+            db.write_bytes(data[:start] + np.random.default_rng(0).bytes(page) + data[start + page :])
+            if _schema_reads(db):
+                return
+        raise AssertionError("no page whose damage the schema does not show")
+
+    return damage
+
+
+@pytest.mark.parametrize(
+    "make, said",
+    [
+        (lambda store: lambda db: db.write_bytes(b"some notes, not a database\n" * 100), "is not an SQLite database"),
+        (lambda store: lambda db: db.mkdir(), "a folder at"),
+        (lambda store: _not_a_store, "is not an MLflow store (it lacks MLflow's tables)"),
+        (_damaged_in_the_middle, "is damaged (SQLite's check: "),
+    ],
+    ids=["text file", "folder", "another program's database", "damaged in the middle"],
+)
+def test_a_command_that_writes_runs_refuses_a_file_that_is_not_an_intact_store_and_writes_nothing(
+    make, said, small_store, tmp_path
+):
+    db = tmp_path / "mlflow.db"
+    make(small_store)(db)
+    before = db.read_bytes() if db.is_file() else None
+    for open_store in ("experiment", "existing_experiment"):
+        with pytest.raises(TinyVmafError) as refused:
+            getattr(Tracking(f"sqlite:///{db}", "tinyvmaf-loso"), open_store)()
+        assert str(refused.value).startswith(f"tracking.uri=sqlite:///{db}: ")
+        assert said in str(refused.value) and "\n" not in str(refused.value)
+    assert (db.read_bytes() if db.is_file() else None) == before
+
+
+READ_ONLY_MOUNT = """
+import sys
+from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.tracking import Tracking
+for open_store in ("existing_experiment", "experiment"):
+    try:
+        print(open_store, "opened", getattr(Tracking(sys.argv[1], "tinyvmaf-loso"), open_store)()[1])
+    except TinyVmafError as exc:
+        print(open_store, "refused:", exc)
+"""
+
+
+def test_a_store_on_a_read_only_file_system_is_read_but_refuses_runs_in_one_line(small_store, tmp_path):
+    """Root ignores file modes, so a read-only bind mount (in a mount namespace of the test's own) stands in."""
+    shutil.copy(small_store, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mount = f"mount --bind {tmp_path} {tmp_path} && mount -o remount,bind,ro {tmp_path}"
+    proc = subprocess.run(
+        ["unshare", "-m", "sh", "-c", f'{mount} && exec "$0" -c "$1" "$2"', sys.executable, READ_ONLY_MOUNT, uri],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    if "mount" in proc.stderr and "permission denied" in proc.stderr.lower():
+        pytest.skip("no mount namespace here")
+    assert proc.stdout.splitlines() == [
+        "existing_experiment opened 1",
+        f"experiment refused: tracking.uri={uri}: {tmp_path} cannot be written (Read-only file system); "
+        "runs cannot be written there",
+    ], proc.stderr

@@ -53,9 +53,18 @@ from tinyvmaf.teacher.function import ONNX_PROVIDERS
 def _store_lock(uri: str) -> Iterator[None]:
     if uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
-        db.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(db) + ".lock"):
+        lock = FileLock(str(db) + ".lock")
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        except OSError as exc:  # a read-only or foreign folder: before MLflow's own traceback
+            raise TinyVmafError(
+                f"tracking.uri={uri}: {db.parent} cannot be written ({exc.strerror}); runs cannot be written there"
+            ) from None
+        try:
             yield
+        finally:
+            lock.release()
     else:
         yield
 
@@ -133,6 +142,8 @@ class Tracking:
     def _open(self) -> tuple[MlflowClient, str]:
         self._check_server()
         with _store_lock(self.uri):
+            if self.uri.startswith("sqlite:///"):
+                self._check_sqlite_store(Path(self.uri.removeprefix("sqlite:///")), creating=True)
             client = MlflowClient(tracking_uri=self.uri)
             found = self._find(client)
             if found is not None:
@@ -198,12 +209,18 @@ class Tracking:
             )
         return client, self._checked(found)
 
-    def _check_sqlite_store(self, db: Path) -> None:
-        """A command that only reads opens an SQLite file only if it holds an MLflow store: MLflow
-        writes its whole schema into any file it is pointed at (954 KB into an empty one). The
-        file is looked at read-only, and a damaged one is one line."""
+    def _check_sqlite_store(self, db: Path, creating: bool = False) -> None:
+        """An SQLite file is opened only if it holds an intact MLflow store, looked at read-only
+        first: MLflow writes its whole schema into any file it is pointed at (954 KB into an empty
+        one, or into another program's database) and goes on writing into a damaged one. A
+        command that writes runs (``creating``) may also start a store where there is none or
+        an empty file; one that only reads may not. SQLite's quick_check reads the whole file:
+        0.27 s for a 282 MB store here."""
+        if creating and (not db.exists() or (db.is_file() and db.stat().st_size == 0)):
+            return
         if not db.is_file():
-            raise TinyVmafError(f"tracking.uri={self.uri}: no MLflow store at {db}")
+            what = "a folder" if db.is_dir() else "no MLflow store"
+            raise TinyVmafError(f"tracking.uri={self.uri}: {what} at {db}")
         try:
             with closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as con:
                 tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -212,10 +229,23 @@ class Tracking:
                     if MLFLOW_TABLES <= tables
                     else None
                 )
+                damage = [row[0] for row in con.execute("PRAGMA quick_check(3)")]
         except sqlite3.Error as exc:
-            raise TinyVmafError(f"tracking.uri={self.uri}: {db} is not an SQLite database ({exc})") from None
+            with open(db, "rb") as f:
+                sqlite = f.read(16) == b"SQLite format 3\x00"  # every SQLite database's first bytes
+            if not sqlite:
+                raise TinyVmafError(f"tracking.uri={self.uri}: {db} is not an SQLite database ({exc})") from None
+            damage = [str(exc)]
+        if damage != ["ok"]:
+            said = " ".join(" ".join(damage).split())[:200]
+            raise TinyVmafError(
+                f"tracking.uri={self.uri}: {db} is damaged (SQLite's check: {said}); nothing is written into it: "
+                "restore a copy"
+            )
         if not MLFLOW_TABLES <= tables:
             raise TinyVmafError(f"tracking.uri={self.uri}: {db} is not an MLflow store (it lacks MLflow's tables)")
+        if creating and not os.access(db, os.W_OK):  # a read-only folder is caught by the store's lock
+            raise TinyVmafError(f"tracking.uri={self.uri}: {db} is read-only; runs cannot be written into it")
         if revision is None or revision[0] != mlflow_schema_revision():
             raise TinyVmafError(
                 f"tracking.uri={self.uri}: {db} holds schema revision {revision and revision[0]}, not this MLflow's "
