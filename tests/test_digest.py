@@ -53,6 +53,7 @@ def test_digest_numbers_equal_the_mlflow_run_metrics(swept, capsys, compose):
                 metrics["heldout_rmse"],
             )
             assert f["n"] == 24 and f["teacher_std"] > 0
+            assert (f["clip_plcc"], f["clip_rmse"]) == (metrics["heldout_clip_plcc"], metrics["heldout_clip_rmse"])
         rmse = [f["rmse"] for f in row["folds"]]
         assert row["rmse_mean"] == pytest.approx(np.mean(rmse)) and row["rmse_std"] == pytest.approx(
             np.std(rmse, ddof=1)
@@ -65,6 +66,14 @@ def test_digest_numbers_equal_the_mlflow_run_metrics(swept, capsys, compose):
     assert "| teacher function | 0 |" in md and "## s1 vs plain" in md
     assert digest["compared_with"]["sweep_id"] == "plain" and list(digest["compared_with"]["archs"]) == ["mlp_small"]
     assert "| mlp_small | 257 |" in md and "teacher std" in md
+    clip_rmse = [f["clip_rmse"] for f in digest["archs"]["linear"]["folds"]]
+    assert (
+        f"| {np.mean(clip_rmse):.3f} ± {np.std(clip_rmse, ddof=1):.3f} |"
+        in md.split("| linear | 7 |")[1].split("\n")[0]
+    )
+    (paired,) = digest["paired"]  # two folds: no test can tell them apart
+    assert paired["rmse"]["folds"] == 2 and "indistinguishable" in paired["verdict"] and paired["verdict"] in md
+    assert "Paired over the folds both sweeps trained" in md
     assert "2 arch(s), 3 fold(s): 6 runs expected: 4 finished, 1 failed, 0 still RUNNING, 1 missing." in md
     assert "- missing: linear fold Ghost" in md and digest["completeness"]["finished"] == 4
     for png in ("scatter.png", "rmse_per_fold.png"):
@@ -76,6 +85,7 @@ def test_digest_numbers_equal_the_mlflow_run_metrics(swept, capsys, compose):
     assert (
         sweep.info.run_name == "s1" and sweep.data.metrics["linear/rmse_mean"] == digest["archs"]["linear"]["rmse_mean"]
     )
+    assert sweep.data.metrics["linear/clip_rmse_mean"] == digest["archs"]["linear"]["clip_rmse_mean"]
     assert sweep.data.metrics["folds_missing"] == 1 and sweep.info.status == "FAILED"
     for f in digest["archs"]["mlp_small"]["folds"]:
         tags = client.get_run(f["run_id"]).data.tags

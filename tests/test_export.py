@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.export import export_models, model_from_run
+from tinyvmaf.metrics import conformal_radius
 from tinyvmaf.teacher import FEATURE_NAMES
 from tinyvmaf.teacher.function import domain_points, load_teacher
 from tinyvmaf.tracking import Tracking
@@ -79,6 +80,16 @@ def test_export_runs_the_loso_of_its_recipe_when_the_store_has_none(swept, compo
     rmse = [r.data.metrics["heldout_rmse"] for r in folds]
     assert float(meta["loso_rmse_mean"]) == pytest.approx(np.mean(rmse), abs=1e-6)
     assert float(meta["loso_rmse_worst"]) == pytest.approx(max(rmse), abs=1e-6)
+    clip_rmse = [r.data.metrics["heldout_clip_rmse"] for r in folds]  # logged by training, recomputed by export
+    assert float(meta["loso_clip_rmse_mean"]) == pytest.approx(np.mean(clip_rmse), abs=1e-5)
+    residuals = []
+    for r in folds:
+        with np.load(client.download_artifacts(r.info.run_id, "heldout.npz", tmp_path)) as held:
+            residuals.append(held["predicted"] - held["teacher"])
+    for coverage in (90, 95):
+        radius = conformal_radius(np.concatenate(residuals), coverage / 100)
+        assert float(meta[f"interval_frame_{coverage}"]) == pytest.approx(radius, abs=1e-6)
+        assert 0 < float(meta[f"interval_clip_{coverage}"]) < float("inf")
     assert export_models(compose(*options)) == 0  # again: that LOSO is in the store now
     assert "running one" not in capsys.readouterr().out
     assert export_models(compose(*options, "loso=false")) == 0

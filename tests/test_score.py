@@ -66,7 +66,10 @@ def test_score_a_libvmaf_log_in_either_naming(exported, tmp_path, make_clip):
     assert written["pooled"] == scored["pooled"] and [f["tiny"] for f in written["frames"]] == columns["tiny"].tolist()
     assert [f["frame"] for f in written["frames"]] == list(range(8))
     table = "".join(render(scored, "table")).splitlines()
-    assert "pooled: tiny_mean" in table[-1] and len(table) == 8 + 3
+    assert "pooled: tiny_mean" in table[-2] and len(table) == 8 + 4
+    radius = model.intervals[("clip", 95)]  # the export's conformal radius, from its LOSO's held-out clips
+    assert table[-1].startswith(f"VMAF {scored['pooled']['tiny_mean']:.2f}, within ±{radius:.2f} of libvmaf (95 %, ±")
+    assert written["pooled"]["interval_clip_95"] == radius
 
 
 def test_score_a_pair_runs_libvmaf_for_the_features(exported, tmp_path, make_clip):

@@ -164,6 +164,7 @@ class LosoDataModule(L.LightningDataModule):
         self.train_x, self.train_y = _tensors(train_x, train_y)
         self.synthetic_x, self.synthetic_y = _tensors(*self.augment.sample(train_x, self.teacher, self.seed))
         self.test_x, self.test_y = _tensors(features[held], target[held])
+        self.test_clip = table.clip[held]  # per-clip figures pool the held-out frames by clip
 
     def _refuse_uncached_source(self, table: FrameTable) -> None:
         """A source only leaves the cache when every clip of it failed: say which case it is."""

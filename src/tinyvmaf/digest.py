@@ -24,11 +24,14 @@ from omegaconf import DictConfig
 from tinyvmaf.cache import FrameTable
 from tinyvmaf.errors import TinyVmafError, instantiate_checked
 from tinyvmaf.files import inside
-from tinyvmaf.metrics import metrics_per_source
+from tinyvmaf.metrics import metrics_per_source, paired_comparison
 from tinyvmaf.mlflow_artifacts import local_artifact_root
 from tinyvmaf.runs import (
+    CLIP,
     DIGEST_SUFFIXES,
     DIGEST_WORST,
+    LOSO_CLIP_MEAN,
+    LOSO_CLIP_STD,
     LOSO_MEAN,
     LOSO_STD,
     METRIC_NAMES,
@@ -95,9 +98,53 @@ def aggregate(status: SweepStatus) -> dict:
 
 
 def mean_and_std(folds: list[dict]) -> dict[str, float]:
-    """``<metric>_mean`` and ``<metric>_std`` over the folds' metrics: the LOSO figures'."""
+    """``<metric>_mean`` and ``<metric>_std`` over the folds' metrics: the LOSO figures'; per clip
+    too (``clip_<metric>_...``) when every fold has them."""
     figures = loso_figures(folds)
-    return {f"{m}_{s}": figures[k[m]] for m in METRIC_NAMES for s, k in (("mean", LOSO_MEAN), ("std", LOSO_STD))}
+    kinds = [(dict(zip(METRIC_NAMES, METRIC_NAMES)), LOSO_MEAN, LOSO_STD)]
+    if LOSO_CLIP_MEAN["rmse"] in figures:
+        kinds.append((CLIP, LOSO_CLIP_MEAN, LOSO_CLIP_STD))
+    return {
+        f"{name[m]}_{s}": figures[k[m]]
+        for name, mean, std in kinds
+        for m in METRIC_NAMES
+        for s, k in (("mean", mean), ("std", std))
+    }
+
+
+SIGNIFICANCE = 0.05  # a difference counts when Wilcoxon's p is below it and the bootstrap CI excludes 0
+
+
+def paired_verdict(a: str, b: str, compared: dict[str, float] | None) -> str:
+    """One sentence on held-out RMSE, A minus B over their shared folds: which is better and by
+    how much, or that the difference is within the fold-to-fold noise."""
+    if compared is None:
+        return f"{a} vs {b}: fewer than two shared folds, no test"
+    mean, low, high, p, n = (compared[k] for k in ("mean", "low", "high", "p", "folds"))
+    if p < SIGNIFICANCE and (high < 0 or low > 0):
+        better, worse, by, ci = (a, b, -mean, (-high, -low)) if mean < 0 else (b, a, mean, (low, high))
+        return (
+            f"{better} better than {worse} by {by:.4f} RMSE [95 % CI {ci[0]:.4f}, {ci[1]:.4f}], "
+            f"Wilcoxon p = {p:.2g} ({n} folds)"
+        )
+    return (
+        f"{a} vs {b}: indistinguishable (RMSE difference {mean:+.4f} [95 % CI {low:+.4f}, {high:+.4f}], "
+        f"Wilcoxon p = {p:.2g}, {n} folds)"
+    )
+
+
+def per_fold_rmse(row: dict) -> dict[str, float]:
+    return {f["fold"]: f["rmse"] for f in row["folds"]}
+
+
+def paired_within(archs: dict) -> list[dict]:
+    """Every pair of archs of one sweep, compared fold by fold."""
+    pairs = [(a, b) for i, a in enumerate(archs) for b in list(archs)[i + 1 :]]
+    return [
+        {"a": a, "b": b, "rmse": (c := paired_comparison(per_fold_rmse(archs[a]), per_fold_rmse(archs[b]))),
+         "verdict": paired_verdict(a, b, c)}
+        for a, b in pairs
+    ]  # fmt: skip
 
 
 def completeness(status: SweepStatus) -> dict:
@@ -119,6 +166,17 @@ def aggregate_cells(row: dict) -> list[str]:
     if len(row["folds"]) < 2:
         return [f"{row[f'{m}_mean']:.{decimals[m]}f} (1 fold: no spread)" for m in METRIC_NAMES]
     return [f"{row[f'{m}_mean']:.{decimals[m]}f} ± {row[f'{m}_std']:.{decimals[m]}f}" for m in METRIC_NAMES]
+
+
+def clip_cells(row: dict) -> list[str]:
+    """Per-clip PLCC and RMSE, mean ± std; runs from before per-clip figures have none."""
+    if "clip_rmse_mean" not in row:
+        return ["—", "—"]
+    spread = len(row["folds"]) > 1
+    return [
+        f"{row[f'clip_{m}_mean']:.{d}f}" + (f" ± {row[f'clip_{m}_std']:.{d}f}" if spread else "")
+        for m, d in (("plcc", 4), ("rmse", 3))
+    ]
 
 
 def completeness_lines(status: SweepStatus) -> list[str]:
@@ -165,6 +223,7 @@ def teacher_function_row(table: FrameTable, teacher: str) -> dict:
 
 
 def comparison(digest: dict, other: dict, sweep: str, other_sweep: str) -> list[str]:
+    """Each arch of both sweeps side by side, and paired over the folds both trained."""
     lines = [
         "",
         f"## {sweep} vs {other_sweep}",
@@ -172,6 +231,7 @@ def comparison(digest: dict, other: dict, sweep: str, other_sweep: str) -> list[
         f"| arch | RMSE {sweep} | RMSE {other_sweep} | worst fold {sweep} | worst fold {other_sweep} | PLCC {sweep} | PLCC {other_sweep} |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
+    verdicts = []
     for arch in digest:
         if arch in other:
             a, b = digest[arch], other[arch]
@@ -179,7 +239,13 @@ def comparison(digest: dict, other: dict, sweep: str, other_sweep: str) -> list[
             lines.append(
                 f"| {arch} | {a['rmse_mean']:.3f} | {b['rmse_mean']:.3f} | {worst_a:.3f} | {worst_b:.3f} | {a['plcc_mean']:.4f} | {b['plcc_mean']:.4f} |"
             )
-    return lines
+            compared = paired_comparison(per_fold_rmse(a), per_fold_rmse(b))
+            verdicts.append(f"- {arch}: " + paired_verdict(sweep, other_sweep, compared))
+    return lines + [
+        "",
+        "Paired over the folds both sweeps trained (Wilcoxon signed-rank, paired bootstrap CI):",
+        *verdicts,
+    ]
 
 
 def recipe_line(params: dict[str, str]) -> str:
@@ -193,10 +259,16 @@ def recipe_line(params: dict[str, str]) -> str:
 
 
 def markdown(
-    sweep_id: str, archs: dict, status: SweepStatus, teacher_row: dict | None = None, comparison_lines: list[str] = ()
+    sweep_id: str,
+    archs: dict,
+    status: SweepStatus,
+    teacher_row: dict | None = None,
+    comparison_lines: list[str] = (),
+    paired: list[dict] = (),
 ) -> str:
     """digest.md: the recipe, the aggregate table (and the teacher function's row), completeness,
-    a comparison with another sweep when asked, and the per-fold tables."""
+    paired comparisons of its archs, a comparison with another sweep when asked, and the
+    per-fold tables."""
     run = next(iter(status.finished.values()))
     params, data = run.data.params, run.inputs.dataset_inputs[0].dataset if run.inputs.dataset_inputs else None
     lines = [
@@ -209,16 +281,18 @@ def markdown(
         "",
         "## Aggregate (mean ± sample std across folds)",
         "",
-        "| arch | params | PLCC | SROCC | RMSE |",
-        "|---|---:|---:|---:|---:|",
+        "Per frame, and per clip (each clip's frames pooled by their mean, as libvmaf pools them).",
+        "",
+        "| arch | params | PLCC | SROCC | RMSE | PLCC per clip | RMSE per clip |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for arch, row in archs.items():
-        lines.append(f"| {arch} | {row['params']:,} | " + " | ".join(aggregate_cells(row)) + " |")
+        lines.append(f"| {arch} | {row['params']:,} | " + " | ".join(aggregate_cells(row) + clip_cells(row)) + " |")
     if teacher_row is not None:
         row = teacher_row
         lines.append(
             f"| teacher function | 0 | {row['plcc_mean']:.6f} ± {row['plcc_std']:.6f} | {row['srocc_mean']:.6f} ± {row['srocc_std']:.6f} "
-            f"| {row['rmse_mean']:.6f} ± {row['rmse_std']:.6f} |"
+            f"| {row['rmse_mean']:.6f} ± {row['rmse_std']:.6f} | | |"
         )
         lines += [
             "",
@@ -226,6 +300,9 @@ def markdown(
             f"scored against the values libvmaf logged (max |difference| {row['max_abs']:.1e} over {sum(f['n'] for f in row['folds']):,} frames).",
         ]
     lines += completeness_lines(status)
+    if paired:
+        lines += ["", "## Paired comparisons (held-out RMSE, fold by fold)", ""]
+        lines += [f"- {p['verdict']}" for p in paired]
     lines += comparison_lines
     runs = {r.info.run_id: r for r in status.finished.values()}
     for arch, row in archs.items():
@@ -235,12 +312,13 @@ def markdown(
             "",
             recipe_line(runs[row["folds"][0]["run_id"]].data.params),
             "",
-            "| fold | n | teacher mean | teacher std | PLCC | SROCC | RMSE |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "| fold | n | teacher mean | teacher std | PLCC | SROCC | RMSE | PLCC per clip | RMSE per clip |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for f in row["folds"]:
+            clip = f"{f['clip_plcc']:.4f} | {f['clip_rmse']:.3f}" if "clip_rmse" in f else "— | —"
             lines.append(
-                f"| {f['fold']} | {f['n']:,} | {f['teacher_mean']:.2f} | {f['teacher_std']:.2f} | {f['plcc']:.4f} | {f['srocc']:.4f} | {f['rmse']:.3f} |"
+                f"| {f['fold']} | {f['n']:,} | {f['teacher_mean']:.2f} | {f['teacher_std']:.2f} | {f['plcc']:.4f} | {f['srocc']:.4f} | {f['rmse']:.3f} | {clip} |"
             )
     lines += [
         "",
@@ -319,7 +397,7 @@ def digest_metrics(archs: dict, status: SweepStatus) -> dict[str, float]:
         Metric.FOLDS_MISSING: len(status.missing),
     }  # fmt: skip
     for arch, row in archs.items():
-        for m in METRIC_NAMES:
+        for m in (*METRIC_NAMES, *(CLIP[m] for m in METRIC_NAMES if f"{CLIP['rmse']}_mean" in row)):
             for suffix in DIGEST_SUFFIXES:
                 metrics[f"{arch}/{m}_{suffix}"] = row[f"{m}_{suffix}"]
         metrics[f"{arch}/{DIGEST_WORST}"] = max(f["rmse"] for f in row["folds"])
@@ -366,6 +444,7 @@ def write_digest(cfg: DictConfig) -> int:
         "completeness": completeness(status),
         "failed_runs": status.failed,
         "running_runs": status.running,
+        "paired": (paired := paired_within(archs)),
     }
     teacher_row, comparison_lines = None, []
     if cfg.get("teacher_function_row", True):
@@ -382,7 +461,7 @@ def write_digest(cfg: DictConfig) -> int:
     out = out if trial is None else inside(out, trial.info.run_name, what="trial")
     out.mkdir(parents=True, exist_ok=True)
     (out / "digest.json").write_text(json.dumps(document, indent=2, allow_nan=False))  # strict JSON: every value finite
-    (out / "digest.md").write_text(markdown(title, archs, status, teacher_row, comparison_lines))
+    (out / "digest.md").write_text(markdown(title, archs, status, teacher_row, comparison_lines, paired))
     scatter_figure(client, archs, out / "scatter.png")
     rmse_figure(archs, out / "rmse_per_fold.png")
     if trial is None:
@@ -403,6 +482,7 @@ def write_digest(cfg: DictConfig) -> int:
         finish_sweep_run(client, client.get_run(sweep_run), status)
     print((out / "digest.md").read_text().split("\n## ")[1])
     print("\n".join(completeness_lines(status)[2:]))
+    print("\n".join(p["verdict"] for p in paired))
     if status.running or status.stale:
         print(
             "warning: runs still RUNNING are left out; those whose process or job is gone: mark them failed with fail_running=true"

@@ -29,9 +29,14 @@ from tinyvmaf.cache import FrameTable, TeacherCache
 from tinyvmaf.corpus import Corpus
 from tinyvmaf.errors import TinyVmafError, instantiate_checked
 from tinyvmaf.lusoris import DropInFolder
+from tinyvmaf.metrics import clip_metrics, conformal_radius, pooled_per_clip
 from tinyvmaf.model import VmafNet, count_params
 from tinyvmaf.onnx_io import MAX_MODEL_BYTES, ONNX_TOLERANCE, check_graph, model_from_weights, onnx_graph, open_session
 from tinyvmaf.runs import (
+    COVERAGES,
+    INTERVAL,
+    LOSO_CLIP_MEAN,
+    LOSO_CLIP_STD,
     LOSO_EXPERIMENT_ID,
     LOSO_FOLDS,
     LOSO_MEAN,
@@ -88,17 +93,30 @@ def train_on_all_sources(job: Job) -> tuple[VmafNet, FrameTable]:
     return module.model, datamodule.table
 
 
-def evidence_of(runs: list[Run]) -> dict[str, str]:
+def evidence_of(client: MlflowClient, runs: list[Run], table: FrameTable) -> dict[str, str]:
     """A LOSO's figures from its finished fold runs (one per held-out source), as metadata and
-    version tags (``tinyvmaf.runs.loso_figures``), with the sweep and the run the folds sit under
-    (the stacked job's, or the sweep's)."""
+    version tags, with the sweep and the run the folds sit under (the stacked job's, or the
+    sweep's). From the folds' own held-out predictions: per-clip figures (``loso_clip_*``) and
+    split-conformal radii (``interval_*``), per frame and per clip, over every held-out frame."""
     parents = {r.data.tags.get(Tag.PARENT) for r in runs}
+    per_fold, frame_residuals, clip_residuals = [], [], []
+    for run in runs:
+        teacher, predicted, rows = logged_heldout(client, run, table)
+        clip = table.clip[rows]
+        per_fold.append(heldout(run) | clip_metrics(predicted, teacher, clip))
+        frame_residuals.append(predicted - teacher)
+        clip_residuals.append(pooled_per_clip(predicted, clip) - pooled_per_clip(teacher, clip))
+    radii = {
+        INTERVAL[(unit, c)]: conformal_radius(np.concatenate(residuals), c / 100)
+        for unit, residuals in (("frame", frame_residuals), ("clip", clip_residuals))
+        for c in COVERAGES
+    }
     return {
         Tag.LOSO_SWEEP_ID: runs[0].data.tags.get(Tag.SWEEP_ID, ""),
         **({Tag.LOSO_RUN_ID: parents.pop()} if len(parents) == 1 and None not in parents else {}),
         LOSO_EXPERIMENT_ID: runs[0].info.experiment_id,
         LOSO_FOLDS: str(len(runs)),
-        **{k: f"{v:.6f}" for k, v in loso_figures([heldout(r) for r in runs]).items()},
+        **{k: f"{v:.6f}" for k, v in (loso_figures(per_fold) | radii).items()},
     }
 
 
@@ -143,7 +161,7 @@ def validated(loso: bool, job: Job, table: FrameTable) -> dict[str, str]:
         found = finished_loso(client, experiment_id, arch, expected, data)
         if found is None:
             raise TinyVmafError(f"{arch}: the LOSO of sweep {sweep} did not finish every fold")
-    figures = evidence_of(found)
+    figures = evidence_of(client, found, table)
     print(
         f"{arch}: LOSO of this recipe (sweep {figures[Tag.LOSO_SWEEP_ID]}): mean RMSE {float(figures[LOSO_MEAN['rmse']]):.4f}, "
         f"worst {float(figures[LOSO_WORST['rmse']]):.4f}, mean PLCC {float(figures[LOSO_MEAN['plcc']]):.4f}"
@@ -151,12 +169,12 @@ def validated(loso: bool, job: Job, table: FrameTable) -> dict[str, str]:
     return figures
 
 
-def run_loso(client: MlflowClient, run: Run) -> dict[str, str]:
+def run_loso(client: MlflowClient, run: Run, table: FrameTable) -> dict[str, str]:
     """For one fold run's model (``run_id=``): the LOSO figures of its sweep's finished runs of
     the same configuration (every param alike but the held-out fold)."""
     found = finished_folds(client, run.info.experiment_id, sweep=run.data.tags.get(Tag.SWEEP_ID, ""))
     alike = latest_per_fold([r for r in found if configuration(r) == configuration(run)])
-    return evidence_of(list(alike.values())) if alike else {}
+    return evidence_of(client, list(alike.values()), table) if alike else {}
 
 
 def configuration(run: Run) -> dict[str, str]:
@@ -201,11 +219,9 @@ def model_from_run(tracking: Tracking, run_id: str) -> tuple[VmafNet, dict, Run]
     return model, {"name": name[:100]}, run
 
 
-def check_reproduces_its_heldout(client: MlflowClient, run: Run, model: VmafNet, table: FrameTable) -> None:
-    """A model rebuilt from a store ships only if it predicts, on its held-out source's cached
-    frames, what the run logged it predicted there (``heldout.npz``): a store whose weights or
-    params were changed since (an activation renamed, a layer edited) would ship a different
-    model under the run's evidence."""
+def logged_heldout(client: MlflowClient, run: Run, table: FrameTable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What a fold run logged it predicted on its held-out source (``heldout.npz``, read without
+    pickle), checked to be this cache's frames of that source: (teacher, predicted, rows of the table)."""
     run_id, fold = run.info.run_id, run.data.params.get(Param.FOLD, "")
     what = f"run_id={run_id}: heldout.npz"
     if fold not in table.sources:
@@ -224,17 +240,26 @@ def check_reproduces_its_heldout(client: MlflowClient, run: Run, model: VmafNet,
         except Exception as exc:
             raise TinyVmafError(f"{what}: not readable ({type(exc).__name__})") from None
     scores = table.scores[run.data.params.get(Param.TEACHER, "vmaf_v0.6.1")][rows]
-    if teacher.shape != scores.shape or not np.allclose(teacher, scores, atol=1e-4):
+    if teacher.shape != scores.shape or predicted.shape != scores.shape or not np.allclose(teacher, scores, atol=1e-4):
         raise TinyVmafError(
             f"{what}: its {fold} frames are not this corpus's: export with the corpus it was trained on"
         )
+    return teacher.astype(np.float64), predicted.astype(np.float64), rows
+
+
+def check_reproduces_its_heldout(client: MlflowClient, run: Run, model: VmafNet, table: FrameTable) -> None:
+    """A model rebuilt from a store ships only if it predicts, on its held-out source's cached
+    frames, what the run logged it predicted there (``heldout.npz``): a store whose weights or
+    params were changed since (an activation renamed, a layer edited) would ship a different
+    model under the run's evidence."""
+    _, predicted, rows = logged_heldout(client, run, table)
     with torch.no_grad():
         got = model.eval().predict(torch.from_numpy(table.columns(model.inputs)[rows].astype(np.float32))).numpy()
-    diff = float(np.abs(got - predicted).max()) if got.shape == predicted.shape else float("inf")
+    diff = float(np.abs(got - predicted).max())
     if not diff <= ONNX_TOLERANCE:
         raise TinyVmafError(
-            f"run_id={run_id}: its weights and params do not reproduce its own held-out predictions on {fold} "
-            f"(max |difference| {diff:.3g}): the store was changed since; not exported"
+            f"run_id={run.info.run_id}: its weights and params do not reproduce its own held-out predictions on "
+            f"{run.data.params.get(Param.FOLD)} (max |difference| {diff:.3g}): the store was changed since; not exported"
         )
 
 
@@ -248,7 +273,8 @@ def register(
     with tracked_run(client, experiment_id, f"export-{name}", {Tag.KIND: Kind.EXPORT}) as run:
         recipe = (Param.ARCH, Param.TEACHER, Param.EXPERIMENT, Param.EPOCHS)  # the metadata's keys are the params'
         run.log_params({k: metadata[k] for k in recipe if k in metadata})
-        figures = {*LOSO_MEAN.values(), *LOSO_STD.values(), *LOSO_WORST.values()}
+        figures = {*LOSO_MEAN.values(), *LOSO_STD.values(), *LOSO_WORST.values(), *LOSO_CLIP_MEAN.values()}
+        figures |= {*LOSO_CLIP_STD.values(), *INTERVAL.values()}
         loso = {k: float(v) for k, v in metadata.items() if k in figures}
         if loso:  # the export run shows its evidence, and points at it
             run.log_metrics([{"step": 0, **loso}], step_key="step")
@@ -296,6 +322,16 @@ def describe(metadata: dict[str, str]) -> str:
             f"{float(metadata[LOSO_MEAN['rmse']]):.3f} (worst fold {float(metadata[LOSO_WORST['rmse']]):.3f}), "
             f"PLCC mean {float(metadata[LOSO_MEAN['plcc']]):.4f} (worst {float(metadata[LOSO_WORST['plcc']]):.4f})."
         )
+        if LOSO_CLIP_MEAN["rmse"] in metadata:
+            loso += (
+                f" Per clip (frames pooled by their mean, as libvmaf pools): RMSE mean "
+                f"{float(metadata[LOSO_CLIP_MEAN['rmse']]):.3f}, PLCC mean {float(metadata[LOSO_CLIP_MEAN['plcc']]):.4f}."
+            )
+        if INTERVAL[("clip", 95)] in metadata:
+            loso += (
+                f" Conformal 95 % radius from the held-out residuals: ±{float(metadata[INTERVAL[('frame', 95)]]):.3f} "
+                f"per frame, ±{float(metadata[INTERVAL[('clip', 95)]]):.3f} per clip."
+            )
     else:
         loso = f"**Unvalidated**: {metadata.get('loso', 'no LOSO of this recipe was found')}."
     return (
@@ -360,7 +396,7 @@ def export_models(cfg: DictConfig) -> int:
             table = cache.ready(corpus)
             client = tracking.existing_experiment()[0]
             check_reproduces_its_heldout(client, run, model, table)
-            evidence = run_loso(client, run)
+            evidence = run_loso(client, run, table)
         else:
             recipe_cfg = with_arch(cfg, arch)
             check_options(recipe_cfg)

@@ -5,13 +5,16 @@ float64 because ``PearsonCorrCoef`` in float32 can return NaN on data with an ou
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import numpy as np
 import torch
+from scipy import stats
 from torchmetrics import MeanSquaredError, MetricCollection, PearsonCorrCoef, SpearmanCorrCoef
 
 from tinyvmaf.model import TinyVmafModule
-from tinyvmaf.runs import HELDOUT, METRIC_NAMES, Metric
+from tinyvmaf.runs import CLIP, HELDOUT, METRIC_NAMES, Metric
 from tinyvmaf.stacked import StackedTinyVmafModule
 
 # Each of tinyvmaf.runs.METRIC_NAMES, as torchmetrics computes it.
@@ -39,6 +42,53 @@ def metrics_per_source(
         m = score_metrics(torch.from_numpy(predicted[mask]), torch.from_numpy(reference[mask]))
         rows.append({"source": source, "n": int(mask.sum()), **m})
     return rows
+
+
+def pooled_per_clip(values: np.ndarray, clip: np.ndarray) -> np.ndarray:
+    """Each clip's score as libvmaf pools its frames by default (their mean), clips in index order."""
+    _, index = np.unique(clip, return_inverse=True)
+    return np.bincount(index, weights=values.astype(np.float64)) / np.bincount(index)
+
+
+MIN_CLIPS = 3  # fewer clips leave PLCC and SROCC undefined (one) or +-1 by construction (two)
+
+
+def clip_metrics(predicted: np.ndarray, teacher: np.ndarray, clip: np.ndarray) -> dict[str, float]:
+    """PLCC, SROCC, RMSE over the clips' pooled scores (``CLIP`` keys); empty below ``MIN_CLIPS`` clips."""
+    if len(np.unique(clip)) < MIN_CLIPS:
+        return {}
+    pooled = [torch.from_numpy(pooled_per_clip(v, clip)) for v in (predicted, teacher)]
+    return {CLIP[m]: v for m, v in score_metrics(*pooled).items()}
+
+
+def conformal_radius(residuals: np.ndarray, coverage: float) -> float:
+    """The split-conformal radius: the ceil((n + 1) c)-th smallest |residual|, so that a new
+    exchangeable residual falls within it with probability at least ``c`` (inf if n is too small)."""
+    magnitudes = np.sort(np.abs(np.asarray(residuals, dtype=np.float64)))
+    k = int(np.ceil((len(magnitudes) + 1) * coverage))
+    return float(magnitudes[k - 1]) if k <= len(magnitudes) else math.inf
+
+
+def paired_comparison(a: dict[str, float], b: dict[str, float], seed: int = 0) -> dict[str, float] | None:
+    """A minus B on the folds both have (held-out source -> metric, e.g. RMSE): the mean
+    difference, a paired bootstrap 95 % CI of it over sources (10,000 resamples, percentile), and
+    the two-sided Wilcoxon signed-rank p (exact at these sizes). None below two shared folds."""
+    folds = sorted(set(a) & set(b))
+    if len(folds) < 2:
+        return None
+    diff = np.array([a[f] - b[f] for f in folds], dtype=np.float64)
+    if not diff.any():
+        return {"folds": len(folds), "mean": 0.0, "low": 0.0, "high": 0.0, "p": 1.0}
+    ci = stats.bootstrap(
+        (diff,),
+        np.mean,
+        confidence_level=0.95,
+        n_resamples=10_000,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    ).confidence_interval
+    p = float(stats.wilcoxon(diff).pvalue)
+    return {"folds": len(folds), "mean": float(diff.mean()), "low": float(ci.low), "high": float(ci.high), "p": p}
 
 
 class HeldoutHistory(L.Callback):

@@ -106,10 +106,20 @@ class Metric:
 METRIC_NAMES = ("plcc", "srocc", "rmse")
 # A fold run's held-out metrics, per epoch: metric name -> run key.
 HELDOUT = {m: f"heldout_{m}" for m in METRIC_NAMES}
+# The same metrics per clip: each clip's frames pooled as libvmaf pools them (their mean), then
+# scored over the held-out source's clips (logged once, at a fold's last epoch).
+HELDOUT_CLIP = {m: f"heldout_clip_{m}" for m in METRIC_NAMES}
+CLIP = {m: f"clip_{m}" for m in METRIC_NAMES}  # a fold's per-clip metric, by metric name
 # A LOSO's figures over its folds (a configuration run's metrics, a shipped model's metadata):
 # mean and sample std of each held-out metric, and the worst fold's RMSE and PLCC.
 LOSO_MEAN = {m: f"loso_{m}_mean" for m in METRIC_NAMES}
 LOSO_STD = {m: f"loso_{m}_std" for m in METRIC_NAMES}
+LOSO_CLIP_MEAN = {m: f"loso_clip_{m}_mean" for m in METRIC_NAMES}
+LOSO_CLIP_STD = {m: f"loso_clip_{m}_std" for m in METRIC_NAMES}
+# Split-conformal radii from a LOSO's held-out residuals: |tiny - libvmaf| is within the radius
+# for that share of held-out frames (or clips) of unseen sources.
+COVERAGES = (90, 95)
+INTERVAL = {(unit, c): f"interval_{unit}_{c}" for unit in ("frame", "clip") for c in COVERAGES}
 LOSO_WORST = {"rmse": "loso_rmse_worst", "plcc": "loso_plcc_worst"}
 LOSO_FOLDS = "loso_folds"
 LOSO_EXPERIMENT_ID = "loso_experiment_id"
@@ -194,8 +204,8 @@ def slurm_tags() -> dict[str, str]:
 
 
 def heldout(run: Run) -> dict[str, float]:
-    """A finished fold run's held-out metrics, by metric name."""
-    return {m: run.data.metrics[key] for m, key in HELDOUT.items()}
+    """A finished fold run's held-out metrics, by metric name (per clip too where logged)."""
+    return by_metric_name(run.data.metrics)
 
 
 def heldout_problem(run: Run) -> str | None:
@@ -218,7 +228,19 @@ def loso_figures(per_fold: list[dict[str, float]]) -> dict[str, float]:
     figures |= {LOSO_STD[m]: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for m, v in values.items()}
     figures[LOSO_WORST["rmse"]] = float(values["rmse"].max())
     figures[LOSO_WORST["plcc"]] = float(values["plcc"].min())
+    if all(CLIP["rmse"] in f for f in per_fold):  # runs from before per-clip figures lack them
+        clips = {m: np.array([f[CLIP[m]] for f in per_fold], dtype=np.float64) for m in METRIC_NAMES}
+        figures |= {LOSO_CLIP_MEAN[m]: float(v.mean()) for m, v in clips.items()}
+        figures |= {LOSO_CLIP_STD[m]: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for m, v in clips.items()}
     return figures
+
+
+def by_metric_name(metrics: dict[str, float]) -> dict[str, float]:
+    """A fold's final held-out metrics (run keys) by metric name, per clip too where logged."""
+    named = {m: metrics[key] for m, key in HELDOUT.items()}
+    if all(key in metrics for key in HELDOUT_CLIP.values()):
+        named |= {CLIP[m]: metrics[key] for m, key in HELDOUT_CLIP.items()}
+    return named
 
 
 def quoted(value: str, what: str) -> str:

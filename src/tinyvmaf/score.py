@@ -20,6 +20,7 @@ from tinyvmaf.errors import TinyVmafError, instantiate_checked
 from tinyvmaf.ffmpeg import RawFormat
 from tinyvmaf.metrics import metrics_per_source
 from tinyvmaf.onnx_io import OnnxVmaf
+from tinyvmaf.runs import COVERAGES, INTERVAL
 from tinyvmaf.teacher import FEATURE_NAMES
 from tinyvmaf.teacher.log import LibvmafLog, features_from_log, read_log
 
@@ -58,6 +59,7 @@ def result(model: OnnxVmaf, columns: Callable[[list[str]], np.ndarray], libvmaf:
     tiny = model.predict(columns)
     scored = {"frame": np.arange(len(tiny)), "tiny": tiny}
     pooled = {"tiny_mean": float(tiny.mean())}
+    pooled |= {INTERVAL[key]: radius for key, radius in model.intervals.items()}
     if libvmaf is not None:
         scored[model.teacher] = libvmaf
         pooled[f"{model.teacher}_mean"] = float(libvmaf.mean())
@@ -98,8 +100,22 @@ def render(scored: dict, fmt: str) -> Iterator[str]:
         for rows in _rows(scored):
             yield "".join(line.format(*row) for row in rows)
         yield "pooled: " + "  ".join(f"{k} {v:.3f}" for k, v in scored["pooled"].items()) + "\n"
+        yield from interval_line(scored["pooled"])
     else:
         raise TinyVmafError(f"format={fmt}: use table, json or csv")
+
+
+def interval_line(pooled: dict) -> Iterator[str]:
+    """The pooled score with how far from libvmaf's it may be: the model's conformal radius per
+    clip, from the held-out clips of its LOSO (sources it never trained on)."""
+    radii = {c: pooled[INTERVAL[("clip", c)]] for c in COVERAGES if INTERVAL[("clip", c)] in pooled}
+    if radii:
+        widest, *others = sorted(radii, reverse=True)
+        also = "".join(f", ±{radii[c]:.2f} at {c} %" for c in others)
+        yield (
+            f"VMAF {pooled['tiny_mean']:.2f}, within ±{radii[widest]:.2f} of libvmaf ({widest} %{also}; "
+            "conformal, from the held-out clips of its LOSO)\n"
+        )
 
 
 def score_command(cfg: DictConfig) -> int:

@@ -28,17 +28,21 @@ from tinyvmaf.cache import TeacherCache
 from tinyvmaf.corpus import Corpus
 from tinyvmaf.data import LosoDataModule
 from tinyvmaf.errors import TinyVmafError, finite_number, instantiate_checked
-from tinyvmaf.metrics import HeldoutHistory
+from tinyvmaf.metrics import HeldoutHistory, clip_metrics
 from tinyvmaf.model import TinyVmafModule, VmafNet, count_params
 from tinyvmaf.onnx_io import check_graph, onnx_graph
 from tinyvmaf.runs import (
     ALL_FOLDS,
+    CLIP,
     HELDOUT,
+    HELDOUT_CLIP,
     LOSO_MEAN,
+    METRIC_NAMES,
     Kind,
     Metric,
     Param,
     Tag,
+    by_metric_name,
     dataset_digest,
     finished_folds,
     fold_config,
@@ -215,7 +219,8 @@ def resumed(recipe: FoldRecipe, sweep: str, done: Run, data: str) -> dict[str, f
     print(
         f"{recipe.arch} fold={recipe.heldout}: finished earlier in sweep {sweep} (run {done.info.run_id}); not trained again"
     )
-    return {key: done.data.metrics[key] for key in (*HELDOUT.values(), Metric.TRAIN_LOSS)}
+    keys = (*HELDOUT.values(), *HELDOUT_CLIP.values(), Metric.TRAIN_LOSS)
+    return {key: done.data.metrics[key] for key in keys if key in done.data.metrics}
 
 
 def train(cfg: DictConfig) -> dict[str, float] | float | None:
@@ -279,7 +284,7 @@ def train_every_fold(job: Job, parent_run_id: str | None) -> float | None:
         train_folds = train_stacked if stacked else train_one_after_another
         trained, pruned = train_folds(job, parent.run_id, todo)
         per_fold.update(trained)
-        summary = loso_figures([{m: f[key] for m, key in HELDOUT.items()} for f in per_fold.values()])
+        summary = loso_figures([by_metric_name(f) for f in per_fold.values()])
         summary[Metric.FOLDS_DONE] = 0 if pruned and stacked else len(per_fold)  # trained to their last epoch
         parent.log_metrics([{"step": 0, **summary}], step_key="step")
         objective = summary[LOSO_MEAN["rmse"]]
@@ -401,17 +406,22 @@ def log_fold_inputs(run: TrackedRun, job: Job, data: LosoDataModule, n_params: i
 def log_fold_result(
     run: TrackedRun, job: Job, recipe: FoldRecipe, model: VmafNet, data: LosoDataModule, history: list[dict]
 ) -> None:
-    """What a fold trained: its per-epoch metrics, config, weights, held-out predictions and (with
-    ``tracking.log_models``) its ONNX model, checked against torch on its held-out frames."""
-    run.log_metrics(history)
+    """What a fold trained: its per-epoch metrics (per clip too, at its last epoch), config,
+    weights, held-out predictions and (with ``tracking.log_models``) its ONNX model, checked
+    against torch on its held-out frames."""
     model = model.cpu().eval()
     with torch.no_grad():
         predicted = model.predict(data.test_x)
+    per_clip = clip_metrics(predicted.numpy(), data.test_y.numpy(), data.test_clip)
+    history[-1].update({HELDOUT_CLIP[m]: per_clip[CLIP[m]] for m in METRIC_NAMES if CLIP[m] in per_clip})
+    run.log_metrics(history)
     with tempfile.TemporaryDirectory(prefix="tinyvmaf-run-") as tmp:
         (Path(tmp) / "config.yaml").write_text(recipe.config_yaml)
         saved = {"state_dict": model.state_dict(), "arch": recipe.arch_config, "log_motion": model.log_motion}
         torch.save(saved, Path(tmp) / "model.pt")
-        np.savez(Path(tmp) / "heldout.npz", teacher=data.test_y.numpy(), predicted=predicted.numpy())
+        np.savez(
+            Path(tmp) / "heldout.npz", teacher=data.test_y.numpy(), predicted=predicted.numpy(), clip=data.test_clip
+        )
         run.log_artifacts(Path(tmp))
     if job.tracking.log_models:
         client, experiment_id = job.tracking.experiment()

@@ -1,0 +1,48 @@
+"""The statistics behind the evidence: per-clip pooling, conformal radii and paired comparisons."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tinyvmaf.digest import paired_verdict
+from tinyvmaf.metrics import clip_metrics, conformal_radius, paired_comparison, pooled_per_clip, score_metrics
+
+
+def test_clips_are_pooled_as_libvmaf_pools_and_scored_over_clips():
+    clip = np.array([5, 5, 5, 2, 2, 9, 9, 9, 9])
+    teacher = np.array([10.0, 20, 30, 50, 70, 80, 82, 84, 86])
+    predicted = teacher + np.array([3.0, -3, 3, 0, 2, -1, -1, -1, -1])
+    np.testing.assert_allclose(pooled_per_clip(teacher, clip), [60, 20, 83])  # clips 2, 5, 9: their frames' means
+    got = clip_metrics(predicted, teacher, clip)
+    want = score_metrics(torch.tensor([61.0, 21, 82]), torch.tensor([60.0, 20, 83]))
+    assert got == {f"clip_{m}": v for m, v in want.items()} and got["clip_rmse"] == pytest.approx(1.0)
+    assert clip_metrics(predicted[:5], teacher[:5], clip[:5]) == {}  # two clips: no correlation to speak of
+
+
+def test_the_conformal_radius_is_the_finite_sample_quantile_of_the_residuals():
+    residuals = np.array([-1.0, 2, -3, 4, -5, 6, -7, 8, -9, 10, -11, 12, -13, 14, -15, 16, -17, 18, -19])
+    assert conformal_radius(residuals, 0.90) == 18.0  # the ceil(20 * 0.9) = 18th smallest |r|
+    assert conformal_radius(residuals, 0.95) == 19.0
+    assert conformal_radius(residuals[:9], 0.95) == float("inf")  # 9 residuals cannot promise 95 %
+    rng = np.random.default_rng(0)
+    calibration, fresh = rng.standard_t(3, 5000), rng.standard_t(3, 200_000)
+    for coverage in (0.90, 0.95):
+        assert np.mean(np.abs(fresh) <= conformal_radius(calibration, coverage)) >= coverage - 0.01
+
+
+def test_a_paired_comparison_tells_a_real_difference_from_fold_to_fold_noise():
+    rng = np.random.default_rng(3)
+    folds = [f"source{i}" for i in range(9)]
+    noisy = {f: 0.05 + 0.03 * rng.random() for f in folds}
+    better = {f: v - 0.01 - 0.002 * rng.random() for f, v in noisy.items()}  # better on every fold
+    jitter = {f: v + 0.004 * rng.standard_normal() for f, v in noisy.items()}  # the same up to noise
+    real = paired_comparison(better, noisy)
+    assert real["folds"] == 9 and real["p"] == pytest.approx(2 / 2**9) and real["high"] < 0
+    assert paired_verdict("B", "A", real).startswith(f"B better than A by {-real['mean']:.4f} RMSE [95 % CI ")
+    same = paired_comparison(jitter, noisy)
+    assert same["p"] > 0.05
+    assert paired_verdict("J", "A", same).startswith("J vs A: indistinguishable (RMSE difference ")
+    assert paired_comparison(noisy, {"source0": 1.0}) is None
+    assert paired_verdict("A", "B", None) == "A vs B: fewer than two shared folds, no test"
