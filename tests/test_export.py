@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.export import export_models, model_from_run
+from tinyvmaf.ffmpeg import ffmpeg_exe
 from tinyvmaf.metrics import conformal_radius
 from tinyvmaf.teacher import FEATURE_NAMES
 from tinyvmaf.teacher.function import domain_points, load_teacher
@@ -51,7 +52,7 @@ def export_command(repo: Path, tmp_path: Path, base: list[str], run_id: str) -> 
     corpus = [o for o in base if o.startswith(("corpus", "paths.", "cache.", "tracking."))]
     return [
         sys.executable, str(repo / "export.py"), *corpus, f"run_id={run_id}", f"output={tmp_path}/out.onnx",
-        f"hydra.run.dir={tmp_path}/hydra",
+        "check_corpus=null", f"hydra.run.dir={tmp_path}/hydra",
     ]  # fmt: skip
 
 
@@ -64,7 +65,7 @@ def test_export_runs_the_loso_of_its_recipe_when_the_store_has_none(swept, compo
     runs the 4-epoch LOSO itself, and the file carries that LOSO's figures; loso=false ships unvalidated."""
     tmp, base = swept
     overrides = [o for o in base if not o.startswith(("fold.", "trainer.max_epochs"))]
-    options = ["export", "~experiment", *overrides, "trainer.max_epochs=4", "register=false",
+    options = ["export", "~experiment", *overrides, "trainer.max_epochs=4", "register=false", "check_corpus=null",
                f"exports.vmaf_tiny_v1.output={tmp_path}/a.onnx", "~exports.vmaf_tiny_v1_medium", "teacher_exports=[]"]  # fmt: skip
     assert export_models(compose(*options)) == 0
     assert (
@@ -89,7 +90,8 @@ def test_export_runs_the_loso_of_its_recipe_when_the_store_has_none(swept, compo
     for coverage in (90, 95):
         radius = conformal_radius(np.concatenate(residuals), coverage / 100)
         assert float(meta[f"interval_frame_{coverage}"]) == pytest.approx(radius, abs=1e-6)
-        assert 0 < float(meta[f"interval_clip_{coverage}"]) < float("inf")
+        # 6 held-out clips and 2 sources cannot promise either share: no radius rather than an infinite one
+        assert f"interval_clip_{coverage}" not in meta and f"interval_source_{coverage}" not in meta
     assert export_models(compose(*options)) == 0  # again: that LOSO is in the store now
     assert "running one" not in capsys.readouterr().out
     assert export_models(compose(*options, "loso=false")) == 0
@@ -110,7 +112,7 @@ def test_the_lusoris_layout_drops_into_that_toolchains_folder(swept, compose, tm
     before = json.dumps({"schema_version": 1, "models": theirs, "zzz": [1]}, indent=4) + "\n"
     (folder / "registry.json").write_text(before)
     (folder / "vmaf_tiny_v1.onnx").write_bytes(b"their model")
-    options = ["export", "~experiment", *[o for o in base if not o.startswith("fold.")], "loso=false", "register=false",
+    options = ["export", "~experiment", *[o for o in base if not o.startswith("fold.")], "loso=false", "register=false", "check_corpus=null",
                "~exports.vmaf_tiny_v1_medium", "teacher_exports=[]"]  # fmt: skip
     assert export_models(compose(*options, f"exports.vmaf_tiny_v1.output={tmp_path}/standard.onnx")) == 0
     assert export_models(compose(*options, "layout=lusoris", f"lusoris_dir={folder}")) == 0
@@ -202,7 +204,7 @@ def test_a_drop_in_folder_is_refused_before_any_training(swept, compose, tmp_pat
     monkeypatch.setattr("tinyvmaf.export.train_on_all_sources", trained)
     monkeypatch.setattr("tinyvmaf.export.validated", trained)
     options = ["export", "~experiment", *[o for o in base if not o.startswith("fold.")], "register=false",
-               "teacher_exports=[]", "layout=lusoris", f"lusoris_dir={folder}"]  # fmt: skip
+               "teacher_exports=[]", "layout=lusoris", f"lusoris_dir={folder}", "check_corpus=null"]  # fmt: skip
     with pytest.raises(
         TinyVmafError, match="entry 'tinyvmaf_vmaf_tiny_v1' was not written by tinyvmaf; overwrite=true"
     ):
@@ -273,6 +275,36 @@ def test_exported_files_are_self_contained_and_follow_the_contract(exported, tmp
     assert meta["experiment"] == "default" and meta["loso_sweep_id"] == "s1" and "loso_rmse_mean" in meta
 
 
+def test_each_shipped_file_carries_its_figures_on_the_check_corpus_of_unseen_codecs(exported, compose):
+    """The check corpus (other sources, x265/VP9/AV1/MPEG-2, 320x180) is encoded with the codecs
+    it names, shares no source or codec with the training corpora, and each exported file's check
+    figures are what ONNX Runtime gives on it."""
+    tmp, cfg = exported
+    check = compose("export", "check_corpus.frames=8").check_corpus
+    trained = {**compose("export", "corpus=v1").corpus.sources, **compose("export").corpus.sources}
+    assert not set(check.sources) & set(trained)
+    codecs = {h.get("codec", "libx264") for h in check.hrcs}
+    assert codecs == {"libx265", "libvpx-vp9", "libsvtav1", "mpeg2video"}
+    clips = sorted((tmp / "data" / "corpus" / "check" / "dis").glob("IhcRotate__*.mp4"))
+    probed = {
+        subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(c)], capture_output=True, text=True)
+        .stderr.split("Video: ")[1]
+        .split()[0]
+        for c in clips
+    }
+    assert len(clips) == 10 and probed == {"hevc", "vp9", "av1", "mpeg2video"}
+    table = instantiate(cfg.cache).load(instantiate(cfg.check_corpus))
+    for name in ("a.onnx", "b.onnx"):
+        session = ort.InferenceSession(str(tmp / "models" / name), providers=["CPUExecutionProvider"])
+        meta = session.get_modelmeta().custom_metadata_map
+        got = session.run(["vmaf"], {"features": table.columns(FEATURE_NAMES).astype(np.float32)})[0]
+        rmse = float(np.sqrt(np.mean((got - table.scores["vmaf_v0.6.1"]) ** 2)))
+        assert meta["check_corpus"] == table.label and float(meta["check_rmse"]) == pytest.approx(rmse, abs=1e-3)
+        within = np.mean(np.abs(got - table.scores["vmaf_v0.6.1"]) <= float(meta["interval_frame_95"]))
+        assert float(meta["check_coverage_frame_95"]) == pytest.approx(within, abs=2e-3)
+        assert float(meta["check_clip_rmse"]) > 0 and "check_coverage_clip_95" not in meta
+
+
 def test_run_model_export_matches_torch(swept, tmp_path, compose):
     tmp, base = swept
     client = MlflowClient(f"sqlite:///{tmp}/mlruns/mlflow.db")
@@ -287,6 +319,7 @@ def test_run_model_export_matches_torch(swept, tmp_path, compose):
         *overrides,
         f"run_id={run.info.run_id}",
         f"output={tmp_path}/run.onnx",
+        "check_corpus=null",
         "trainer.max_epochs=400",
         "teacher=vmaf_4k_v0.6.1",
     )

@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from tinyvmaf.digest import paired_verdict
-from tinyvmaf.metrics import clip_metrics, conformal_radius, paired_comparison, pooled_per_clip, score_metrics
+from tinyvmaf.metrics import (
+    clip_metrics,
+    conformal_radius,
+    paired_comparison,
+    pooled_per_clip,
+    score_metrics,
+    source_radius,
+)
 
 
 def test_clips_are_pooled_as_libvmaf_pools_and_scored_over_clips():
@@ -46,3 +53,12 @@ def test_a_paired_comparison_tells_a_real_difference_from_fold_to_fold_noise():
     assert paired_verdict("J", "A", same).startswith("J vs A: indistinguishable (RMSE difference ")
     assert paired_comparison(noisy, {"source0": 1.0}) is None
     assert paired_verdict("A", "B", None) == "A vs B: fewer than two shared folds, no test"
+
+
+def test_the_source_radius_holds_a_share_of_each_new_sources_frames():
+    rng = np.random.default_rng(1)
+    sources = [rng.normal(0, scale, 200) for scale in (0.5, 1, 1, 1, 1, 2, 1, 1, 4)]  # one source errs far more
+    quantiles = [np.quantile(np.abs(r), 0.95, method="higher") for r in sources]
+    assert source_radius(sources, 0.95, 0.9) == max(quantiles)  # 9 sources: the ceil(10 * 0.9) = 9th
+    assert source_radius(sources[:8], 0.95, 0.9) == float("inf")
+    assert source_radius(sources, 0.95, 0.9) > conformal_radius(np.concatenate(sources), 0.95)

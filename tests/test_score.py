@@ -19,7 +19,7 @@ from tinyvmaf.corpus.default import packaged_file
 from tinyvmaf.corpus.directory import raw_format
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.onnx_io import OnnxVmaf
-from tinyvmaf.score import render, score_log, score_pair
+from tinyvmaf.score import intervals_of, render, score_log, score_pair
 from tinyvmaf.score import score_command as score_command_of
 from tinyvmaf.teacher import FEATURE_NAMES
 from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
@@ -66,10 +66,32 @@ def test_score_a_libvmaf_log_in_either_naming(exported, tmp_path, make_clip):
     assert written["pooled"] == scored["pooled"] and [f["tiny"] for f in written["frames"]] == columns["tiny"].tolist()
     assert [f["frame"] for f in written["frames"]] == list(range(8))
     table = "".join(render(scored, "table")).splitlines()
-    assert "pooled: tiny_mean" in table[-2] and len(table) == 8 + 4
-    radius = model.intervals[("clip", 95)]  # the export's conformal radius, from its LOSO's held-out clips
-    assert table[-1].startswith(f"VMAF {scored['pooled']['tiny_mean']:.2f}, within ±{radius:.2f} of libvmaf (95 %, ±")
-    assert written["pooled"]["interval_clip_95"] == radius
+    # 6 held-out clips cannot promise 90 % of clips: no clip radius, so no interval line
+    assert "pooled: tiny_mean" in table[-1] and len(table) == 8 + 3 and ("clip", 90) not in intervals_of(model)
+    assert written["pooled"]["interval_frame_95"] == intervals_of(model)[("frame", 95)]
+
+
+def test_the_pooled_score_comes_with_the_shipped_files_clip_radius(repo):
+    radii = intervals_of(OnnxVmaf(repo / "models" / "vmaf_tiny_v1.onnx"))
+    tiny = np.array([70.0, 72.0, 74.0])
+    scored = {"model": "m", "columns": {"frame": np.arange(3), "tiny": tiny}, "pooled": {"tiny_mean": 72.0}}
+    scored["pooled"] |= {f"interval_{u}_{c}": r for (u, c), r in radii.items()}
+    r95, r90 = radii[("clip", 95)], radii[("clip", 90)]
+    assert 0 < r90 < r95 < 1  # from its LOSO's 90 held-out clips
+    assert "".join(render(scored, "table")).splitlines()[-1] == (
+        f"VMAF 72.00, within ±{r95:.2f} of libvmaf (95 %, ±{r90:.2f} at 90 %; conformal, from the held-out clips of its LOSO)"
+    )
+
+
+def test_a_radius_that_is_not_one_is_refused_in_one_line(repo, tmp_path):
+    proto = onnx.load(str(repo / "models" / "vmaf_tiny_v1.onnx"))
+    for prop in proto.metadata_props:
+        if prop.key == "interval_clip_95":
+            prop.value = "-inf"
+    onnx.save(proto, str(tmp_path / "lying.onnx"))
+    with pytest.raises(TinyVmafError) as refused:
+        intervals_of(OnnxVmaf(tmp_path / "lying.onnx"))
+    assert str(refused.value) == f"{tmp_path}/lying.onnx: interval_clip_95 metadata '-inf' is not a radius"
 
 
 def test_score_a_pair_runs_libvmaf_for_the_features(exported, tmp_path, make_clip):

@@ -228,7 +228,7 @@ def test_a_v1_teacher_trains_four_input_stand_ins_stacked_and_one_by_one_and_exp
     for fold, rmse in sequential.items():
         assert abs(stacked[fold] - rmse) <= max(0.01 * rmse, 2e-3), (fold, rmse, stacked[fold])
     export = [o for o in overrides if not o.startswith(("fold.", "arch="))]
-    options = [*export, "~experiment", "loso=false", "register=false", "~exports.vmaf_tiny_v1_medium",
+    options = [*export, "~experiment", "loso=false", "register=false", "~exports.vmaf_tiny_v1_medium", "check_corpus=null",
                f"exports.vmaf_tiny_v1.output={tmp_path}/v1.onnx", "teacher_exports=[vmaf_v1.0.16_3d0h]",
                f"teacher_output_dir={tmp_path}/teachers"]  # fmt: skip
     assert export_models(compose("export", *options)) == 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import pickle
 import re
 import tempfile
@@ -29,10 +30,15 @@ from tinyvmaf.cache import FrameTable, TeacherCache
 from tinyvmaf.corpus import Corpus
 from tinyvmaf.errors import TinyVmafError, instantiate_checked
 from tinyvmaf.lusoris import DropInFolder
-from tinyvmaf.metrics import clip_metrics, conformal_radius, pooled_per_clip
+from tinyvmaf.metrics import clip_metrics, conformal_radius, pooled_per_clip, score_metrics, source_radius
 from tinyvmaf.model import VmafNet, count_params
 from tinyvmaf.onnx_io import MAX_MODEL_BYTES, ONNX_TOLERANCE, check_graph, model_from_weights, onnx_graph, open_session
 from tinyvmaf.runs import (
+    CHECK,
+    CHECK_CLIP,
+    CHECK_CORPUS,
+    CHECK_COVERAGE,
+    CLIP,
     COVERAGES,
     INTERVAL,
     LOSO_CLIP_MEAN,
@@ -42,6 +48,8 @@ from tinyvmaf.runs import (
     LOSO_MEAN,
     LOSO_STD,
     LOSO_WORST,
+    METRIC_NAMES,
+    SOURCE_CONFIDENCE,
     Kind,
     Param,
     Tag,
@@ -111,6 +119,8 @@ def evidence_of(client: MlflowClient, runs: list[Run], table: FrameTable) -> dic
         for unit, residuals in (("frame", frame_residuals), ("clip", clip_residuals))
         for c in COVERAGES
     }
+    radii |= {INTERVAL[("source", c)]: source_radius(frame_residuals, c / 100, SOURCE_CONFIDENCE) for c in COVERAGES}
+    radii = {k: v for k, v in radii.items() if math.isfinite(v)}  # too few frames, clips or sources to promise it
     return {
         Tag.LOSO_SWEEP_ID: runs[0].data.tags.get(Tag.SWEEP_ID, ""),
         **({Tag.LOSO_RUN_ID: parents.pop()} if len(parents) == 1 and None not in parents else {}),
@@ -247,6 +257,30 @@ def logged_heldout(client: MlflowClient, run: Run, table: FrameTable) -> tuple[n
     return teacher.astype(np.float64), predicted.astype(np.float64), rows
 
 
+def checked_on(model: VmafNet, table: FrameTable, teacher: str, intervals: dict[str, str]) -> dict[str, str]:
+    """The model on the check corpus: PLCC/SROCC/RMSE per frame and per clip against its teacher,
+    and the share of frames and clips within each of its conformal radii (``intervals``)."""
+    if teacher not in table.scores:
+        raise TinyVmafError(
+            f"check_corpus: its cache holds no {teacher} scores (cache.models); check_corpus=null skips it"
+        )
+    with torch.no_grad():
+        predicted = model.eval().predict(torch.from_numpy(table.columns(model.inputs).astype(np.float32))).numpy()
+    predicted, scores = predicted.astype(np.float64), table.scores[teacher]
+    frames = score_metrics(torch.from_numpy(predicted), torch.from_numpy(scores))
+    clips = clip_metrics(predicted, scores, table.clip)
+    figures = {CHECK[m]: v for m, v in frames.items()} | {CHECK_CLIP[m]: clips[CLIP[m]] for m in METRIC_NAMES}
+    residuals = {
+        "frame": predicted - scores,
+        "source": predicted - scores,  # the source radius, too, bounds frames
+        "clip": pooled_per_clip(predicted, table.clip) - pooled_per_clip(scores, table.clip),
+    }
+    for (unit, c), key in INTERVAL.items():
+        if key in intervals:
+            figures[CHECK_COVERAGE[(unit, c)]] = float(np.mean(np.abs(residuals[unit]) <= float(intervals[key])))
+    return {CHECK_CORPUS: table.label, **{k: f"{v:.6f}" for k, v in figures.items()}}
+
+
 def check_reproduces_its_heldout(client: MlflowClient, run: Run, model: VmafNet, table: FrameTable) -> None:
     """A model rebuilt from a store ships only if it predicts, on its held-out source's cached
     frames, what the run logged it predicted there (``heldout.npz``): a store whose weights or
@@ -274,7 +308,8 @@ def register(
         recipe = (Param.ARCH, Param.TEACHER, Param.EXPERIMENT, Param.EPOCHS)  # the metadata's keys are the params'
         run.log_params({k: metadata[k] for k in recipe if k in metadata})
         figures = {*LOSO_MEAN.values(), *LOSO_STD.values(), *LOSO_WORST.values(), *LOSO_CLIP_MEAN.values()}
-        figures |= {*LOSO_CLIP_STD.values(), *INTERVAL.values()}
+        figures |= {*LOSO_CLIP_STD.values(), *INTERVAL.values(), *CHECK.values(), *CHECK_CLIP.values()}
+        figures |= set(CHECK_COVERAGE.values())
         loso = {k: float(v) for k, v in metadata.items() if k in figures}
         if loso:  # the export run shows its evidence, and points at it
             run.log_metrics([{"step": 0, **loso}], step_key="step")
@@ -334,6 +369,17 @@ def describe(metadata: dict[str, str]) -> str:
             )
     else:
         loso = f"**Unvalidated**: {metadata.get('loso', 'no LOSO of this recipe was found')}."
+    if CHECK["rmse"] in metadata:
+        covered = CHECK_COVERAGE[("frame", 95)]
+        loso += (
+            f" On the check corpus {metadata[CHECK_CORPUS]} (sources and codecs never trained on): RMSE "
+            f"{float(metadata[CHECK['rmse']]):.3f} per frame, {float(metadata[CHECK_CLIP['rmse']]):.3f} per clip"
+            + (
+                f"; {100 * float(metadata[covered]):.1f} % of its frames within the 95 % radius."
+                if covered in metadata
+                else "."
+            )
+        )
     return (
         f"{metadata['arch']} ({metadata['n_params']} parameters) predicting {metadata['teacher']} from its {n_features} libvmaf features, "
         f"trained on {metadata['corpus']} (libvmaf {metadata['libvmaf_version']}). {loso} {contract}"
@@ -383,6 +429,7 @@ def export_models(cfg: DictConfig) -> int:
     if cfg.layout == LUSORIS:  # that folder holds other people's files: refuse before any training
         drop_in.check([name for name, _, _ in shipped(cfg)], cfg.teacher.model)
     corpus = instantiate_checked(cfg.corpus)
+    check_corpus = instantiate_checked(cfg.check_corpus) if cfg.get("check_corpus") else None
     cache: TeacherCache = instantiate_checked(cfg.cache)
     tracking: Tracking = instantiate_checked(cfg.tracking)
     jobs = [(None, Path(cfg.output), None)] if cfg.get("run_id") else shipped(cfg)
@@ -419,6 +466,12 @@ def export_models(cfg: DictConfig) -> int:
             "experiment": recipe,
             **evidence,
         }
+        if check_corpus is not None:
+            metadata |= checked_on(model, cache.ready(check_corpus), teacher, evidence)
+            print(
+                f"{output}: on the check corpus {metadata[CHECK_CORPUS]} (unseen sources and codecs): RMSE "
+                f"{float(metadata[CHECK['rmse']]):.4f}, per clip {float(metadata[CHECK_CLIP['rmse']]):.4f}"
+            )
         if cfg.layout == LUSORIS:
             output, diff = drop_in.write(name, model, metadata, table.columns(model.inputs), cfg.license)
             proto = with_metadata(onnx_graph(model), metadata)  # what MLflow registers: tinyvmaf's contract

@@ -26,7 +26,6 @@ from torch import nn
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.files import read_bounded
 from tinyvmaf.model import VmafNet, mlp
-from tinyvmaf.runs import INTERVAL
 from tinyvmaf.teacher import FEATURE_NAMES, Measurement
 from tinyvmaf.teacher.function import (
     ONNX_PROVIDERS,
@@ -288,21 +287,6 @@ class OnnxVmaf:
         self.teacher = self._teacher()
         self.score_range = load_teacher(self.teacher).clip
         self.measurement = self._measurement()
-        self.intervals = self._intervals()
-
-    def _intervals(self) -> dict[tuple[str, int], float]:
-        """The file's conformal radii (``interval_<frame|clip>_<coverage>`` metadata), where it has them."""
-        radii = {}
-        for unit_coverage, key in INTERVAL.items():
-            if key in self.metadata:
-                try:
-                    radius = float(self.metadata[key])
-                except ValueError:
-                    radius = math.nan
-                if not (math.isfinite(radius) and radius >= 0):
-                    raise TinyVmafError(f"{self.path}: {key} metadata {self.metadata[key]!r:.40} is not a radius")
-                radii[unit_coverage] = radius
-        return radii
 
     def _teacher(self) -> str:
         """The libvmaf model whose features the file reads: a v1.0.16 one by its metadata, which

@@ -120,6 +120,16 @@ LOSO_CLIP_STD = {m: f"loso_clip_{m}_std" for m in METRIC_NAMES}
 # for that share of held-out frames (or clips) of unseen sources.
 COVERAGES = (90, 95)
 INTERVAL = {(unit, c): f"interval_{unit}_{c}" for unit in ("frame", "clip") for c in COVERAGES}
+# ... and per source: the radius within which a share c of a new source's frames fall, for at
+# least SOURCE_CONFIDENCE of sources (conformal over the held-out sources' own c-quantiles).
+SOURCE_CONFIDENCE = 0.9
+INTERVAL |= {("source", c): f"interval_source_{c}" for c in COVERAGES}
+# A shipped model on the check corpus (unseen sources and codecs, never trained or searched on):
+# per frame and per clip, and the share of its frames and clips within each conformal radius.
+CHECK = {m: f"check_{m}" for m in METRIC_NAMES}
+CHECK_CLIP = {m: f"check_clip_{m}" for m in METRIC_NAMES}
+CHECK_COVERAGE = {(unit, c): f"check_coverage_{unit}_{c}" for unit, c in INTERVAL}
+CHECK_CORPUS = "check_corpus"
 LOSO_WORST = {"rmse": "loso_rmse_worst", "plcc": "loso_plcc_worst"}
 LOSO_FOLDS = "loso_folds"
 LOSO_EXPERIMENT_ID = "loso_experiment_id"

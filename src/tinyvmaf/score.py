@@ -4,6 +4,7 @@ JSON log, or a whole corpus cache (``evaluate.py onnx=...``)."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -54,12 +55,27 @@ def score_pair(model: OnnxVmaf, libvmaf, reference: Path, distorted: Path, raw: 
     return result(model, teacher.columns, teacher.scores[model.teacher])
 
 
+def intervals_of(model: OnnxVmaf) -> dict[tuple[str, int], float]:
+    """The file's conformal radii (``interval_<frame|clip|source>_<coverage>`` metadata), where it has them."""
+    radii = {}
+    for unit_coverage, key in INTERVAL.items():
+        if key in model.metadata:
+            try:
+                radius = float(model.metadata[key])
+            except ValueError:
+                radius = math.nan
+            if not (math.isfinite(radius) and radius >= 0):
+                raise TinyVmafError(f"{model.path}: {key} metadata {model.metadata[key]!r:.40} is not a radius")
+            radii[unit_coverage] = radius
+    return radii
+
+
 def result(model: OnnxVmaf, columns: Callable[[list[str]], np.ndarray], libvmaf: np.ndarray | None) -> dict:
     """Per-frame scores as columns (a log of millions of frames stays arrays) and their means."""
     tiny = model.predict(columns)
     scored = {"frame": np.arange(len(tiny)), "tiny": tiny}
     pooled = {"tiny_mean": float(tiny.mean())}
-    pooled |= {INTERVAL[key]: radius for key, radius in model.intervals.items()}
+    pooled |= {INTERVAL[key]: radius for key, radius in intervals_of(model).items()}
     if libvmaf is not None:
         scored[model.teacher] = libvmaf
         pooled[f"{model.teacher}_mean"] = float(libvmaf.mean())

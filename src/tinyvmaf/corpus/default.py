@@ -51,24 +51,43 @@ class SourceRecipe:
         )
 
 
+# Each encoder's rate control at a constant quality ``crf`` (MPEG-2 has none: its fixed quantizer
+# scale, 2-31), pinned to one thread: the same bytes on every machine, hence the same teacher scores.
+CODECS = {
+    "libx264": lambda q: ["-c:v", "libx264", "-preset", "fast", "-crf", str(q)],
+    "libx265": lambda q: ["-c:v", "libx265", "-preset", "fast", "-crf", str(q),
+                          "-x265-params", "pools=1:frame-threads=1:log-level=error"],
+    "libvpx-vp9": lambda q: ["-c:v", "libvpx-vp9", "-crf", str(q), "-b:v", "0", "-deadline", "good",
+                             "-cpu-used", "4", "-row-mt", "0"],
+    "libsvtav1": lambda q: ["-c:v", "libsvtav1", "-preset", "10", "-crf", str(q), "-svtav1-params", "lp=1"],
+    "mpeg2video": lambda q: ["-c:v", "mpeg2video", "-q:v", str(q)],
+}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Hrc:
     """A hypothetical reference circuit: ``filter`` (an ffmpeg filter applied first, e.g. a cut to
-    6-bit luma, which bands smooth content), then libx264 at ``scale`` of the reference size,
-    ``crf`` and ``x264_params`` (e.g. ``chroma-qp-offset=12``, which damages chroma alone)."""
+    6-bit luma, which bands smooth content), then ``codec`` (one of ``CODECS``) at ``scale`` of the
+    reference size and quality ``crf``; ``x264_params`` (libx264 only, e.g. ``chroma-qp-offset=12``,
+    which damages chroma alone)."""
 
     name: str
     scale: float
     crf: int
     filter: str = "null"
     x264_params: str | None = None
+    codec: str = "libx264"
+
+    def __post_init__(self) -> None:
+        if self.codec not in CODECS:
+            raise TinyVmafError(f"corpus.hrcs: {self.name}: codec {self.codec!r:.40} is not one of {', '.join(CODECS)}")
+        if self.x264_params and self.codec != "libx264":
+            raise TinyVmafError(f"corpus.hrcs: {self.name}: x264_params apply to libx264 only, not {self.codec}")
 
     def encoder_args(self) -> list[str]:
         scale = f"scale=trunc(iw*{self.scale}/2)*2:trunc(ih*{self.scale}/2)*2:flags=bicubic"
         params = ["-x264-params", self.x264_params] if self.x264_params else []
-        # One x264 thread: the same bytes on every machine, hence the same teacher scores.
-        return ["-vf", f"{self.filter},{scale}", "-c:v", "libx264", "-preset", "fast", "-crf", str(self.crf),
-                *params, "-threads", "1"]  # fmt: skip
+        return ["-vf", f"{self.filter},{scale}", *CODECS[self.codec](self.crf), *params, "-threads", "1"]
 
 
 def packaged_file(package: str, file: str) -> Path:
