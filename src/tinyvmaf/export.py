@@ -269,7 +269,7 @@ def checked_on(model: VmafNet, table: FrameTable, teacher: str, intervals: dict[
     predicted, scores = predicted.astype(np.float64), table.scores[teacher]
     frames = score_metrics(torch.from_numpy(predicted), torch.from_numpy(scores))
     clips = clip_metrics(predicted, scores, table.clip)
-    figures = {CHECK[m]: v for m, v in frames.items()} | {CHECK_CLIP[m]: clips[CLIP[m]] for m in METRIC_NAMES}
+    figures = {CHECK[m]: v for m, v in frames.items()} | {CHECK_CLIP[m]: clips[CLIP[m]] for m in METRIC_NAMES if clips}
     residuals = {
         "frame": predicted - scores,
         "source": predicted - scores,  # the source radius, too, bounds frames
@@ -373,7 +373,8 @@ def describe(metadata: dict[str, str]) -> str:
         covered = CHECK_COVERAGE[("frame", 95)]
         loso += (
             f" On the check corpus {metadata[CHECK_CORPUS]} (sources and codecs never trained on): RMSE "
-            f"{float(metadata[CHECK['rmse']]):.3f} per frame, {float(metadata[CHECK_CLIP['rmse']]):.3f} per clip"
+            f"{float(metadata[CHECK['rmse']]):.3f} per frame"
+            + (f", {float(metadata[CHECK_CLIP['rmse']]):.3f} per clip" if CHECK_CLIP["rmse"] in metadata else "")
             + (
                 f"; {100 * float(metadata[covered]):.1f} % of its frames within the 95 % radius."
                 if covered in metadata
@@ -470,7 +471,7 @@ def export_models(cfg: DictConfig) -> int:
             metadata |= checked_on(model, cache.ready(check_corpus), teacher, evidence)
             print(
                 f"{output}: on the check corpus {metadata[CHECK_CORPUS]} (unseen sources and codecs): RMSE "
-                f"{float(metadata[CHECK['rmse']]):.4f}, per clip {float(metadata[CHECK_CLIP['rmse']]):.4f}"
+                f"{float(metadata[CHECK['rmse']]):.4f}"
             )
         if cfg.layout == LUSORIS:
             output, diff = drop_in.write(name, model, metadata, table.columns(model.inputs), cfg.license)
