@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
@@ -38,6 +39,7 @@ hydra:
   sweeper:
     study_name: ${{sweep_id}}
     n_trials: {n_trials}
+    fresh_seeds: []
     sampler:
       seed: {seed}
       n_startup_trials: 2
@@ -119,10 +121,22 @@ def test_a_search_against_the_team_server_and_postgresql(mlflow_server, tiny_ove
     overrides = [o for o in tiny_overrides if not o.startswith("tracking.")] + [f"tracking.uri={uri}"]
     command = search_command(tmp_path, overrides, "team", n_trials=4, storage=database)
     two_at_once = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.trials_at_once=2"]
-    finish(start([*command, *two_at_once], tmp_path, "team"), tmp_path, "team")
+    log = finish(start([*command, *two_at_once, "hydra.sweeper.fresh_seeds=[1,2]"], tmp_path, "team"), tmp_path, "team")
+    assert "failed" not in log.split("that recipe over")[0].rsplit("best trial", 1)[-1]
     study = optuna.load_study(study_name="team", storage=database)
     assert len(study.trials) == 4 and len({t.number for t in study.trials}) == 4
     check_tree(uri, study)
+    # The best trial's recipe again with seeds 1 and 2, in worker processes: the unselected estimate.
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tinyvmaf-loso").experiment_id
+    fresh = client.search_runs([experiment], "tags.sweep_id LIKE 'team-fresh-seed-%' and tags.kind = 'loso'")
+    assert sorted(r.data.params["seed"] for r in fresh) == ["1", "2"]
+    best = study.best_trial
+    assert all(float(r.data.params["lr"]) == pytest.approx(best.params["model.optimizer.lr"]) for r in fresh)
+    (study_run,) = client.search_runs([experiment], "tags.sweep_id = 'team' and tags.kind = 'sweep'")
+    mean = np.mean([r.data.metrics["loso_rmse_mean"] for r in fresh])
+    assert study_run.data.metrics["best_value_fresh_seeds"] == pytest.approx(mean)
+    assert f"that recipe over 2 fresh seed(s): LOSO mean RMSE {mean:.4f}" in log
 
 
 @pytest.mark.slow

@@ -98,6 +98,7 @@ class Metric:
     FOLDS_RUNNING = "folds_running"
     FOLDS_MISSING = "folds_missing"
     BEST_VALUE = "best_value"  # a search's sweep run: its best trial's objective
+    FRESH_SEEDS_VALUE = "best_value_fresh_seeds"  # ... its recipe's LOSO mean RMSE over fresh seeds: unselected
     TRIALS_COMPLETE = "trials_complete"
 
 

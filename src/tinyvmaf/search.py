@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
@@ -129,6 +130,32 @@ def run_search(
     print(f"study {study.study_name}: {len(done)} trial(s) finished or pruned of {n_trials}")
 
 
+def fresh_seed_values(
+    study: optuna.study.Study,
+    seeds: Sequence[int],
+    fixed: Sequence[str],
+    launch: Callable[[list[list[str]], int], Sequence[Any]],
+) -> list[float]:
+    """The best trial's recipe trained again with each of ``seeds`` (sweep ``<study>-fresh-seed-<seed>``),
+    its LOSO mean RMSE from each. The best trial's own value is the minimum of the study's noisy
+    estimates, chosen on the very folds it reports, so it is biased low; these values were not
+    chosen on, so they are the estimate to report."""
+    if not seeds or not [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]:
+        return []
+    kept = [o for o in fixed if o.split("=", 1)[0].lstrip("+~") not in ("seed", "sweep_id")]
+    best = study.best_trial
+    sampled = [f"{k}={_override_value(v)}" for k, v in best.params.items()]
+    # A sweep per seed: a sweep holds one run per (arch, fold), and the seed is part of the recipe.
+    jobs = [[*kept, *sampled, f"seed={s}", f"sweep_id={study.study_name}-fresh-seed-{s}"] for s in seeds]
+    values = []
+    for seed, job in zip(seeds, launch(jobs, len(study.get_trials(deepcopy=False)))):
+        try:
+            values.append(float(job.return_value))
+        except Exception as exc:  # a failed job: said, and left out of the estimate
+            print(f"study {study.study_name}: best trial's recipe with seed {seed} failed ({type(exc).__name__})")
+    return values
+
+
 def _override_value(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
@@ -160,8 +187,9 @@ class SearchTrial:
         self.study.tell(self.number, objective)
 
 
-def log_study(tracking: Tracking, sweep: str, study: optuna.study.Study) -> None:
-    """The study's MLflow run (the sweep's): best trial (value, number, params as tags) and Optuna's figures."""
+def log_study(tracking: Tracking, sweep: str, study: optuna.study.Study, fresh: Sequence[float] = ()) -> None:
+    """The study's MLflow run (the sweep's): best trial (value, number, params as tags), its
+    recipe's value over fresh seeds (``fresh``) and Optuna's figures."""
     client, experiment_id = tracking.experiment()
     run = find_sweep_run(client, experiment_id, sweep)
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
@@ -173,8 +201,9 @@ def log_study(tracking: Tracking, sweep: str, study: optuna.study.Study) -> None
     logged.log_tags(
         {f"{BEST_PREFIX}{k}": str(v) for k, v in best.params.items()} | {f"{BEST_PREFIX}trial": str(best.number)}
     )
+    unselected = {Metric.FRESH_SEEDS_VALUE: float(np.mean(fresh))} if fresh else {}
     logged.log_metrics(
-        [{"step": len(complete), Metric.BEST_VALUE: best.value, Metric.TRIALS_COMPLETE: len(complete)}],
+        [{"step": len(complete), Metric.BEST_VALUE: best.value, Metric.TRIALS_COMPLETE: len(complete), **unselected}],
         step_key="step",
     )
     # pyplot (Optuna's figures need it), imported in the launching process only, at the end of a search
@@ -196,3 +225,9 @@ def log_study(tracking: Tracking, sweep: str, study: optuna.study.Study) -> None
             logged.log_artifact(Path(tmp) / name)
     client.set_terminated(run.info.run_id, "FINISHED")
     print(f"study {study.study_name}: best trial {best.number}, LOSO mean RMSE {best.value:.4f}, {best.params}")
+    if fresh:
+        print(
+            f"study {study.study_name}: that recipe over {len(fresh)} fresh seed(s): LOSO mean RMSE {np.mean(fresh):.4f} "
+            f"({', '.join(f'{v:.4f}' for v in fresh)}); {best.value:.4f} is the best of {len(complete)} trials, "
+            "chosen on the folds it reports (biased low): report the fresh-seed figure"
+        )

@@ -29,10 +29,12 @@ class TinyvmafOptunaSweeper(Sweeper):
         params: dict[str, str],
         sampler: Any = None,
         pruner: Any = None,
+        fresh_seeds: list[int] | None = None,
     ) -> None:
         self.study_name, self.storage, self.direction = study_name, storage, direction
         self.n_trials, self.trials_at_once, self.params = n_trials, trials_at_once, dict(params)
         self.sampler, self.pruner = sampler, pruner
+        self.fresh_seeds = [int(s) for s in fresh_seeds or []]
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -45,7 +47,7 @@ class TinyvmafOptunaSweeper(Sweeper):
 
         quiet_libraries()  # before Optuna and MLflow are imported (MLflow reads its telemetry switch then)
         from tinyvmaf.errors import TinyVmafError
-        from tinyvmaf.search import distribution, log_study, open_study, run_search
+        from tinyvmaf.search import distribution, fresh_seed_values, log_study, open_study, run_search
         from tinyvmaf.tracking import sweep_id
 
         sweep = sweep_id(self.config)  # before any job: launchers reset Hydra's config, which it may read
@@ -61,7 +63,8 @@ class TinyvmafOptunaSweeper(Sweeper):
             return self.launcher.launch(jobs, initial_job_idx=first)
 
         run_search(study, space, self.n_trials, self.trials_at_once, arguments, launch)
-        log_study(_tracking(self.config), sweep, study)
+        fresh = fresh_seed_values(study, self.fresh_seeds, arguments, launch)
+        log_study(_tracking(self.config), sweep, study, fresh)
 
 
 def _tracking(config: DictConfig) -> Any:
