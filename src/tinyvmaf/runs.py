@@ -234,16 +234,22 @@ def has_heldout(run: Run) -> bool:
 def loso_figures(per_fold: list[dict[str, float]]) -> dict[str, float]:
     """A LOSO's figures from its folds' held-out metrics (by metric name): ``LOSO_MEAN``,
     ``LOSO_STD`` (sample std; 0 for one fold) and ``LOSO_WORST``."""
-    values = {m: np.array([f[m] for f in per_fold], dtype=np.float64) for m in METRIC_NAMES}
-    figures = {LOSO_MEAN[m]: float(v.mean()) for m, v in values.items()}
-    figures |= {LOSO_STD[m]: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for m, v in values.items()}
-    figures[LOSO_WORST["rmse"]] = float(values["rmse"].max())
-    figures[LOSO_WORST["plcc"]] = float(values["plcc"].min())
+    figures = _mean_and_std(per_fold, dict(zip(METRIC_NAMES, METRIC_NAMES)), LOSO_MEAN, LOSO_STD)
+    figures[LOSO_WORST["rmse"]] = max(float(f["rmse"]) for f in per_fold)
+    figures[LOSO_WORST["plcc"]] = min(float(f["plcc"]) for f in per_fold)
     if all(CLIP["rmse"] in f for f in per_fold):  # runs from before per-clip figures lack them
-        clips = {m: np.array([f[CLIP[m]] for f in per_fold], dtype=np.float64) for m in METRIC_NAMES}
-        figures |= {LOSO_CLIP_MEAN[m]: float(v.mean()) for m, v in clips.items()}
-        figures |= {LOSO_CLIP_STD[m]: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for m, v in clips.items()}
+        figures |= _mean_and_std(per_fold, CLIP, LOSO_CLIP_MEAN, LOSO_CLIP_STD)
     return figures
+
+
+def _mean_and_std(
+    per_fold: list[dict[str, float]], named: dict[str, str], means: dict[str, str], stds: dict[str, str]
+) -> dict[str, float]:
+    """Mean and sample std (0 for one fold) over the folds of each metric (``named[m]`` in a fold's dict)."""
+    values = {m: np.array([f[named[m]] for f in per_fold], dtype=np.float64) for m in METRIC_NAMES}
+    return {means[m]: float(v.mean()) for m, v in values.items()} | {
+        stds[m]: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for m, v in values.items()
+    }
 
 
 def by_metric_name(metrics: dict[str, float]) -> dict[str, float]:
