@@ -112,6 +112,18 @@ def test_overwrite_replaces_their_entry_and_keeps_every_other_byte(tmp_path):
     )  # its own now: no overwrite needed
 
 
+def test_a_registry_with_windows_line_ends_keeps_them_byte_for_byte(tmp_path):
+    other = {"id": "vmaf_tiny_v1", "kind": "fr", "onnx": "vmaf_tiny_v1.onnx", "sha256": "1" * 64}
+    text = json.dumps({"schema_version": 1, "models": [other]}, indent=2).replace("\n", "\r\n") + "\r\n"
+    (tmp_path / "registry.json").write_bytes(text.encode())
+    model, features = a_model()
+    DropInFolder(tmp_path).write("a", model, METADATA, features, "BSD-2-Clause-Patent")
+    after = (tmp_path / "registry.json").read_bytes().decode()
+    theirs_end = text.index("}") + 1  # their entry, and everything before it, untouched
+    assert after.startswith(text[:theirs_end]) and after.endswith(text[text.rindex("]") :])
+    assert [m["id"] for m in json.loads(after)["models"]] == ["vmaf_tiny_v1", "tinyvmaf_a"]
+
+
 def test_two_exports_into_one_folder_at_once_keep_every_entry(tmp_path):
     """Each process adds four entries to a 6 MiB registry of the toolchain's, at the same time:
     without the lock, read-modify-writes interleave and entries are lost."""

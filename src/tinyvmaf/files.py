@@ -11,6 +11,7 @@ import string
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from tinyvmaf.errors import TinyVmafError
 
@@ -90,14 +91,15 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def read_bounded(path: Path, limit: int, what: str, follow_links: bool = False) -> bytes:
-    """The bytes of a regular file of at most ``limit`` bytes (``what`` names it in the error).
+@contextmanager
+def open_regular(path: Path, limit: int, what: str, follow_links: bool = False) -> Iterator[BinaryIO]:
+    """``path`` opened for reading, once it is known to be a regular file of at most ``limit``
+    bytes (``what`` names it in the error).
 
     Opened without blocking (and, for files tinyvmaf writes itself, without following a link),
     then checked on the open descriptor: a FIFO, a device or a link to ``/dev/zero`` is refused
-    at once instead of hanging or reading until memory runs out, and a file that grows after the
-    check is still read only up to ``limit``. A missing file raises ``FileNotFoundError`` for the
-    caller to decide what absence means.
+    at once instead of hanging or reading until memory runs out. A missing file raises
+    ``FileNotFoundError`` for the caller to decide what absence means.
     """
     flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow_links else os.O_NOFOLLOW)
     try:
@@ -105,14 +107,21 @@ def read_bounded(path: Path, limit: int, what: str, follow_links: bool = False) 
     except FileNotFoundError:
         raise
     except OSError as exc:
-        kind = "a symbolic link" if os.path.islink(path) else exc.strerror
-        raise TinyVmafError(f"{path}: cannot be read as {what} ({kind})") from None
+        kind = "a symbolic link" if not follow_links and os.path.islink(path) else exc.strerror
+        raise TinyVmafError(f"{path}: cannot be read ({kind})") from None
     with os.fdopen(fd, "rb") as f:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise TinyVmafError(f"{path}: not a regular file")
         if info.st_size > limit:
             raise TinyVmafError(f"{path}: {info.st_size:,} bytes, more than the {limit:,} {what} may hold")
+        yield f
+
+
+def read_bounded(path: Path, limit: int, what: str, follow_links: bool = False) -> bytes:
+    """The bytes of ``open_regular(path, ...)``; a file that grew after the check is still read
+    only up to ``limit``."""
+    with open_regular(path, limit, what, follow_links) as f:
         data = f.read(limit + 1)
     if len(data) > limit:
         raise TinyVmafError(f"{path}: more than the {limit:,} bytes {what} may hold")

@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from tinyvmaf.errors import TinyVmafError
-from tinyvmaf.files import atomic_path, folder_lock, sha256_file
+from tinyvmaf.files import atomic_path, folder_lock, read_bounded, sha256_file
 from tinyvmaf.model import VmafNet
 from tinyvmaf.onnx_io import OnnxContract, check_graph, onnx_graph, open_session
 from tinyvmaf.runs import LOSO_FOLDS, LOSO_MEAN, LOSO_WORST, Tag
@@ -186,13 +185,14 @@ def scores_as_standard(proto: onnx.ModelProto, standard: onnx.ModelProto, featur
 def read_registry(path: Path) -> str | None:
     """The registry's text, checked to be one (None when the folder has none yet). Someone
     else's registry is data: a file that is not one is refused in one line, before any work."""
-    if not os.path.lexists(path):
-        return None
-    info = path.lstat()
-    if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_REGISTRY_BYTES:
-        raise TinyVmafError(f"{path}: not a registry file (a link, not a regular file, or over 16 MiB)")
     try:
-        text = path.read_text(encoding="utf-8")
+        data = read_bounded(path, MAX_REGISTRY_BYTES, "a registry")
+    except FileNotFoundError:
+        return None
+    except TinyVmafError:
+        raise TinyVmafError(f"{path}: not a registry file (a link, not a regular file, or over 16 MiB)") from None
+    try:
+        text = data.decode("utf-8")
         registry = json.loads(text)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise TinyVmafError(f"{path}: not JSON ({type(exc).__name__})") from None

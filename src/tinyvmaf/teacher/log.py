@@ -14,14 +14,15 @@ from __future__ import annotations
 import json
 import math
 import re
-import stat
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.files import open_regular
 from tinyvmaf.teacher import FEATURE_NAMES, TeacherResult
 from tinyvmaf.teacher.function import load_teacher, shipped_teachers
 
@@ -141,37 +142,34 @@ def read_log(path: Path) -> LibvmafLog:
     """A libvmaf JSON log, checked and bounded as this module's docstring says."""
     path = Path(path)
     try:
-        info = path.stat()
+        with open_regular(path, MAX_LOG_BYTES, "a libvmaf log", follow_links=True) as file:
+            return _parsed_log(path, file)
     except FileNotFoundError:
         raise TinyVmafError(f"{path}: no such libvmaf log") from None
-    except OSError as exc:
-        raise TinyVmafError(f"{path}: cannot be read ({exc.strerror})") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise TinyVmafError(f"{path}: not a regular file")
-    if info.st_size > MAX_LOG_BYTES:
-        raise TinyVmafError(f"{path}: {info.st_size:,} bytes, more than the {MAX_LOG_BYTES:,} a libvmaf log may hold")
+
+
+def _parsed_log(path: Path, file: BinaryIO) -> LibvmafLog:
     log = LibvmafLog(path)
     found = False
-    with open(path, "rb") as file:
-        reader = _Reader(path, file)
-        reader.expect("{")
-        while reader.peek() != "}":
-            key = reader.value()
-            if not isinstance(key, str):
-                raise reader.bad("a key that is not a string")
-            reader.expect(":")
-            if key == "frames":
-                if found:
-                    raise reader.bad("two 'frames' lists")
-                _read_frames(reader, log)
-                found = True
-            else:
-                reader.value()  # another entry (version, fps, pooled metrics...): read and dropped
-            if reader.peek() != "}":
-                reader.expect(",")
-        reader.expect("}")
-        if reader.peek():
-            raise reader.bad("more after the log's closing '}'")
+    reader = _Reader(path, file)
+    reader.expect("{")
+    while reader.peek() != "}":
+        key = reader.value()
+        if not isinstance(key, str):
+            raise reader.bad("a key that is not a string")
+        reader.expect(":")
+        if key == "frames":
+            if found:
+                raise reader.bad("two 'frames' lists")
+            _read_frames(reader, log)
+            found = True
+        else:
+            reader.value()  # another entry (version, fps, pooled metrics...): read and dropped
+        if reader.peek() != "}":
+            reader.expect(",")
+    reader.expect("}")
+    if reader.peek():
+        raise reader.bad("more after the log's closing '}'")
     if not found:
         raise TinyVmafError(f"{path}: not a libvmaf JSON log (no 'frames' list)")
     if not log.frames:
