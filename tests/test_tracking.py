@@ -341,3 +341,26 @@ def test_a_store_on_a_read_only_file_system_is_read_but_refuses_runs_in_one_line
         f"experiment refused: tracking.uri={uri}: {tmp_path} cannot be written (Read-only file system); "
         "runs cannot be written there",
     ], proc.stderr
+
+
+KILLED_MID_WRITE = """
+import os, sqlite3, sys
+con = sqlite3.connect(sys.argv[1], isolation_level=None)
+con.execute("BEGIN IMMEDIATE")
+con.execute("UPDATE experiments SET name = name || '-half-written'")
+con.execute("CREATE TABLE filler (x BLOB)")
+con.executemany("INSERT INTO filler VALUES (?)", [(b"x" * 1000,) for _ in range(3000)])  # spills to the file
+os.kill(os.getpid(), 9)
+"""
+
+
+def test_a_store_whose_writer_was_killed_mid_write_opens_at_its_last_commit(small_store, tmp_path):
+    """kill -9 mid-transaction leaves a hot journal: not damage, but a write SQLite rolls back."""
+    db = tmp_path / "mlflow.db"
+    shutil.copy(small_store, db)
+    subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(db)], timeout=60)
+    assert (tmp_path / "mlflow.db-journal").exists()
+    for open_store in ("existing_experiment", "experiment"):
+        client, experiment = getattr(Tracking(f"sqlite:///{db}", "tinyvmaf-loso"), open_store)()
+        assert client.get_experiment(experiment).name == "tinyvmaf-loso"
+    assert len(client.search_runs([experiment])) == 20

@@ -222,20 +222,21 @@ class Tracking:
             what = "a folder" if db.is_dir() else "no MLflow store"
             raise TinyVmafError(f"tracking.uri={self.uri}: {what} at {db}")
         try:
-            with closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as con:
-                tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-                revision = (
-                    con.execute("SELECT version_num FROM alembic_version").fetchone()
-                    if MLFLOW_TABLES <= tables
-                    else None
-                )
-                damage = [row[0] for row in con.execute("PRAGMA quick_check(3)")]
+            tables, revision, damage = _inspect_sqlite(db, read_only=True)
         except sqlite3.Error as exc:
             with open(db, "rb") as f:
                 sqlite = f.read(16) == b"SQLite format 3\x00"  # every SQLite database's first bytes
             if not sqlite:
                 raise TinyVmafError(f"tracking.uri={self.uri}: {db} is not an SQLite database ({exc})") from None
             damage = [str(exc)]
+            if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_READONLY and Path(f"{db}-journal").exists():
+                # A writer killed mid-transaction (kill -9, a lost node) leaves a hot journal, which
+                # every SQLite connection rolls back before it reads, back to the last commit; a
+                # read-only one cannot, and fails. Let SQLite roll it back, then check the file.
+                try:
+                    tables, revision, damage = _inspect_sqlite(db, read_only=False)
+                except sqlite3.Error as again:
+                    damage = [str(again)]
         if damage != ["ok"]:
             said = " ".join(" ".join(damage).split())[:200]
             raise TinyVmafError(
@@ -265,6 +266,18 @@ class Tracking:
             raise TinyVmafError(
                 f"tracking.uri={self.uri}: cannot open the MLflow store ({type(exc).__name__}: {exc})"
             ) from None
+
+
+def _inspect_sqlite(db: Path, read_only: bool) -> tuple[set[str], tuple | None, list[str]]:
+    """An SQLite file's tables, MLflow's schema revision (if its tables are there) and SQLite's
+    quick_check of the whole file (``["ok"]`` when intact)."""
+    mode = "?mode=ro" if read_only else ""
+    with closing(sqlite3.connect(f"{db.resolve().as_uri()}{mode}", uri=True)) as con:
+        tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        revision = (
+            con.execute("SELECT version_num FROM alembic_version").fetchone() if MLFLOW_TABLES <= tables else None
+        )
+        return tables, revision, [row[0] for row in con.execute("PRAGMA quick_check(3)")]
 
 
 def run_by_id(client: MlflowClient, run_id: str) -> Run:
