@@ -1,4 +1,4 @@
-"""The statistics behind the evidence: per-clip pooling, conformal radii and paired comparisons."""
+"""The statistics behind the evidence: per-clip pooling, conformal radii, paired comparisons and the domain error."""
 
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ from tinyvmaf.digest import paired_verdict
 from tinyvmaf.metrics import (
     clip_metrics,
     conformal_radius,
+    domain_max_error,
     paired_comparison,
     pooled_per_clip,
     score_metrics,
     source_radius,
 )
+from tinyvmaf.model import VmafNet
+from tinyvmaf.teacher.function import student_inputs
 
 
 def test_clips_are_pooled_as_libvmaf_pools_and_scored_over_clips():
@@ -62,3 +65,17 @@ def test_the_source_radius_holds_a_share_of_each_new_sources_frames():
     assert source_radius(sources, 0.95, 0.9) == max(quantiles)  # 9 sources: the ceil(10 * 0.9) = 9th
     assert source_radius(sources[:8], 0.95, 0.9) == float("inf")
     assert source_radius(sources, 0.95, 0.9) > conformal_radius(np.concatenate(sources), 0.95)
+
+
+@pytest.mark.parametrize("teacher", ["vmaf_v0.6.1", "vmaf_v1.0.16_3d0h"])
+def test_the_domain_error_is_the_largest_gap_to_the_teacher_over_its_whole_box(teacher):
+    """Both teachers saturate at 0 and at 100 inside their box: a model that says 50 everywhere is 50
+    points off there, one that says 0 is 100 off. A probe that missed the box's saturated corners,
+    or read another teacher's box, would say less."""
+    inputs = student_inputs(teacher)
+    model = VmafNet(torch.nn.Linear(len(inputs), 1), inputs=inputs)
+    torch.nn.init.zeros_(model.net.weight)
+    torch.nn.init.zeros_(model.net.bias)
+    assert domain_max_error(model, teacher) == pytest.approx(100.0)
+    model.target_mean.fill_(50.0)
+    assert domain_max_error(model, teacher) == pytest.approx(50.0)

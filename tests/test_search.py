@@ -15,7 +15,19 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tinyvmaf.errors import TinyVmafError
-from tinyvmaf.search import OWNER_HOST, OWNER_PID, distribution, requeue_abandoned
+from tinyvmaf.runs import LOSO_DOMAIN_MAX_ERROR
+from tinyvmaf.search import (
+    DOMAIN_GUARD,
+    OWNER_HOST,
+    OWNER_PID,
+    SearchTrial,
+    best_trial,
+    distribution,
+    log_study,
+    open_study,
+    requeue_abandoned,
+)
+from tinyvmaf.tracking import Tracking, find_sweep_run, open_sweep_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,6 +108,8 @@ def check_tree(tracking_uri: str, study: optuna.study.Study) -> None:
         assert float(run.data.params["lr"]) == pytest.approx(t.params["model.optimizer.lr"])
         folds = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == run.info.run_id]
         assert sorted(r.data.params["fold"] for r in folds) == ["Bars", "Mandel"]
+        worst = max(f.data.metrics["domain_max_error"] for f in folds)
+        assert run.data.metrics["loso_domain_max_error"] == t.user_attrs["loso_domain_max_error"] == worst
     best = study.best_trial
     assert study_run.data.tags["best.trial"] == str(best.number)
     assert study_run.data.metrics["best_value"] == pytest.approx(best.value)
@@ -104,7 +118,7 @@ def check_tree(tracking_uri: str, study: optuna.study.Study) -> None:
 
 @pytest.mark.slow
 def test_two_launching_processes_share_one_sqlite_study(tiny_overrides, tmp_path):
-    command = search_command(tmp_path, tiny_overrides, "shared", n_trials=4)
+    command = [*search_command(tmp_path, tiny_overrides, "shared", n_trials=4), "search.domain_limit=1000"]
     procs = {name: start(command, tmp_path, name) for name in ("one", "two")}
     logs = {name: finish(proc, tmp_path, name) for name, proc in procs.items()}
     study = optuna.load_study(study_name="shared", storage=f"sqlite:///{tmp_path}/mlruns/optuna.db")
@@ -112,6 +126,8 @@ def test_two_launching_processes_share_one_sqlite_study(tiny_overrides, tmp_path
     assert len(numbers) == len(set(numbers)) >= 4  # a trial past n_trials when both ask at the last instant
     assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study.trials)
     assert all("search.trial=" in log for log in logs.values())  # both launched trials
+    for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):  # the guard, as each job told it
+        assert t.constraints == {DOMAIN_GUARD: pytest.approx(t.user_attrs["loso_domain_max_error"] - 1000)}
     check_tree(tiny_overrides[5].split("=", 1)[1], study)
 
 
@@ -231,3 +247,41 @@ def test_requeue_abandoned_asks_again_only_the_trials_of_a_dead_launcher_of_this
     (again,) = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.WAITING]
     assert again.system_attrs["fixed_params"] == trials["dead"].params  # asked again with the same params
     assert again.user_attrs["retry_of"] == trials["dead"].number
+
+
+def guarded_study(
+    tmp_path: Path, name: str, figures: list[tuple[float, float]], limit: float | None
+) -> optuna.study.Study:
+    """A study whose trials told it ``figures`` (objective, largest domain error) as jobs tell it."""
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    study = open_study(name, storage, "minimize")
+    for objective, domain in figures:
+        number = study.ask().number
+        SearchTrial(name, storage, number, None).complete(objective, {LOSO_DOMAIN_MAX_ERROR: domain}, limit)
+    return study
+
+
+def test_the_domain_guard_picks_the_best_trial_within_its_limit(tmp_path, capsys):
+    figures = [(0.01, 9.0), (0.02, 1.0), (0.03, 0.5)]  # the lowest objective strays 9 VMAF from the teacher
+    assert best_trial(guarded_study(tmp_path, "unguarded", figures, None)).number == 0
+    study = guarded_study(tmp_path, "guarded", figures, 2.0)
+    assert best_trial(study).number == 1
+    tracking = Tracking(f"sqlite:///{tmp_path}/mlflow.db", "tinyvmaf-loso")
+    open_sweep_run(tracking, "guarded", {})
+    log_study(tracking, "guarded", study)
+    run = find_sweep_run(*tracking.experiment(), "guarded")
+    assert run.data.tags["best.trial"] == "1" and run.data.metrics["best_value"] == 0.02
+    assert run.data.metrics["trials_infeasible"] == 1 and run.data.metrics["best_loso_domain_max_error"] == 1.0
+    said = capsys.readouterr().out
+    assert "best trial 1, LOSO mean RMSE 0.0200 (largest domain error 1.000)" in said
+    assert "1 trial(s) beyond search.domain_limit left out" in said
+
+
+def test_a_search_with_no_trial_within_the_domain_limit_has_no_best_trial(tmp_path, capsys):
+    study = guarded_study(tmp_path, "strays", [(0.01, 9.0), (0.02, 3.0)], 2.0)
+    assert best_trial(study) is None
+    tracking = Tracking(f"sqlite:///{tmp_path}/mlflow.db", "tinyvmaf-loso")
+    open_sweep_run(tracking, "strays", {})
+    log_study(tracking, "strays", study)
+    assert "no completed trial to log (2 beyond search.domain_limit)" in capsys.readouterr().out
+    assert "best.trial" not in find_sweep_run(*tracking.experiment(), "strays").data.tags

@@ -205,13 +205,15 @@ def test_whole_configuration_jobs_one_fold_after_another_equal_the_per_fold_runs
                 "sweep_id=alone",
             )
         )
-        for name in ("heldout_rmse", "heldout_plcc", "heldout_srocc", "train_loss"):
+        for name in ("heldout_rmse", "heldout_plcc", "heldout_srocc", "train_loss", "domain_max_error"):
             assert abs(child.data.metrics[name] - alone[name]) <= 1e-6
     for arch, parent in parents.items():
         rmse = [c.data.metrics["heldout_rmse"] for c in children if c.data.params["arch"] == arch]
         assert parent.data.metrics["loso_rmse_mean"] == pytest.approx(sum(rmse) / 2) and parent.data.metrics[
             "loso_rmse_worst"
         ] == max(rmse)
+        domain = [c.data.metrics["domain_max_error"] for c in children if c.data.params["arch"] == arch]
+        assert parent.data.metrics["loso_domain_max_error"] == max(domain)
 
 
 @pytest.mark.parametrize(
@@ -225,6 +227,8 @@ def test_whole_configuration_jobs_one_fold_after_another_equal_the_per_fold_runs
         ("model.optimizer.lr=0", "model.optimizer.lr=0: must be a finite number > 0"),
         ("data.augment.edge=1.5", r"data.augment.edge=1.5: must be in \[0, 1\]"),
         ("data.augment.amount=-1", "data.augment.amount=-1: must be a finite number >= 0"),
+        ("search.domain_limit=0", "search.domain_limit=0: must be a finite number > 0"),
+        ("search.domain_limit=inf", "search.domain_limit=inf: must be a finite number > 0"),
     ],
 )
 def test_training_options_are_checked_before_anything_is_logged(tiny_overrides, compose, tmp_path, option, message):

@@ -30,7 +30,14 @@ from tinyvmaf.cache import FrameTable, TeacherCache
 from tinyvmaf.corpus import Corpus
 from tinyvmaf.errors import TinyVmafError, instantiate_checked
 from tinyvmaf.lusoris import DropInFolder
-from tinyvmaf.metrics import clip_metrics, conformal_radius, pooled_per_clip, score_metrics, source_radius
+from tinyvmaf.metrics import (
+    clip_metrics,
+    conformal_radius,
+    domain_max_error,
+    pooled_per_clip,
+    score_metrics,
+    source_radius,
+)
 from tinyvmaf.model import VmafNet, count_params
 from tinyvmaf.onnx_io import MAX_MODEL_BYTES, ONNX_TOLERANCE, check_graph, model_from_weights, onnx_graph, open_session
 from tinyvmaf.runs import (
@@ -40,6 +47,7 @@ from tinyvmaf.runs import (
     CHECK_COVERAGE,
     CLIP,
     COVERAGES,
+    DOMAIN_MAX_ERROR,
     INTERVAL,
     LOSO_CLIP_MEAN,
     LOSO_CLIP_STD,
@@ -466,6 +474,8 @@ def export_models(cfg: DictConfig) -> int:
             "epochs": epochs,
             "experiment": recipe,
             **evidence,
+            # the file's own largest |model - teacher| over its teacher's box of valid features
+            DOMAIN_MAX_ERROR: f"{domain_max_error(model, teacher):.6f}",
         }
         if check_corpus is not None:
             metadata |= checked_on(model, cache.ready(check_corpus), teacher, evidence)

@@ -100,6 +100,8 @@ class Metric:
     BEST_VALUE = "best_value"  # a search's sweep run: its best trial's objective
     FRESH_SEEDS_VALUE = "best_value_fresh_seeds"  # ... its recipe's LOSO mean RMSE over fresh seeds: unselected
     TRIALS_COMPLETE = "trials_complete"
+    TRIALS_INFEASIBLE = "trials_infeasible"  # ... of them, beyond search.domain_limit
+    BEST_DOMAIN_MAX_ERROR = "best_loso_domain_max_error"  # ... the best trial's guard figure
 
 
 # The held-out metrics every fold is scored by (tinyvmaf.metrics computes them), in the order the
@@ -111,6 +113,10 @@ HELDOUT = {m: f"heldout_{m}" for m in METRIC_NAMES}
 # scored over the held-out source's clips (logged once, at a fold's last epoch).
 HELDOUT_CLIP = {m: f"heldout_clip_{m}" for m in METRIC_NAMES}
 CLIP = {m: f"clip_{m}" for m in METRIC_NAMES}  # a fold's per-clip metric, by metric name
+# A fold's largest |model - teacher| over its teacher's box of valid feature values (metrics.DOMAIN_PROBE's
+# points): how far it strays where no training frame lies. Logged at a fold's last epoch, under this
+# name, and in a fold's dict by metric name.
+DOMAIN_MAX_ERROR = "domain_max_error"
 # A LOSO's figures over its folds (a configuration run's metrics, a shipped model's metadata):
 # mean and sample std of each held-out metric, and the worst fold's RMSE and PLCC.
 LOSO_MEAN = {m: f"loso_{m}_mean" for m in METRIC_NAMES}
@@ -132,6 +138,7 @@ CHECK_CLIP = {m: f"check_clip_{m}" for m in METRIC_NAMES}
 CHECK_COVERAGE = {(unit, c): f"check_coverage_{unit}_{c}" for unit, c in INTERVAL}
 CHECK_CORPUS = "check_corpus"
 LOSO_WORST = {"rmse": "loso_rmse_worst", "plcc": "loso_plcc_worst"}
+LOSO_DOMAIN_MAX_ERROR = "loso_domain_max_error"  # the largest DOMAIN_MAX_ERROR of a LOSO's folds: a search's guard
 LOSO_FOLDS = "loso_folds"
 LOSO_EXPERIMENT_ID = "loso_experiment_id"
 BEST_PREFIX = "best."  # a search's sweep run: its best trial's params as tags ``best.<key>``, and ``best.trial``
@@ -233,12 +240,15 @@ def has_heldout(run: Run) -> bool:
 
 def loso_figures(per_fold: list[dict[str, float]]) -> dict[str, float]:
     """A LOSO's figures from its folds' held-out metrics (by metric name): ``LOSO_MEAN``,
-    ``LOSO_STD`` (sample std; 0 for one fold) and ``LOSO_WORST``."""
+    ``LOSO_STD`` (sample std; 0 for one fold), ``LOSO_WORST`` and, where every fold has it,
+    ``LOSO_CLIP_*`` and ``LOSO_DOMAIN_MAX_ERROR``."""
     figures = _mean_and_std(per_fold, dict(zip(METRIC_NAMES, METRIC_NAMES)), LOSO_MEAN, LOSO_STD)
     figures[LOSO_WORST["rmse"]] = max(float(f["rmse"]) for f in per_fold)
     figures[LOSO_WORST["plcc"]] = min(float(f["plcc"]) for f in per_fold)
     if all(CLIP["rmse"] in f for f in per_fold):  # runs from before per-clip figures lack them
         figures |= _mean_and_std(per_fold, CLIP, LOSO_CLIP_MEAN, LOSO_CLIP_STD)
+    if all(DOMAIN_MAX_ERROR in f for f in per_fold):
+        figures[LOSO_DOMAIN_MAX_ERROR] = max(float(f[DOMAIN_MAX_ERROR]) for f in per_fold)
     return figures
 
 
@@ -253,10 +263,12 @@ def _mean_and_std(
 
 
 def by_metric_name(metrics: dict[str, float]) -> dict[str, float]:
-    """A fold's final held-out metrics (run keys) by metric name, per clip too where logged."""
+    """A fold's final held-out metrics (run keys) by metric name, per clip and its domain error too where logged."""
     named = {m: metrics[key] for m, key in HELDOUT.items()}
     if all(key in metrics for key in HELDOUT_CLIP.values()):
         named |= {CLIP[m]: metrics[key] for m, key in HELDOUT_CLIP.items()}
+    if DOMAIN_MAX_ERROR in metrics:
+        named[DOMAIN_MAX_ERROR] = metrics[DOMAIN_MAX_ERROR]
     return named
 
 

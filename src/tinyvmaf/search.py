@@ -33,12 +33,13 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
 
 from tinyvmaf.errors import TinyVmafError
-from tinyvmaf.runs import BEST_PREFIX, Metric
+from tinyvmaf.runs import BEST_PREFIX, LOSO_DOMAIN_MAX_ERROR, Metric
 from tinyvmaf.sweep.status import process_alive
 from tinyvmaf.tracking import TrackedRun, Tracking, find_sweep_run
 
 DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 OWNER_HOST, OWNER_PID = "launcher_host", "launcher_pid"  # the launching process that asked for a trial
+DOMAIN_GUARD = "domain_max_error_over_limit"  # the trial's constraint (search.domain_limit): feasible when <= 0
 
 
 def distribution(key: str, spec: str) -> optuna.distributions.BaseDistribution:
@@ -130,6 +131,14 @@ def run_search(
     print(f"study {study.study_name}: {len(done)} trial(s) finished or pruned of {n_trials}")
 
 
+def best_trial(study: optuna.study.Study) -> optuna.trial.FrozenTrial | None:
+    """The study's best completed trial, among those within its guard (``search.domain_limit``); None if there is none."""
+    try:
+        return study.best_trial
+    except ValueError:  # no completed trial, or none feasible
+        return None
+
+
 def fresh_seed_values(
     study: optuna.study.Study,
     seeds: Sequence[int],
@@ -140,10 +149,10 @@ def fresh_seed_values(
     its LOSO mean RMSE from each. The best trial's own value is the minimum of the study's noisy
     estimates, chosen on the very folds it reports, so it is biased low; these values were not
     chosen on, so they are the estimate to report."""
-    if not seeds or not [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]:
+    best = best_trial(study)
+    if not seeds or best is None:
         return []
     kept = [o for o in fixed if o.split("=", 1)[0].lstrip("+~") not in ("seed", "sweep_id")]
-    best = study.best_trial
     sampled = [f"{k}={_override_value(v)}" for k, v in best.params.items()]
     # A sweep per seed: a sweep holds one run per (arch, fold), and the seed is part of the recipe.
     jobs = [[*kept, *sampled, f"seed={s}", f"sweep_id={study.study_name}-fresh-seed-{s}"] for s in seeds]
@@ -181,9 +190,15 @@ class SearchTrial:
     def pruned(self) -> None:
         self.study.tell(self.number, state=optuna.trial.TrialState.PRUNED)
 
-    def complete(self, objective: float, summary: dict[str, float]) -> None:
+    def complete(self, objective: float, summary: dict[str, float], domain_limit: float | None = None) -> None:
+        """Tell the study the objective, with the LOSO's figures (``summary``) as user attributes.
+        With ``domain_limit``, the trial is feasible only if no fold model strays further from the
+        teacher over its box of valid features: Optuna's constraint, so TPE samples away from
+        infeasible trials and the study's best trial is its best feasible one."""
         for key, value in summary.items():
             self.trial.set_user_attr(key, value)
+        if domain_limit is not None:
+            self.trial.set_constraint(DOMAIN_GUARD, summary[LOSO_DOMAIN_MAX_ERROR] - domain_limit)
         self.study.tell(self.number, objective)
 
 
@@ -193,18 +208,21 @@ def log_study(tracking: Tracking, sweep: str, study: optuna.study.Study, fresh: 
     client, experiment_id = tracking.experiment()
     run = find_sweep_run(client, experiment_id, sweep)
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
-    if run is None or not complete:
-        print(f"study {study.study_name}: no completed trial to log")
+    infeasible = sum(any(v > 0 for v in t.constraints.values()) for t in complete)
+    best = best_trial(study)
+    if run is None or best is None:
+        print(f"study {study.study_name}: no completed trial to log ({infeasible} beyond search.domain_limit)")
         return
     logged = TrackedRun(client, run.info.run_id)
-    best = study.best_trial
     logged.log_tags(
         {f"{BEST_PREFIX}{k}": str(v) for k, v in best.params.items()} | {f"{BEST_PREFIX}trial": str(best.number)}
     )
     unselected = {Metric.FRESH_SEEDS_VALUE: float(np.mean(fresh))} if fresh else {}
+    domain = best.user_attrs.get(LOSO_DOMAIN_MAX_ERROR)
+    guard = {Metric.BEST_DOMAIN_MAX_ERROR: float(domain)} if domain is not None else {}
+    counts = {Metric.TRIALS_COMPLETE: len(complete), Metric.TRIALS_INFEASIBLE: infeasible}
     logged.log_metrics(
-        [{"step": len(complete), Metric.BEST_VALUE: best.value, Metric.TRIALS_COMPLETE: len(complete), **unselected}],
-        step_key="step",
+        [{"step": len(complete), Metric.BEST_VALUE: best.value, **counts, **guard, **unselected}], step_key="step"
     )
     # pyplot (Optuna's figures need it), imported in the launching process only, at the end of a search
     import matplotlib.pyplot as plt
@@ -224,7 +242,12 @@ def log_study(tracking: Tracking, sweep: str, study: optuna.study.Study, fresh: 
             plt.close(axes.figure)
             logged.log_artifact(Path(tmp) / name)
     client.set_terminated(run.info.run_id, "FINISHED")
-    print(f"study {study.study_name}: best trial {best.number}, LOSO mean RMSE {best.value:.4f}, {best.params}")
+    within = f" (largest domain error {domain:.3f})" if domain is not None else ""
+    beyond = f"; {infeasible} trial(s) beyond search.domain_limit left out" if infeasible else ""
+    print(
+        f"study {study.study_name}: best trial {best.number}, LOSO mean RMSE {best.value:.4f}{within}, "
+        f"{best.params}{beyond}"
+    )
     if fresh:
         print(
             f"study {study.study_name}: that recipe over {len(fresh)} fresh seed(s): LOSO mean RMSE {np.mean(fresh):.4f} "

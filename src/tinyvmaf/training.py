@@ -28,12 +28,13 @@ from tinyvmaf.cache import TeacherCache
 from tinyvmaf.corpus import Corpus
 from tinyvmaf.data import LosoDataModule
 from tinyvmaf.errors import TinyVmafError, finite_number, instantiate_checked
-from tinyvmaf.metrics import HeldoutHistory, clip_metrics
+from tinyvmaf.metrics import HeldoutHistory, clip_metrics, domain_max_error
 from tinyvmaf.model import TinyVmafModule, VmafNet, count_params
 from tinyvmaf.onnx_io import check_graph, onnx_graph
 from tinyvmaf.runs import (
     ALL_FOLDS,
     CLIP,
+    DOMAIN_MAX_ERROR,
     HELDOUT,
     HELDOUT_CLIP,
     LOSO_MEAN,
@@ -87,6 +88,8 @@ def check_options(cfg: DictConfig) -> None:
         _positive_int(cfg, key)
     _finite(cfg, "model.optimizer.lr", 0.0, low_included=False)
     _finite(cfg, "model.optimizer.weight_decay", 0.0, low_included=True)
+    if OmegaConf.select(cfg, "search.domain_limit") is not None:
+        _finite(cfg, "search.domain_limit", 0.0, low_included=False)
     instantiate_checked(cfg.data.augment)
 
 
@@ -118,11 +121,12 @@ class Job:
         self.corpus, self.cache, self.tracking = corpus, cache, tracking
         # export's configuration has no fold of its own: its folds are those of its LOSO (``loso``)
         self.heldout = str(cfg.fold.heldout) if cfg.get("fold") is not None else None
-        self.arch, self.sweep = cfg.arch.name, sweep_id(cfg)
+        self.arch, self.sweep, self.teacher = cfg.arch.name, sweep_id(cfg), cfg.teacher.model
         self.seed, self.max_epochs, self.stack_folds = cfg.seed, cfg.trainer.max_epochs, bool(cfg.stack_folds)
         self.trial = search_trial(cfg)
         self.report_percent = list(cfg.search.report_percent) if self.trial else []
         self.max_params = (cfg.get("search") or {}).get("max_params")
+        self.domain_limit = (cfg.get("search") or {}).get("domain_limit")
         # Instantiated per call: each fold's module starts from its own seeded init, each Trainer is fresh.
         self._cfg = cfg
         self._make_data: Callable[..., LosoDataModule] = instantiate_checked(
@@ -156,16 +160,13 @@ class Job:
         """The configured module, seeded as every fold's separate run seeds it, its net as wide as
         its teacher's inputs and clipped to its teacher's range."""
         L.seed_everything(self.seed, verbose=False)
-        teacher = self._cfg.teacher.model
-        inputs = student_inputs(teacher)
+        inputs = student_inputs(self.teacher)
         return instantiate_checked(
-            self._cfg.model, net={"n_features": len(inputs)}, inputs=inputs, score_range=load_teacher(teacher).clip
+            self._cfg.model, net={"n_features": len(inputs)}, inputs=inputs, score_range=load_teacher(self.teacher).clip
         )
 
     def n_params(self) -> int:
-        return count_params(
-            instantiate_checked(self._cfg.arch.net, n_features=len(student_inputs(self._cfg.teacher.model)))
-        )
+        return count_params(instantiate_checked(self._cfg.arch.net, n_features=len(student_inputs(self.teacher))))
 
     def trainer(self, **options: Any) -> L.Trainer:
         """The configured Trainer, in one process whatever the machine: on a SLURM node Lightning would
@@ -219,7 +220,7 @@ def resumed(recipe: FoldRecipe, sweep: str, done: Run, data: str) -> dict[str, f
     print(
         f"{recipe.arch} fold={recipe.heldout}: finished earlier in sweep {sweep} (run {done.info.run_id}); not trained again"
     )
-    keys = (*HELDOUT.values(), *HELDOUT_CLIP.values(), Metric.TRAIN_LOSS)
+    keys = (*HELDOUT.values(), *HELDOUT_CLIP.values(), DOMAIN_MAX_ERROR, Metric.TRAIN_LOSS)
     return {key: done.data.metrics[key] for key in keys if key in done.data.metrics}
 
 
@@ -294,7 +295,7 @@ def train_every_fold(job: Job, parent_run_id: str | None) -> float | None:
             print(f"{name}: pruned {pruned} (mean held-out RMSE then {objective:.4f})")
             return None
         if trial is not None:
-            trial.complete(objective, summary)
+            trial.complete(objective, summary, job.domain_limit)
     print(f"{name} fold={ALL_FOLDS}: " + " ".join(f"{k}={v:.4f}" for k, v in summary.items()))
     return objective
 
@@ -406,14 +407,15 @@ def log_fold_inputs(run: TrackedRun, job: Job, data: LosoDataModule, n_params: i
 def log_fold_result(
     run: TrackedRun, job: Job, recipe: FoldRecipe, model: VmafNet, data: LosoDataModule, history: list[dict]
 ) -> None:
-    """What a fold trained: its per-epoch metrics (per clip too, at its last epoch), config,
-    weights, held-out predictions and (with ``tracking.log_models``) its ONNX model, checked
-    against torch on its held-out frames."""
+    """What a fold trained: its per-epoch metrics (per clip and its domain error too, at its last
+    epoch), config, weights, held-out predictions and (with ``tracking.log_models``) its ONNX
+    model, checked against torch on its held-out frames."""
     model = model.cpu().eval()
     with torch.no_grad():
         predicted = model.predict(data.test_x)
     per_clip = clip_metrics(predicted.numpy(), data.test_y.numpy(), data.test_clip)
     history[-1].update({HELDOUT_CLIP[m]: per_clip[CLIP[m]] for m in METRIC_NAMES if CLIP[m] in per_clip})
+    history[-1][DOMAIN_MAX_ERROR] = domain_max_error(model, job.teacher)
     run.log_metrics(history)
     with tempfile.TemporaryDirectory(prefix="tinyvmaf-run-") as tmp:
         (Path(tmp) / "config.yaml").write_text(recipe.config_yaml)
