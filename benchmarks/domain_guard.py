@@ -16,11 +16,12 @@ import numpy as np
 import onnxruntime as ort
 from common import ROOT
 
+from tinyvmaf.metrics import DOMAIN_PROBE
 from tinyvmaf.teacher import FEATURE_NAMES
 from tinyvmaf.teacher.function import domain_points, load_teacher
 
 PROBES = {
-    "5^6 grid + 20,000 random (the test)": dict(grid_steps=5, n_random=20_000, seed=42),
+    "5^6 grid + 20,000 random (the test, and each fold's domain_max_error)": DOMAIN_PROBE,
     "7^6 grid": dict(grid_steps=7, n_random=0, seed=0),
     "10^6 random": dict(grid_steps=0, n_random=1_000_000, seed=7),
 }

@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.export import export_models, model_from_run
 from tinyvmaf.ffmpeg import ffmpeg_exe
-from tinyvmaf.metrics import conformal_radius
+from tinyvmaf.metrics import DOMAIN_PROBE, conformal_radius
 from tinyvmaf.teacher import FEATURE_NAMES
 from tinyvmaf.teacher.function import domain_points, load_teacher
 from tinyvmaf.tracking import Tracking
@@ -443,10 +443,11 @@ def test_a_run_whose_artifacts_point_outside_the_store_is_never_read(form, their
 
 @pytest.mark.parametrize("name", ["vmaf_tiny_v1", "vmaf_tiny_v1_medium"])
 def test_shipped_models_stay_within_5_vmaf_of_the_teacher_over_the_valid_domain(name, repo):
+    """... and say so in their metadata (``domain_max_error``, from torch at export: the same figure)."""
     session = ort.InferenceSession(str(repo / "models" / f"{name}.onnx"), providers=["CPUExecutionProvider"])
-    x = domain_points(grid_steps=5, n_random=20000, seed=42)
+    x = domain_points(**DOMAIN_PROBE)
     predicted = session.run(None, {"features": x.astype(np.float32)})[0]
-    teacher = load_teacher(session.get_modelmeta().custom_metadata_map["teacher"])(
-        x.astype(np.float32).astype(np.float64)
-    )
-    assert np.abs(predicted - teacher).max() <= 5.0
+    metadata = session.get_modelmeta().custom_metadata_map
+    teacher = load_teacher(metadata["teacher"])(x.astype(np.float32).astype(np.float64))
+    worst = np.abs(predicted - teacher).max()
+    assert worst <= 5.0 and float(metadata["domain_max_error"]) == pytest.approx(worst, abs=1e-3)
