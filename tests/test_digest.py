@@ -78,6 +78,18 @@ def test_digest_numbers_equal_the_mlflow_run_metrics(swept, capsys, compose):
     assert "- missing: linear fold Ghost" in md and digest["completeness"]["finished"] == 4
     for png in ("scatter.png", "rmse_per_fold.png"):
         assert matplotlib.image.imread(tmp / "reports" / "s1" / png).shape[0] > 100
+    # How far from the teacher: each arch's frame radius is the order statistic of its folds' held-out
+    # |residuals| that holds c of them (48 frames: 45th and 47th); 2 sources promise no source radius.
+    for arch, radii in digest["intervals"].items():
+        residuals = []
+        for f in digest["archs"][arch]["folds"]:
+            with np.load(client.download_artifacts(f["run_id"], "heldout.npz", str(tmp)), allow_pickle=False) as d:
+                residuals.append(np.abs(d["predicted"].astype(np.float64) - d["teacher"]))
+        magnitudes = np.sort(np.concatenate(residuals))
+        assert radii["interval_frame_90"] == magnitudes[44] and radii["interval_frame_95"] == magnitudes[46]
+        assert "interval_source_95" not in radii
+        row = md.split("## How far from the teacher")[1].split(f"| {arch} | ")[1].split("\n")[0]
+        assert row.startswith(f"{magnitudes[44]:.3f} | {magnitudes[46]:.3f} | ") and row.endswith("— | — |")
     # The sweep's run: created by evaluate.py for runs trained without one, which it nests under it.
     (sweep,) = client.search_runs(
         [client.get_experiment_by_name("tinyvmaf-loso").experiment_id], "tags.kind = 'sweep' and tags.sweep_id = 's1'"
@@ -86,6 +98,7 @@ def test_digest_numbers_equal_the_mlflow_run_metrics(swept, capsys, compose):
         sweep.info.run_name == "s1" and sweep.data.metrics["linear/rmse_mean"] == digest["archs"]["linear"]["rmse_mean"]
     )
     assert sweep.data.metrics["linear/clip_rmse_mean"] == digest["archs"]["linear"]["clip_rmse_mean"]
+    assert sweep.data.metrics["linear/interval_frame_95"] == digest["intervals"]["linear"]["interval_frame_95"]
     assert sweep.data.metrics["folds_missing"] == 1 and sweep.info.status == "FAILED"
     for f in digest["archs"]["mlp_small"]["folds"]:
         tags = client.get_run(f["run_id"]).data.tags

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import zipfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -24,17 +25,20 @@ from omegaconf import DictConfig
 from tinyvmaf.cache import FrameTable
 from tinyvmaf.errors import TinyVmafError, instantiate_checked
 from tinyvmaf.files import inside
-from tinyvmaf.metrics import metrics_per_source, paired_comparison
+from tinyvmaf.metrics import loso_radii, metrics_per_source, paired_comparison, pooled_per_clip
 from tinyvmaf.mlflow_artifacts import local_artifact_root
 from tinyvmaf.runs import (
     CLIP,
+    COVERAGES,
     DIGEST_SUFFIXES,
     DIGEST_WORST,
+    INTERVAL,
     LOSO_CLIP_MEAN,
     LOSO_CLIP_STD,
     LOSO_MEAN,
     LOSO_STD,
     METRIC_NAMES,
+    SOURCE_CONFIDENCE,
     Kind,
     Metric,
     Param,
@@ -265,10 +269,11 @@ def markdown(
     teacher_row: dict | None = None,
     comparison_lines: list[str] = (),
     paired: list[dict] = (),
+    radii: dict[str, dict[str, float]] | None = None,
 ) -> str:
     """digest.md: the recipe, the aggregate table (and the teacher function's row), completeness,
-    paired comparisons of its archs, a comparison with another sweep when asked, and the
-    per-fold tables."""
+    paired comparisons of its archs, how far from the teacher (conformal radii), a comparison
+    with another sweep when asked, and the per-fold tables."""
     run = next(iter(status.finished.values()))
     params, data = run.data.params, run.inputs.dataset_inputs[0].dataset if run.inputs.dataset_inputs else None
     lines = [
@@ -303,6 +308,7 @@ def markdown(
     if paired:
         lines += ["", "## Paired comparisons (held-out RMSE, fold by fold)", ""]
         lines += [f"- {p['verdict']}" for p in paired]
+    lines += interval_lines(radii or {})
     lines += comparison_lines
     runs = {r.info.run_id: r for r in status.finished.values()}
     for arch, row in archs.items():
@@ -332,35 +338,99 @@ def markdown(
     return "\n".join(lines)
 
 
-def scatter_figure(client: MlflowClient, digest: dict, path: Path) -> None:
-    # Figure, not pyplot: no global backend or figure registry, so importing this module changes nothing.
-    fig = Figure(figsize=(5 * len(digest), 5))
-    axes = fig.subplots(1, len(digest), squeeze=False)
-    colours = matplotlib.colormaps["tab10"]
+def heldout_predictions(client: MlflowClient, digest: dict) -> dict[str, dict[str, dict[str, np.ndarray]]]:
+    """Each fold's logged held-out predictions (``heldout.npz``, read without pickle), by arch and
+    fold: ``teacher``, ``predicted`` and (runs since per-clip figures) ``clip``. A fold without
+    them is said and left out of the figures and radii."""
+    found: dict[str, dict[str, dict[str, np.ndarray]]] = {arch: {} for arch in digest}
     with tempfile.TemporaryDirectory() as tmp:
-        for ax, (arch, row) in zip(axes[0], digest.items()):
-            for i, f in enumerate(row["folds"]):
+        for arch, row in digest.items():
+            for f in row["folds"]:
                 try:
                     location = client.get_run(f["run_id"]).info.artifact_uri
                     check_artifact_location(
                         client.tracking_uri, location, f"run {f['run_id']} ({arch} fold {f['fold']})"
                     )
-                    data = np.load(client.download_artifacts(f["run_id"], "heldout.npz", tmp), allow_pickle=False)
-                except MlflowException:
+                    with np.load(
+                        client.download_artifacts(f["run_id"], "heldout.npz", tmp), allow_pickle=False
+                    ) as data:
+                        logged = {k: data[k] for k in ("teacher", "predicted", "clip") if k in data}
+                    if (
+                        not {"teacher", "predicted"} <= set(logged)
+                        or logged["teacher"].shape != logged["predicted"].shape
+                    ):
+                        raise ValueError("not a fold's held-out predictions")
+                    found[arch][f["fold"]] = logged
+                except (MlflowException, OSError, ValueError, zipfile.BadZipFile):
                     print(
-                        f"warning: run {f['run_id']} ({arch} {f['fold']}) has no heldout.npz: left out of the scatter plot"
+                        f"warning: run {f['run_id']} ({arch} {f['fold']}) has no readable heldout.npz: "
+                        "left out of the scatter plot and the radii"
                     )
-                    continue
+    return found
+
+
+def intervals(heldout: dict[str, dict[str, dict[str, np.ndarray]]]) -> dict[str, dict[str, float]]:
+    """Each arch's split-conformal radii from its folds' held-out residuals (``metrics.loso_radii``):
+    how far from the teacher a frame, a clip or a new source's frames fall."""
+    radii = {}
+    for arch, folds in heldout.items():
+        if not folds:
+            continue
+        frames = [d["predicted"].astype(np.float64) - d["teacher"] for d in folds.values()]
+        clips = None
+        if all("clip" in d for d in folds.values()):
+            clips = [
+                pooled_per_clip(d["predicted"], d["clip"]) - pooled_per_clip(d["teacher"], d["clip"])
+                for d in folds.values()
+            ]
+        radii[arch] = loso_radii(frames, clips)
+    return radii
+
+
+def interval_lines(radii: dict[str, dict[str, float]]) -> list[str]:
+    """The digest's table of radii; a radius too few residuals cannot promise shows as —."""
+    if not radii:
+        return []
+    header = " | ".join(f"{unit} {c} %" for unit in ("frame", "clip", "source") for c in COVERAGES)
+    lines = [
+        "",
+        "## How far from the teacher (split-conformal radii, VMAF points)",
+        "",
+        "From the held-out residuals: a frame (clip) of an unseen source is within the frame (clip) radius "
+        "of the teacher at least that often, if sources are exchangeable; the source radius holds that share "
+        f"of a new source's frames for {SOURCE_CONFIDENCE:.0%} of sources.",
+        "",
+        f"| arch | {header} |",
+        "|---|" + "---:|" * (3 * len(COVERAGES)),
+    ]
+    for arch, r in radii.items():
+        cells = [
+            f"{r[key]:.3f}" if key in r else "—"
+            for key in (INTERVAL[(u, c)] for u in ("frame", "clip", "source") for c in COVERAGES)
+        ]
+        lines.append(f"| {arch} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def scatter_figure(digest: dict, heldout: dict[str, dict[str, dict[str, np.ndarray]]], path: Path) -> None:
+    # Figure, not pyplot: no global backend or figure registry, so importing this module changes nothing.
+    fig = Figure(figsize=(5 * len(digest), 5))
+    axes = fig.subplots(1, len(digest), squeeze=False)
+    colours = matplotlib.colormaps["tab10"]
+    for ax, (arch, row) in zip(axes[0], digest.items()):
+        for i, f in enumerate(row["folds"]):
+            data = heldout[arch].get(f["fold"])
+            if data is not None:
                 ax.scatter(data["teacher"], data["predicted"], s=3, alpha=0.5, color=colours(i % 10), label=f["fold"])
-            ax.plot([0, 100], [0, 100], color="black", lw=0.8)
-            ax.set(
-                title=f"{arch}: held-out predictions",
-                xlabel="teacher VMAF",
-                ylabel="predicted VMAF",
-                xlim=(0, 100),
-                ylim=(0, 100),
-            )
-        axes[0][-1].legend(markerscale=4, fontsize=8, loc="lower right")
+        ax.plot([0, 100], [0, 100], color="black", lw=0.8)
+        ax.set(
+            title=f"{arch}: held-out predictions",
+            xlabel="teacher VMAF",
+            ylabel="predicted VMAF",
+            xlim=(0, 100),
+            ylim=(0, 100),
+        )
+    axes[0][-1].legend(markerscale=4, fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -445,6 +515,7 @@ def write_digest(cfg: DictConfig) -> int:
         "failed_runs": status.failed,
         "running_runs": status.running,
         "paired": (paired := paired_within(archs)),
+        "intervals": (radii := intervals(heldout := heldout_predictions(client, archs))),
     }
     teacher_row, comparison_lines = None, []
     if cfg.get("teacher_function_row", True):
@@ -461,8 +532,8 @@ def write_digest(cfg: DictConfig) -> int:
     out = out if trial is None else inside(out, trial.info.run_name, what="trial")
     out.mkdir(parents=True, exist_ok=True)
     (out / "digest.json").write_text(json.dumps(document, indent=2, allow_nan=False))  # strict JSON: every value finite
-    (out / "digest.md").write_text(markdown(title, archs, status, teacher_row, comparison_lines, paired))
-    scatter_figure(client, archs, out / "scatter.png")
+    (out / "digest.md").write_text(markdown(title, archs, status, teacher_row, comparison_lines, paired, radii))
+    scatter_figure(archs, heldout, out / "scatter.png")
     rmse_figure(archs, out / "rmse_per_fold.png")
     if trial is None:
         params = runs[0].data.params
@@ -475,7 +546,8 @@ def write_digest(cfg: DictConfig) -> int:
         adopt_runs(client, sweep_run, runs)
     logged = TrackedRun(client, sweep_run if trial is None else trial.info.run_id)
     shown = logged.run_id
-    logged.log_metrics([{"step": 0, **digest_metrics(archs, status)}], step_key="step")
+    radius_metrics = {f"{arch}/{key}": value for arch, r in radii.items() for key, value in r.items()}
+    logged.log_metrics([{"step": 0, **digest_metrics(archs, status), **radius_metrics}], step_key="step")
     for name in ("digest.md", "digest.json", "scatter.png", "rmse_per_fold.png"):
         logged.log_artifact(out / name)
     if trial is None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import pickle
 import re
 import tempfile
@@ -30,14 +29,7 @@ from tinyvmaf.cache import FrameTable, TeacherCache
 from tinyvmaf.corpus import Corpus
 from tinyvmaf.errors import TinyVmafError, instantiate_checked
 from tinyvmaf.lusoris import DropInFolder
-from tinyvmaf.metrics import (
-    clip_metrics,
-    conformal_radius,
-    domain_max_error,
-    pooled_per_clip,
-    score_metrics,
-    source_radius,
-)
+from tinyvmaf.metrics import clip_metrics, domain_max_error, loso_radii, pooled_per_clip, score_metrics
 from tinyvmaf.model import VmafNet, count_params
 from tinyvmaf.onnx_io import MAX_MODEL_BYTES, ONNX_TOLERANCE, check_graph, model_from_weights, onnx_graph, open_session
 from tinyvmaf.runs import (
@@ -46,7 +38,6 @@ from tinyvmaf.runs import (
     CHECK_CORPUS,
     CHECK_COVERAGE,
     CLIP,
-    COVERAGES,
     DOMAIN_MAX_ERROR,
     INTERVAL,
     LOSO_CLIP_MEAN,
@@ -57,7 +48,6 @@ from tinyvmaf.runs import (
     LOSO_STD,
     LOSO_WORST,
     METRIC_NAMES,
-    SOURCE_CONFIDENCE,
     Kind,
     Param,
     Tag,
@@ -122,13 +112,7 @@ def evidence_of(client: MlflowClient, runs: list[Run], table: FrameTable) -> dic
         per_fold.append(heldout(run) | clip_metrics(predicted, teacher, clip))
         frame_residuals.append(predicted - teacher)
         clip_residuals.append(pooled_per_clip(predicted, clip) - pooled_per_clip(teacher, clip))
-    radii = {
-        INTERVAL[(unit, c)]: conformal_radius(np.concatenate(residuals), c / 100)
-        for unit, residuals in (("frame", frame_residuals), ("clip", clip_residuals))
-        for c in COVERAGES
-    }
-    radii |= {INTERVAL[("source", c)]: source_radius(frame_residuals, c / 100, SOURCE_CONFIDENCE) for c in COVERAGES}
-    radii = {k: v for k, v in radii.items() if math.isfinite(v)}  # too few frames, clips or sources to promise it
+    radii = loso_radii(frame_residuals, clip_residuals)
     return {
         Tag.LOSO_SWEEP_ID: runs[0].data.tags.get(Tag.SWEEP_ID, ""),
         **({Tag.LOSO_RUN_ID: parents.pop()} if len(parents) == 1 and None not in parents else {}),

@@ -14,7 +14,7 @@ from scipy import stats
 from torchmetrics import MeanSquaredError, MetricCollection, PearsonCorrCoef, SpearmanCorrCoef
 
 from tinyvmaf.model import TinyVmafModule, VmafNet
-from tinyvmaf.runs import CLIP, HELDOUT, METRIC_NAMES, Metric
+from tinyvmaf.runs import CLIP, COVERAGES, HELDOUT, INTERVAL, METRIC_NAMES, SOURCE_CONFIDENCE, Metric
 from tinyvmaf.stacked import StackedTinyVmafModule
 from tinyvmaf.teacher.function import domain_points, load_teacher
 
@@ -99,6 +99,16 @@ def source_radius(per_source: list[np.ndarray], coverage: float, confidence: flo
     unlike the others; this one does not, at the price of width (inf below 9 sources at 0.9)."""
     quantiles = [np.quantile(np.abs(r), coverage, method="higher") for r in per_source]
     return conformal_radius(np.array(quantiles), confidence)
+
+
+def loso_radii(frame_residuals: list[np.ndarray], clip_residuals: list[np.ndarray] | None) -> dict[str, float]:
+    """A LOSO's conformal radii (``INTERVAL`` keys) from each fold's held-out residuals: per frame
+    and per clip pooled over every fold, per source over the folds' own quantiles. Those too few
+    residuals cannot promise are left out; no clip radii without ``clip_residuals``."""
+    pooled = [("frame", frame_residuals)] + ([("clip", clip_residuals)] if clip_residuals is not None else [])
+    radii = {INTERVAL[(unit, c)]: conformal_radius(np.concatenate(r), c / 100) for unit, r in pooled for c in COVERAGES}
+    radii |= {INTERVAL[("source", c)]: source_radius(frame_residuals, c / 100, SOURCE_CONFIDENCE) for c in COVERAGES}
+    return {k: v for k, v in radii.items() if math.isfinite(v)}
 
 
 # The teacher's box of valid feature values as the shipped models' test probes it: a 5^F grid (its
