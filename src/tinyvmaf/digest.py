@@ -370,7 +370,7 @@ def heldout_predictions(client: MlflowClient, digest: dict) -> dict[str, dict[st
 
 
 def intervals(heldout: dict[str, dict[str, dict[str, np.ndarray]]]) -> dict[str, dict[str, float]]:
-    """Each arch's split-conformal radii from its folds' held-out residuals (``metrics.loso_radii``):
+    """Each arch's split-conformal radii from its folds' held-out residuals (as export computes them):
     how far from the teacher a frame, a clip or a new source's frames fall."""
     radii = {}
     for arch, folds in heldout.items():
