@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from tinyvmaf.cache import FrameTable
 from tinyvmaf.errors import TinyVmafError, instantiate_checked
 from tinyvmaf.files import inside
-from tinyvmaf.metrics import loso_radii, metrics_per_source, paired_comparison, pooled_per_clip
+from tinyvmaf.metrics import loso_radii, metrics_per_source, paired_comparison
 from tinyvmaf.mlflow_artifacts import local_artifact_root
 from tinyvmaf.runs import (
     CLIP,
@@ -372,19 +372,11 @@ def heldout_predictions(client: MlflowClient, digest: dict) -> dict[str, dict[st
 def intervals(heldout: dict[str, dict[str, dict[str, np.ndarray]]]) -> dict[str, dict[str, float]]:
     """Each arch's split-conformal radii from its folds' held-out residuals (as export computes them):
     how far from the teacher a frame, a clip or a new source's frames fall."""
-    radii = {}
-    for arch, folds in heldout.items():
-        if not folds:
-            continue
-        frames = [d["predicted"].astype(np.float64) - d["teacher"] for d in folds.values()]
-        clips = None
-        if all("clip" in d for d in folds.values()):
-            clips = [
-                pooled_per_clip(d["predicted"], d["clip"]) - pooled_per_clip(d["teacher"], d["clip"])
-                for d in folds.values()
-            ]
-        radii[arch] = loso_radii(frames, clips)
-    return radii
+    return {
+        arch: loso_radii([(d["predicted"], d["teacher"], d.get("clip")) for d in folds.values()])
+        for arch, folds in heldout.items()
+        if folds
+    }
 
 
 def interval_lines(radii: dict[str, dict[str, float]]) -> list[str]:

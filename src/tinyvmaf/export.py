@@ -105,14 +105,13 @@ def evidence_of(client: MlflowClient, runs: list[Run], table: FrameTable) -> dic
     sweep's). From the folds' own held-out predictions: per-clip figures (``loso_clip_*``) and
     split-conformal radii (``interval_*``), per frame and per clip, over every held-out frame."""
     parents = {r.data.tags.get(Tag.PARENT) for r in runs}
-    per_fold, frame_residuals, clip_residuals = [], [], []
+    per_fold, predictions = [], []
     for run in runs:
         teacher, predicted, rows = logged_heldout(client, run, table)
         clip = table.clip[rows]
         per_fold.append(heldout(run) | clip_metrics(predicted, teacher, clip))
-        frame_residuals.append(predicted - teacher)
-        clip_residuals.append(pooled_per_clip(predicted, clip) - pooled_per_clip(teacher, clip))
-    radii = loso_radii(frame_residuals, clip_residuals)
+        predictions.append((predicted, teacher, clip))
+    radii = loso_radii(predictions)
     return {
         Tag.LOSO_SWEEP_ID: runs[0].data.tags.get(Tag.SWEEP_ID, ""),
         **({Tag.LOSO_RUN_ID: parents.pop()} if len(parents) == 1 and None not in parents else {}),

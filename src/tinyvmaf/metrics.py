@@ -5,6 +5,7 @@ float64 because ``PearsonCorrCoef`` in float32 can return NaN on data with an ou
 
 from __future__ import annotations
 
+import functools
 import math
 
 import lightning as L
@@ -101,13 +102,17 @@ def source_radius(per_source: list[np.ndarray], coverage: float, confidence: flo
     return conformal_radius(np.array(quantiles), confidence)
 
 
-def loso_radii(frame_residuals: list[np.ndarray], clip_residuals: list[np.ndarray] | None) -> dict[str, float]:
-    """A LOSO's conformal radii (``INTERVAL`` keys) from each fold's held-out residuals: per frame
-    and per clip pooled over every fold, per source over the folds' own quantiles. Those too few
-    residuals cannot promise are left out; no clip radii without ``clip_residuals``."""
-    pooled = [("frame", frame_residuals)] + ([("clip", clip_residuals)] if clip_residuals is not None else [])
+def loso_radii(folds: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]) -> dict[str, float]:
+    """A LOSO's conformal radii (``INTERVAL`` keys) from each fold's held-out ``(predicted,
+    teacher, clip)``: per frame and per clip pooled over every fold, per source over the folds'
+    own quantiles. Those too few residuals cannot promise are left out; no clip radii unless
+    every fold has its clips."""
+    frames = [p.astype(np.float64) - t.astype(np.float64) for p, t, _ in folds]
+    pooled = [("frame", frames)]
+    if all(clip is not None for _, _, clip in folds):
+        pooled.append(("clip", [pooled_per_clip(p, clip) - pooled_per_clip(t, clip) for p, t, clip in folds]))
     radii = {INTERVAL[(unit, c)]: conformal_radius(np.concatenate(r), c / 100) for unit, r in pooled for c in COVERAGES}
-    radii |= {INTERVAL[("source", c)]: source_radius(frame_residuals, c / 100, SOURCE_CONFIDENCE) for c in COVERAGES}
+    radii |= {INTERVAL[("source", c)]: source_radius(frames, c / 100, SOURCE_CONFIDENCE) for c in COVERAGES}
     return {k: v for k, v in radii.items() if math.isfinite(v)}
 
 
@@ -117,15 +122,23 @@ def loso_radii(frame_residuals: list[np.ndarray], clip_residuals: list[np.ndarra
 DOMAIN_PROBE = {"grid_steps": 5, "n_random": 20_000, "seed": 42}
 
 
+@functools.cache
+def _domain_probe(teacher: str) -> tuple[torch.Tensor, np.ndarray]:
+    """``DOMAIN_PROBE``'s points of the teacher's box as a shipped model sees them (float32), and
+    the teacher's scores there: the same for every fold of a job, so computed once per process."""
+    function = load_teacher(teacher)
+    x = domain_points(**DOMAIN_PROBE, low=function.domain[0], high=function.domain[1]).astype(np.float32)
+    return torch.from_numpy(x), function(x.astype(np.float64))
+
+
 def domain_max_error(model: VmafNet, teacher: str) -> float:
     """The largest |model - teacher| over ``DOMAIN_PROBE``'s points of the teacher's box: how far
     the model strays from its teacher where no training frame lies (other content, other codecs).
     Both see the float32 features a shipped model sees."""
-    function = load_teacher(teacher)
-    x = domain_points(**DOMAIN_PROBE, low=function.domain[0], high=function.domain[1]).astype(np.float32)
+    x, scores = _domain_probe(teacher)
     with torch.no_grad():
-        predicted = model.eval().predict(torch.from_numpy(x)).double().numpy()
-    return float(np.abs(predicted - function(x.astype(np.float64))).max())
+        predicted = model.eval().predict(x).double().numpy()
+    return float(np.abs(predicted - scores).max())
 
 
 class HeldoutHistory(L.Callback):
