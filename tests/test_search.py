@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -161,7 +162,8 @@ def test_an_interrupted_search_resumes(tiny_overrides, tmp_path):
     command = search_command(tmp_path, tiny_overrides, "resumed", n_trials=3)
     proc = start(command, tmp_path, "first")
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # kill -9 the launching process (and its job) in its second trial
+    # kill -9 the launching process (and its job) in its second trial, once it has named itself its owner
+    while time.monotonic() < deadline:
         try:  # the study exists once the launching process has created it
             trials = optuna.load_study(study_name="resumed", storage=storage).trials
         except KeyError:
@@ -169,7 +171,11 @@ def test_an_interrupted_search_resumes(tiny_overrides, tmp_path):
         except Exception:  # its database file does not exist yet
             assert not (tmp_path / "mlruns" / "optuna.db").exists()
             trials = []
-        if len(trials) == 2 and trials[1].state == optuna.trial.TrialState.RUNNING:
+        if (
+            len(trials) == 2
+            and trials[1].state == optuna.trial.TrialState.RUNNING
+            and OWNER_PID in trials[1].user_attrs
+        ):
             break
         assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         time.sleep(0.2)
@@ -247,6 +253,16 @@ def test_requeue_abandoned_asks_again_only_the_trials_of_a_dead_launcher_of_this
     (again,) = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.WAITING]
     assert again.system_attrs["fixed_params"] == trials["dead"].params  # asked again with the same params
     assert again.user_attrs["retry_of"] == trials["dead"].number
+
+
+def test_an_owner_less_running_trial_is_abandoned_only_once_it_is_old():
+    """A launching process killed between asking for a trial and naming itself its owner."""
+    study = optuna.create_study()  # in memory
+    orphan = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)})
+    assert requeue_abandoned(study) == 0  # just asked: its process may be about to name itself
+    assert requeue_abandoned(study, unowned_after=timedelta(0)) == 1
+    assert study.trials[orphan.number].state == optuna.trial.TrialState.FAIL
+    assert study.trials[-1].user_attrs["retry_of"] == orphan.number
 
 
 def guarded_study(

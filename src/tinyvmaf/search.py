@@ -24,6 +24,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from tinyvmaf.tracking import TrackedRun, Tracking, find_sweep_run
 
 DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 OWNER_HOST, OWNER_PID = "launcher_host", "launcher_pid"  # the launching process that asked for a trial
+UNOWNED_AFTER = timedelta(minutes=1)  # an owner-less RUNNING trial this old lost its launching process
 DOMAIN_GUARD = "domain_max_error_over_limit"  # the trial's constraint (search.domain_limit): feasible when <= 0
 
 
@@ -76,14 +78,26 @@ def open_study(name: str, storage: str, direction: str, sampler: Any = None, pru
     )
 
 
-def requeue_abandoned(study: optuna.study.Study) -> int:
-    """Trials left RUNNING by a launching process of this host that is gone (a Ctrl-C, a kill) are
-    marked FAIL and asked again with the same params; trials of live processes, or of other
+def abandoned(trial: optuna.trial.FrozenTrial, unowned_after: timedelta) -> bool:
+    """Whether a RUNNING trial's launching process is known to be gone: a process of this host
+    that no longer exists, or no owner at all ``unowned_after`` its start. A launching process
+    names itself within milliseconds of asking (``run_search``), so an owner-less trial that old
+    was asked by a process killed in between, whichever host it ran on (start times are Optuna's
+    local clock readings: hosts sharing a study share a time zone)."""
+    host, pid = trial.user_attrs.get(OWNER_HOST), trial.user_attrs.get(OWNER_PID)
+    if host is None and pid is None:
+        started = trial.datetime_start
+        return started is not None and datetime.now() - started >= unowned_after
+    return process_alive(host, pid) is False  # alive, or another host's to decide
+
+
+def requeue_abandoned(study: optuna.study.Study, unowned_after: timedelta = UNOWNED_AFTER) -> int:
+    """Trials left RUNNING by a launching process that is gone (a Ctrl-C, a kill: ``abandoned``)
+    are marked FAIL and asked again with the same params; trials of live processes, or of other
     hosts, are left to them."""
     count = 0
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        host, pid = trial.user_attrs.get(OWNER_HOST), trial.user_attrs.get(OWNER_PID)
-        if process_alive(host, pid) is not False:  # alive, or another host's to decide
+        if not abandoned(trial, unowned_after):
             continue
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
