@@ -131,9 +131,35 @@ def test_default_corpus_generation_is_byte_for_byte_reproducible(tmp_path, compo
         corpus = DefaultCorpus(tmp_path / run, sources, recipe["hrcs"][-1:], n_jobs=2)
         corpus.generate()
         digests.append(
-            {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((tmp_path / run).rglob("*.*"))}
+            {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((tmp_path / run).glob("*/*.*"))}
         )
     assert len(digests[0]) == 2 * len(sources) and digests[0] == digests[1]
+
+
+def test_a_clip_is_made_again_exactly_when_its_recipe_changes(tmp_path):
+    """An edited source remakes its reference and clips, an edited HRC its clips only; a corpus
+    whose clips have no recorded recipe (made before recipes were recorded) is taken as is."""
+    hrcs = [{"name": "crf20", "scale": 1.0, "crf": 20}, {"name": "crf40", "scale": 1.0, "crf": 40}]
+
+    def made(sources: dict, hrcs: list[dict]) -> dict[str, int]:
+        DefaultCorpus(tmp_path, sources, hrcs, n_jobs=1).generate()
+        return {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ref").iterdir()} | {
+            p.name: p.stat().st_mtime_ns for p in (tmp_path / "dis").iterdir()
+        }
+
+    sources = {
+        "Bars": {"lavfi": "testsrc2=size=64x48", "frames": 3},
+        "Noise": {"lavfi": "cellauto=s=64x48", "frames": 3},
+    }
+    first = made(sources, hrcs)
+    assert made(sources, hrcs) == first  # nothing redone
+    edited = made({**sources, "Bars": {**sources["Bars"], "filter": "hflip"}}, hrcs)
+    assert {n for n in first if edited[n] != first[n]} == {"Bars.y4m", "Bars__crf20.mp4", "Bars__crf40.mp4"}
+    recrf = made({**sources, "Bars": {**sources["Bars"], "filter": "hflip"}}, [hrcs[0], {**hrcs[1], "crf": 44}])
+    assert {n for n in recrf if recrf[n] != edited[n]} == {"Bars__crf40.mp4", "Noise__crf40.mp4"}
+    shutil.rmtree(tmp_path / "recipes")
+    assert made(sources, hrcs) == recrf  # no record: taken as made by this recipe, and recorded
+    assert made({**sources, "Noise": {**sources["Noise"], "frames": 2}}, hrcs)["Noise.y4m"] != recrf["Noise.y4m"]
 
 
 def plane_psnr(distorted: Path, reference: Path) -> dict[str, float]:

@@ -10,9 +10,10 @@ to the reference's size with bicubic, as the Netflix corpus does. The result is 
 
 from __future__ import annotations
 
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -22,9 +23,10 @@ from tinyvmaf import ffmpeg
 from tinyvmaf.corpus import ClipPair
 from tinyvmaf.corpus.directory import SEPARATOR, DirectoryCorpus
 from tinyvmaf.errors import TinyVmafError
-from tinyvmaf.files import atomic_path, inside, safe_name
+from tinyvmaf.files import atomic_path, inside, read_bounded, safe_name
 
 FPS = 25
+RECIPE_LIMIT = 1 << 16  # bytes: a recorded recipe is a few hundred
 
 
 @dataclass(frozen=True)
@@ -131,11 +133,19 @@ class DefaultCorpus:
         return [p for p in DirectoryCorpus(self.root, self.name).pairs() if p.asset in wanted]
 
     def generate(self) -> None:
-        """Write whatever reference or distorted clip is missing; finished files are never redone."""
+        """Write whatever reference or distorted clip is missing, or was made by another recipe
+        than the configuration's (an edited filter, CRF or frame count); the rest is never redone."""
         refs = [(name, self.reference_path(name)) for name in self.sources]
         dists = [(s, h) for s in self.sources for h in self.hrcs]
-        todo_refs = [(n, p) for n, p in refs if not p.exists()]
-        todo_dists = [(s, h) for s, h in dists if self._stale(self.distorted_path(s, h), self.reference_path(s))]
+        todo_refs = [(n, p) for n, p in refs if self._recipe_changed(p, self.sources[n])]
+        remade = {n for n, _ in todo_refs}
+        todo_dists = [
+            (s, h)
+            for s, h in dists
+            if s in remade
+            or self._recipe_changed(self.distorted_path(s, h), h)
+            or self._stale(self.distorted_path(s, h), self.reference_path(s))
+        ]
         if not todo_refs and not todo_dists:
             return
         with Progress(transient=True) as progress, ThreadPoolExecutor(self.n_jobs) as pool:
@@ -152,6 +162,27 @@ class DefaultCorpus:
             return True
         return not reference.exists() or distorted.stat().st_mtime_ns < reference.stat().st_mtime_ns
 
+    def _recipe_path(self, clip: Path) -> Path:
+        """Where the recipe that made ``clip`` is recorded: beside ``ref/`` and ``dis/``, never
+        inside them, where a corpus reader would take it for a clip."""
+        return self.root / "recipes" / clip.parent.name / f"{clip.name}.json"
+
+    def _recipe_changed(self, clip: Path, recipe: SourceRecipe | Hrc) -> bool:
+        """Whether ``clip`` must be (re)made: missing, or recorded as made by another recipe. A clip
+        with no record (a corpus generated before recipes were recorded, or a write interrupted
+        between the clip and its record) was made by the recipe of its time, taken as this one."""
+        if not clip.exists():
+            return True
+        record, wanted = self._recipe_path(clip), json.dumps(asdict(recipe), sort_keys=True)
+        if not record.exists():
+            self._record_recipe(clip, recipe)
+            return False
+        return read_bounded(record, RECIPE_LIMIT, "a clip's recipe").decode(errors="replace") != wanted
+
+    def _record_recipe(self, clip: Path, recipe: SourceRecipe | Hrc) -> None:
+        with atomic_path(self._recipe_path(clip)) as tmp:
+            tmp.write_text(json.dumps(asdict(recipe), sort_keys=True))
+
     def reference_path(self, source: str) -> Path:
         return inside(self.root / "ref", source, ".y4m", what="corpus.sources")
 
@@ -166,6 +197,7 @@ class DefaultCorpus:
                  "-frames:v", str(recipe.frames), "-f", "yuv4mpegpipe", ffmpeg.file_arg(tmp)],
                 what=f"default corpus source {source}",
             )  # fmt: skip
+        self._record_recipe(path, recipe)
 
     def _write_distorted(self, source: str, hrc: Hrc) -> None:
         path = self.distorted_path(source, hrc)
@@ -175,3 +207,4 @@ class DefaultCorpus:
                  "-f", "mp4", ffmpeg.file_arg(tmp)],
                 what=f"{self.name} corpus clip {path.name}",
             )  # fmt: skip
+        self._record_recipe(path, hrc)
