@@ -195,6 +195,24 @@ def test_v1_corpus_hrcs_damage_what_they_name_and_sources_are_cut_short(tmp_path
     assert psnr["Gradients", "full_crf18_luma6bit"]["y"] < psnr["Gradients", "full_crf24"]["y"] - 3, psnr
 
 
+def test_v1_corpus_greyscale_sources_have_no_chroma_at_all(tmp_path, compose):
+    """What the v1 stand-ins need to learn speed_chroma_uv 0 (greyscale content): the two
+    greyscale sources' chroma planes are mid-grey on every frame, to within swscale's rounding."""
+    recipe = OmegaConf.to_container(compose("build_cache", "corpus=v1").corpus, resolve=True)
+    sources = {s: recipe["sources"][s] for s in ("CameramanPan", "MoonZoom")}
+    corpus = DefaultCorpus(tmp_path, sources, [], frames=3)
+    corpus.generate()
+    width, height = 384, 216
+    for source in sources:
+        frames = corpus.reference_path(source).read_bytes().split(b"FRAME\n")[1:]
+        assert len(frames) == 3
+        for frame in frames:
+            planes = np.frombuffer(frame, np.uint8)
+            luma, chroma = planes[: width * height], planes[width * height :]
+            assert len(chroma) == width * height // 2 and set(np.unique(chroma)) <= {127, 128, 129}
+            assert luma.std() > 5  # a photo (the moon: std 12), not a flat frame
+
+
 def test_corpus_frames_below_two_is_one_line(tmp_path):
     with pytest.raises(TinyVmafError, match=r"^corpus.frames=1: must be an integer >= 2"):
         DefaultCorpus(tmp_path, {"Life": {"lavfi": "life", "frames": 5}}, [], frames=1)
