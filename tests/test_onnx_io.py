@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from tinyvmaf.errors import TinyVmafError
-from tinyvmaf.features import Standardization, transform_features
+from tinyvmaf.features import Standardization, chroma_correction, transform_features
 from tinyvmaf.model import VmafNet, mlp
 from tinyvmaf.onnx_io import ONNX_ACTIVATIONS, OnnxVmaf, check_graph, model_from_weights, onnx_graph
 from tinyvmaf.teacher.function import DOMAIN_HIGH, DOMAIN_LOW, load_teacher
@@ -170,3 +170,33 @@ def test_weights_that_declare_more_than_they_hold_or_too_many_are_refused_before
         TinyVmafError, match=r"^m.pt: 1,009,001 weights, more than the 1,000,000 a tiny model may hold$"
     ):
         model_from_weights(_saved_and_read(big, tmp_path / "b.pt"), "ReLU", False, "m.pt")
+
+
+def test_a_v1_stand_in_reads_speed_chroma_0_as_its_teacher_does_in_torch_and_onnx():
+    """Content with no chroma: the teacher reads speed_chroma_uv 0 as c (1 - adm3), and so does a
+    stand-in with the teacher's chroma correction, in torch and in its ONNX graph; rebuilt from its
+    weights it keeps it."""
+    name = "vmaf_v1.0.16_5d0h"
+    teacher, chroma = load_teacher(name), chroma_correction(name, True)
+    box = np.random.default_rng(3).uniform(*teacher.domain, size=(2000, 4))
+    box[::2, chroma[2]] = 0.0  # half the frames greyscale
+    corrected = transform_features(box, None, chroma)
+    assert np.array_equal(corrected[1::2], box[1::2])  # colour frames untouched
+    assert np.allclose(corrected[::2, chroma[2]], 120 * (1 - box[::2, chroma[1]]))
+    assert np.abs(teacher(corrected) - teacher(box)).max() < 1e-3  # what the teacher reads, exactly
+    torch.manual_seed(4)
+    model = VmafNet(mlp([8], "SiLU", 4), False, teacher.feature_columns, teacher.clip, chroma)
+    model.set_standardization(Standardization.fit(corrected, teacher(box)))
+    plain = VmafNet(mlp([8], "SiLU", 4), False, teacher.feature_columns, teacher.clip)
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        x = torch.tensor(box, dtype=torch.float32)
+        differs = (model.predict(x) != plain.predict(x)).numpy()
+    assert differs[::2].mean() > 0.9 and not differs[1::2].any()
+    assert check_graph(onnx_graph(model.eval()), model, box) <= 1e-4
+    rebuilt = model_from_weights(model.state_dict(), "SiLU", False, "m.pt", name, True)
+    assert rebuilt.chroma == chroma
+    with pytest.raises(TinyVmafError, match=r"^m.pt: chroma_correction is set, but teacher vmaf_v0.6.1 has none$"):
+        model_from_weights(random_model(nn.SiLU(), False).state_dict(), "SiLU", False, "m.pt", "vmaf_v0.6.1", True)
+    with pytest.raises(TinyVmafError, match=r"^m.pt: chroma_correction is 'yes', not true or false$"):
+        model_from_weights(model.state_dict(), "SiLU", False, "m.pt", name, "yes")

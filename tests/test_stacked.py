@@ -20,7 +20,7 @@ from tinyvmaf.corpus.directory import DirectoryCorpus
 from tinyvmaf.data import Augmentation, LosoDataModule, TensorBatches
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.export import export_models
-from tinyvmaf.features import Standardization
+from tinyvmaf.features import Standardization, chroma_correction
 from tinyvmaf.onnx_io import OnnxVmaf
 from tinyvmaf.score import score_pair
 from tinyvmaf.stacked import StackedAdamW, StackedBatches, StackedLosoDataModule
@@ -242,6 +242,13 @@ def test_a_v1_teacher_trains_four_input_stand_ins_stacked_and_one_by_one_and_exp
     got = session.run(["vmaf"], {"features": table.columns(inputs).astype(np.float32)})[0]
     target = table.scores["vmaf_v1.0.16_3d0h"]
     assert np.sqrt(np.mean((got - target) ** 2)) < 0.25 * target.std()  # it learned (0.86 vs a std of 14.3 here)
+    # teacher.chroma_correction: a greyscale frame (speed_chroma_uv 0) is read as c (1 - adm3), as the teacher reads it
+    c, adm3, speed = chroma_correction("vmaf_v1.0.16_3d0h", True)
+    grey = table.columns(inputs)[:50].astype(np.float32)
+    grey[:, speed] = 0
+    read_as = grey.copy()
+    read_as[:, speed] = c * (1 - grey[:, adm3])
+    assert np.array_equal(*(session.run(["vmaf"], {"features": x})[0] for x in (grey, read_as)))
     assert (tmp_path / "teachers" / "vmaf_v1.0.16_3d0h.onnx").is_file()
     # score.py measures a pair where the file says its features were measured, and scores it as the cache's frames
     assert (json.loads(meta["display"]), json.loads(meta["bit_depth"])) == ([640, 360], 10)

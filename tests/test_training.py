@@ -229,6 +229,11 @@ def test_whole_configuration_jobs_one_fold_after_another_equal_the_per_fold_runs
         ("data.augment.amount=-1", "data.augment.amount=-1: must be a finite number >= 0"),
         ("search.domain_limit=0", "search.domain_limit=0: must be a finite number > 0"),
         ("search.domain_limit=inf", "search.domain_limit=inf: must be a finite number > 0"),
+        ("+teacher.chroma_correction=yes", "teacher.chroma_correction='yes': must be true or false"),
+        (
+            "+teacher.chroma_correction=true",
+            "teacher.chroma_correction=true: teacher vmaf_v0.6.1 has no chroma correction",
+        ),
     ],
 )
 def test_training_options_are_checked_before_anything_is_logged(tiny_overrides, compose, tmp_path, option, message):

@@ -18,7 +18,7 @@ import torch
 from tinyvmaf.cache import FrameTable, TeacherCache
 from tinyvmaf.corpus import Corpus, sources_of
 from tinyvmaf.errors import TinyVmafError, finite_number
-from tinyvmaf.features import Standardization, motion_column, transform_features
+from tinyvmaf.features import Standardization, chroma_correction, motion_column, transform_features
 from tinyvmaf.teacher.function import load_teacher, student_inputs
 
 _BUILT: set[Path] = set()  # corpus cache folders built by this process: sweeps check once
@@ -126,10 +126,11 @@ class LosoDataModule(L.LightningDataModule):
         augment: Augmentation | None = None,
         log_motion: bool = False,
         minibatches_per_step: int = 1,
+        chroma_correction: bool = False,
     ) -> None:
         super().__init__()
         self.augment = augment or Augmentation()
-        self.log_motion = log_motion
+        self.log_motion, self.chroma_correction = log_motion, chroma_correction
         self.minibatches_per_step = minibatches_per_step
         self.corpus, self.cache, self.teacher, self.heldout = corpus, cache, teacher, heldout
         self.batch_size, self.seed, self.build_cache = batch_size, seed, build_cache
@@ -160,7 +161,8 @@ class LosoDataModule(L.LightningDataModule):
         train_x, train_y = features[~held], target[~held]
         # Fitted on the real training frames only (transformed as the model will see them).
         motion = motion_column(inputs) if self.log_motion else None
-        self.standardization = Standardization.fit(transform_features(train_x, motion), train_y)
+        chroma = chroma_correction(self.teacher, self.chroma_correction)
+        self.standardization = Standardization.fit(transform_features(train_x, motion, chroma), train_y)
         self.train_x, self.train_y = _tensors(train_x, train_y)
         self.synthetic_x, self.synthetic_y = _tensors(*self.augment.sample(train_x, self.teacher, self.seed))
         self.test_x, self.test_y = _tensors(features[held], target[held])

@@ -213,7 +213,12 @@ def model_from_run(tracking: Tracking, run_id: str) -> tuple[VmafNet, dict, Run]
     if teacher not in shipped_teachers():
         raise TinyVmafError(f"run_id={run_id}: teacher {teacher!r:.60} is not a libvmaf model tinyvmaf knows")
     model = model_from_weights(
-        saved.get("state_dict"), params.get(Param.ACTIVATION), saved.get("log_motion", False), what, teacher
+        saved.get("state_dict"),
+        params.get(Param.ACTIVATION),
+        saved.get("log_motion", False),
+        what,
+        teacher,
+        saved.get("chroma_correction", False),  # absent from the checkpoints of before it existed
     )
     arch = saved.get("arch") if isinstance(saved.get("arch"), dict) else {}
     name = arch.get("name") if isinstance(arch.get("name"), str) else params.get(Param.ARCH, "unknown")

@@ -16,7 +16,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 
 from tinyvmaf.errors import TinyVmafError
-from tinyvmaf.features import Standardization, motion_column, transform_features
+from tinyvmaf.features import ChromaCorrection, Standardization, motion_column, transform_features
 from tinyvmaf.teacher import FEATURE_NAMES
 
 VMAF_RANGE = (0.0, 100.0)  # the score range of every model but the v1.0.16 4K 3H ones' [0, 110]
@@ -46,8 +46,9 @@ def activation_name(net: nn.Module) -> str:
 
 
 class VmafNet(nn.Module):
-    """Raw features (``inputs``, libvmaf's names) -> standardize -> net -> de-standardize.
-    ``forward`` is unclipped (for the loss); ``predict`` clips to the teacher's ``score_range``."""
+    """Raw features (``inputs``, libvmaf's names) -> the input transform (``chroma``: the teacher's
+    chroma correction; ``log_motion``) -> standardize -> net -> de-standardize. ``forward`` is
+    unclipped (for the loss); ``predict`` clips to the teacher's ``score_range``."""
 
     def __init__(
         self,
@@ -55,6 +56,7 @@ class VmafNet(nn.Module):
         log_motion: bool = False,
         inputs: tuple[str, ...] = FEATURE_NAMES,
         score_range: tuple[float, float] = VMAF_RANGE,
+        chroma: ChromaCorrection | None = None,
     ) -> None:
         super().__init__()
         width = next(m.in_features for m in net.modules() if isinstance(m, nn.Linear))
@@ -62,6 +64,7 @@ class VmafNet(nn.Module):
             raise TinyVmafError(f"the net takes {width} features, but its teacher gives {len(inputs)}: {list(inputs)}")
         self.net = net
         self.log_motion = log_motion
+        self.chroma = None if chroma is None else (float(chroma[0]), int(chroma[1]), int(chroma[2]))
         self.inputs, self.score_range = tuple(inputs), (float(score_range[0]), float(score_range[1]))
         self.register_buffer("feature_mean", torch.zeros(len(inputs)))
         self.register_buffer("feature_std", torch.ones(len(inputs)))
@@ -80,7 +83,7 @@ class VmafNet(nn.Module):
         return motion_column(self.inputs) if self.log_motion else None
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        z = (transform_features(features, self.motion) - self.feature_mean) / self.feature_std
+        z = (transform_features(features, self.motion, self.chroma) - self.feature_mean) / self.feature_std
         return self.net(z).squeeze(-1) * self.target_std + self.target_mean
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
@@ -125,9 +128,10 @@ class TinyVmafModule(L.LightningModule):
         heldout_metrics: MetricCollection | None = None,
         inputs: tuple[str, ...] = FEATURE_NAMES,
         score_range: tuple[float, float] = VMAF_RANGE,
+        chroma: ChromaCorrection | None = None,
     ) -> None:
         super().__init__()
-        self.model = VmafNet(net, log_motion, tuple(inputs), tuple(score_range))
+        self.model = VmafNet(net, log_motion, tuple(inputs), tuple(score_range), chroma)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.loss = loss if loss is not None else CensoredMSELoss()

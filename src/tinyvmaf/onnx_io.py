@@ -24,6 +24,7 @@ from onnx import TensorProto, helper
 from torch import nn
 
 from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.features import chroma_correction
 from tinyvmaf.files import read_bounded
 from tinyvmaf.model import VmafNet, mlp
 from tinyvmaf.teacher import FEATURE_NAMES, Measurement
@@ -138,7 +139,8 @@ TINYVMAF_CONTRACT = OnnxContract()
 
 def onnx_graph(model: VmafNet, contract: OnnxContract = TINYVMAF_CONTRACT) -> onnx.ModelProto:
     """The clipped model as one self-contained ONNX graph, [N, F] -> [N] (or [N, 1]), any N,
-    written from the weights: the optional log of the motion feature, standardize, Gemm +
+    written from the weights: the teacher's chroma correction and the log of the motion feature
+    where the model has them, standardize, Gemm +
     activation per layer, de-standardize, clip to the teacher's range. Another column order is one
     Gather back to the model's order first, so every score is bit for bit the standard graph's."""
     g = OnnxGraph(np.float32)
@@ -149,6 +151,14 @@ def onnx_graph(model: VmafNet, contract: OnnxContract = TINYVMAF_CONTRACT) -> on
         order = np.array([contract.features.index(f) for f in model.inputs], dtype=np.int64)
         g.constants(feature_order=order)
         x = g.op("Gather", x, "feature_order", axis=1)
+    if model.chroma is not None:  # the teacher's: speed_chroma of exactly 0 read as c (1 - adm3)
+        c, guiding, guided = model.chroma
+        columns = np.arange(len(model.inputs))
+        g.constants(chroma_c=np.float32(c), adm3_column=np.array([guiding]), speed_chroma_column=columns == guided)
+        adm3 = g.op("Gather", x, "adm3_column", axis=1)
+        corrected = g.op("Mul", g.op("Sub", g.constant("one", 1.0), adm3), "chroma_c")
+        no_chroma = g.op("And", "speed_chroma_column", g.op("Equal", x, g.constant("zero", 0.0)))
+        x = g.op("Where", no_chroma, corrected, x)
     if model.log_motion:  # log1p(max(motion, 0)) in the motion feature's column, the others as they are
         mask = np.arange(len(model.inputs)) == model.motion
         logged = g.op("Log", g.op("Add", g.op("Max", x, g.constant("zero", 0.0)), g.constant("one", 1.0)))
@@ -200,7 +210,12 @@ MAX_WEIGHTS = 1_000_000
 
 
 def model_from_weights(
-    state: object, activation: object, log_motion: object, what: str, teacher: str = "vmaf_v0.6.1"
+    state: object,
+    activation: object,
+    log_motion: object,
+    what: str,
+    teacher: str = "vmaf_v0.6.1",
+    chroma: object = False,
 ) -> VmafNet:
     """A ``VmafNet`` rebuilt from a state dict read from someone else's file, never from a config
     read with it: the layers from the weights' shapes (F -> ... -> 1, F the teacher's inputs, each
@@ -215,6 +230,8 @@ def model_from_weights(
         raise TinyVmafError(f"{what}: activation {activation!r:.40} is not one of {', '.join(sorted(known))}")
     if not isinstance(log_motion, bool):
         raise TinyVmafError(f"{what}: log_motion is {log_motion!r:.40}, not true or false")
+    if not isinstance(chroma, bool):
+        raise TinyVmafError(f"{what}: chroma_correction is {chroma!r:.40}, not true or false")
     for name, tensor in state.items():  # a view may declare far more values than its storage holds
         if tensor.numel() * tensor.element_size() > tensor.untyped_storage().nbytes():
             raise TinyVmafError(
@@ -237,7 +254,11 @@ def model_from_weights(
     if n_weights > MAX_WEIGHTS:
         raise TinyVmafError(f"{what}: {n_weights:,} weights, more than the {MAX_WEIGHTS:,} a tiny model may hold")
     net = mlp(widths[1:-1], activation if activation != "none" else "ReLU", len(inputs))
-    model = VmafNet(net, log_motion, inputs, load_teacher(teacher).clip)
+    try:
+        correction = chroma_correction(teacher, chroma)
+    except TinyVmafError:
+        raise TinyVmafError(f"{what}: chroma_correction is set, but teacher {teacher} has none") from None
+    model = VmafNet(net, log_motion, inputs, load_teacher(teacher).clip, correction)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

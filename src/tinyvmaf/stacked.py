@@ -174,11 +174,12 @@ class StackedVmafNet(nn.Module):
     def __init__(self, like: VmafNet, folds: int) -> None:
         super().__init__()
         self.net = StackedNet(like.net, folds)
-        self.log_motion, self.inputs, self.score_range, self.motion = (
+        self.log_motion, self.inputs, self.score_range, self.motion, self.chroma = (
             like.log_motion,
             like.inputs,
             like.score_range,
             like.motion,
+            like.chroma,
         )
         self.register_buffer("feature_mean", torch.zeros(folds, 1, len(like.inputs)))
         self.register_buffer("feature_std", torch.ones(folds, 1, len(like.inputs)))
@@ -193,7 +194,7 @@ class StackedVmafNet(nn.Module):
             self.target_std[k] = s.target_std
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        z = (transform_features(features, self.motion) - self.feature_mean) / self.feature_std
+        z = (transform_features(features, self.motion, self.chroma) - self.feature_mean) / self.feature_std
         return self.net(z).squeeze(-1) * self.target_std + self.target_mean
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
@@ -201,7 +202,8 @@ class StackedVmafNet(nn.Module):
 
     def fold(self, k: int) -> VmafNet:
         """Fold k as the ``VmafNet`` its separate run would have trained."""
-        model = VmafNet(self.net.fold(k), self.log_motion, self.inputs, self.score_range).to(self.feature_mean.device)
+        model = VmafNet(self.net.fold(k), self.log_motion, self.inputs, self.score_range, self.chroma)
+        model = model.to(self.feature_mean.device)
         model.feature_mean.copy_(self.feature_mean[k, 0])
         model.feature_std.copy_(self.feature_std[k, 0])
         model.target_mean.copy_(self.target_mean[k, 0])

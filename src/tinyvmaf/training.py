@@ -28,6 +28,7 @@ from tinyvmaf.cache import TeacherCache
 from tinyvmaf.corpus import Corpus
 from tinyvmaf.data import LosoDataModule
 from tinyvmaf.errors import TinyVmafError, finite_number, instantiate_checked
+from tinyvmaf.features import chroma_correction
 from tinyvmaf.metrics import HeldoutHistory, clip_metrics, domain_max_error
 from tinyvmaf.model import TinyVmafModule, VmafNet, count_params
 from tinyvmaf.onnx_io import check_graph, onnx_graph
@@ -91,6 +92,7 @@ def check_options(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "search.domain_limit") is not None:
         _finite(cfg, "search.domain_limit", 0.0, low_included=False)
     instantiate_checked(cfg.data.augment)
+    chroma_correction(cfg.teacher.model, cfg.teacher.get("chroma_correction", False))
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,13 @@ class Job:
         # Instantiated per call: each fold's module starts from its own seeded init, each Trainer is fresh.
         self._cfg = cfg
         self._make_data: Callable[..., LosoDataModule] = instantiate_checked(
-            cfg.data, _partial_=True, corpus=corpus, cache=cache, teacher=cfg.teacher.model, seed=cfg.seed
+            cfg.data,
+            _partial_=True,
+            corpus=corpus,
+            cache=cache,
+            teacher=cfg.teacher.model,
+            seed=cfg.seed,
+            chroma_correction=cfg.teacher.get("chroma_correction", False),
         )
 
     @classmethod
@@ -161,8 +169,13 @@ class Job:
         its teacher's inputs and clipped to its teacher's range."""
         L.seed_everything(self.seed, verbose=False)
         inputs = student_inputs(self.teacher)
+        chroma = chroma_correction(self.teacher, self._cfg.teacher.get("chroma_correction", False))
         return instantiate_checked(
-            self._cfg.model, net={"n_features": len(inputs)}, inputs=inputs, score_range=load_teacher(self.teacher).clip
+            self._cfg.model,
+            net={"n_features": len(inputs)},
+            inputs=inputs,
+            score_range=load_teacher(self.teacher).clip,
+            chroma=chroma,
         )
 
     def n_params(self) -> int:
@@ -419,7 +432,12 @@ def log_fold_result(
     run.log_metrics(history)
     with tempfile.TemporaryDirectory(prefix="tinyvmaf-run-") as tmp:
         (Path(tmp) / "config.yaml").write_text(recipe.config_yaml)
-        saved = {"state_dict": model.state_dict(), "arch": recipe.arch_config, "log_motion": model.log_motion}
+        saved = {
+            "state_dict": model.state_dict(),
+            "arch": recipe.arch_config,
+            "log_motion": model.log_motion,
+            "chroma_correction": model.chroma is not None,
+        }
         torch.save(saved, Path(tmp) / "model.pt")
         np.savez(
             Path(tmp) / "heldout.npz", teacher=data.test_y.numpy(), predicted=predicted.numpy(), clip=data.test_clip
