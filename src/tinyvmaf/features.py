@@ -1,5 +1,6 @@
 """The tiny models' input contract: their teacher's libvmaf features (vmaf_v0.6.1's six, or a
-v1.0.16 model's four), an optional log of the motion feature, and their standardization. It is
+v1.0.16 model's four), read as the teacher reads them (its chroma correction), an optional log of
+the motion feature, and their standardization. It is
 fitted by the data module on the training sources and lives inside every model (and so inside
 every shipped ONNX graph) as buffers.
 """
@@ -45,9 +46,9 @@ def chroma_correction(teacher: str, enabled: bool) -> ChromaCorrection | None:
     order, when ``enabled`` (``teacher.chroma_correction``)."""
     if not isinstance(enabled, bool):
         raise TinyVmafError(f"teacher.chroma_correction={enabled!r:.40}: must be true or false")
-    function = load_teacher(teacher)
     if not enabled:
         return None
+    function = load_teacher(teacher)
     if function.chroma_correction is None:
         raise TinyVmafError(f"teacher.chroma_correction=true: teacher {teacher} has no chroma correction")
     c, guiding, guided = function.chroma_correction

@@ -129,6 +129,8 @@ class Job:
         self.report_percent = list(cfg.search.report_percent) if self.trial else []
         self.max_params = (cfg.get("search") or {}).get("max_params")
         self.domain_limit = (cfg.get("search") or {}).get("domain_limit")
+        correct_chroma = cfg.teacher.get("chroma_correction", False)
+        self.chroma = chroma_correction(self.teacher, correct_chroma)
         # Instantiated per call: each fold's module starts from its own seeded init, each Trainer is fresh.
         self._cfg = cfg
         self._make_data: Callable[..., LosoDataModule] = instantiate_checked(
@@ -138,7 +140,7 @@ class Job:
             cache=cache,
             teacher=cfg.teacher.model,
             seed=cfg.seed,
-            chroma_correction=cfg.teacher.get("chroma_correction", False),
+            chroma_correction=correct_chroma,
         )
 
     @classmethod
@@ -169,13 +171,12 @@ class Job:
         its teacher's inputs and clipped to its teacher's range."""
         L.seed_everything(self.seed, verbose=False)
         inputs = student_inputs(self.teacher)
-        chroma = chroma_correction(self.teacher, self._cfg.teacher.get("chroma_correction", False))
         return instantiate_checked(
             self._cfg.model,
             net={"n_features": len(inputs)},
             inputs=inputs,
             score_range=load_teacher(self.teacher).clip,
-            chroma=chroma,
+            chroma=self.chroma,
         )
 
     def n_params(self) -> int:

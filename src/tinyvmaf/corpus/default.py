@@ -103,6 +103,11 @@ def packaged_file(package: str, file: str) -> Path:
     return path
 
 
+def _recipe_text(recipe: SourceRecipe | Hrc) -> str:
+    """A clip's recipe as recorded beside it: every field, in one canonical order."""
+    return json.dumps(asdict(recipe), sort_keys=True)
+
+
 class DefaultCorpus:
     def __init__(
         self,
@@ -173,15 +178,15 @@ class DefaultCorpus:
         between the clip and its record) was made by the recipe of its time, taken as this one."""
         if not clip.exists():
             return True
-        record, wanted = self._recipe_path(clip), json.dumps(asdict(recipe), sort_keys=True)
+        record = self._recipe_path(clip)
         if not record.exists():
             self._record_recipe(clip, recipe)
             return False
-        return read_bounded(record, RECIPE_LIMIT, "a clip's recipe").decode(errors="replace") != wanted
+        return read_bounded(record, RECIPE_LIMIT, "a clip's recipe").decode(errors="replace") != _recipe_text(recipe)
 
     def _record_recipe(self, clip: Path, recipe: SourceRecipe | Hrc) -> None:
         with atomic_path(self._recipe_path(clip)) as tmp:
-            tmp.write_text(json.dumps(asdict(recipe), sort_keys=True))
+            tmp.write_text(_recipe_text(recipe))
 
     def reference_path(self, source: str) -> Path:
         return inside(self.root / "ref", source, ".y4m", what="corpus.sources")
