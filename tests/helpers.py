@@ -15,7 +15,9 @@ import onnx
 from mlflow.tracking import MlflowClient
 from onnx import TensorProto, helper, numpy_helper
 
+from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.teacher import FEATURE_NAMES
+from tinyvmaf.tracking import Tracking
 
 FEATURES = json.dumps(list(FEATURE_NAMES))
 
@@ -72,3 +74,14 @@ def experiment_runs(uri: str, name: str = "tinyvmaf-loso", kinds: tuple[str, ...
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name(name).experiment_id], max_results=1000)
     return [r for r in runs if r.data.tags.get("kind") in kinds]
+
+
+def store_runs(uri: str, query: str = "") -> list:
+    """The runs, or none while a running command has yet to make its store: a bare MlflowClient
+    polling a store another process is creating runs MLflow's migrations alongside it (or creates
+    the store itself), and the command then finds a half-migrated store and stops."""
+    try:
+        client, experiment = Tracking(uri, "tinyvmaf-loso").existing_experiment()
+    except TinyVmafError:
+        return []
+    return client.search_runs([experiment], query, max_results=1000)

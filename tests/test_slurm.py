@@ -16,10 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cluster import HOST_ADDRESS, NODES
+from helpers import store_runs
 from mlflow.tracking import MlflowClient
-
-from tinyvmaf.errors import TinyVmafError
-from tinyvmaf.tracking import Tracking
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -72,16 +70,6 @@ def start(slurm, tmp_path: Path, script: str, *args: str) -> subprocess.Popen:
 def finished(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
     proc.wait(timeout=timeout)
     return proc.returncode, proc.log.read_text()
-
-
-def store_runs(uri: str, query: str = "") -> list:
-    """The runs, or none while the sweep has yet to make its store: a bare MlflowClient polling a
-    store another process is creating runs MLflow's migrations alongside it, and both fail."""
-    try:
-        client, experiment = Tracking(uri, "tinyvmaf-loso").existing_experiment()
-    except TinyVmafError:
-        return []
-    return client.search_runs([experiment], query, max_results=1000)
 
 
 def sacct(slurm, job: str) -> list[str]:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import LAUNCHERS, experiment_runs
+from helpers import LAUNCHERS, experiment_runs, store_runs
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
@@ -36,12 +36,6 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def runs_of(store: Path, query: str = "") -> list:
-    client = MlflowClient(f"sqlite:///{store}/mlflow.db")
-    experiment = client.get_experiment_by_name("tinyvmaf-loso")
-    return [] if experiment is None else client.search_runs([experiment.experiment_id], query, max_results=1000)
 
 
 @pytest.mark.slow
@@ -147,13 +141,15 @@ def test_a_job_stopped_during_training_exits_130_and_its_run_ends_killed(stop, t
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not runs_of(tmp_path / "mlruns", "tags.kind = 'fold'"):
+    while time.monotonic() < deadline and not store_runs(
+        f"sqlite:///{tmp_path}/mlruns/mlflow.db", "tags.kind = 'fold'"
+    ):
         time.sleep(0.5)
     time.sleep(2)  # inside Trainer.fit
     os.kill(proc.pid, stop)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130 and stderr.strip().endswith("error: interrupted"), stderr[-2000:]
-    (run,) = runs_of(tmp_path / "mlruns", "tags.kind = 'fold'")
+    (run,) = store_runs(f"sqlite:///{tmp_path}/mlruns/mlflow.db", "tags.kind = 'fold'")
     assert run.info.status == "KILLED" and run.data.tags["error"] == f"interrupted ({stop.name})"
 
 

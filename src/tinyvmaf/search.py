@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -30,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+import sqlalchemy
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
 
@@ -41,6 +43,7 @@ from tinyvmaf.tracking import TrackedRun, Tracking, find_sweep_run
 DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 OWNER_HOST, OWNER_PID = "launcher_host", "launcher_pid"  # the launching process that asked for a trial
 UNOWNED_AFTER = timedelta(minutes=1)  # an owner-less RUNNING trial this old lost its launching process
+CREATION_TRIES = 5  # a fresh database's tables being made by several launching processes at once
 DOMAIN_GUARD = "domain_max_error_over_limit"  # the trial's constraint (search.domain_limit): feasible when <= 0
 
 
@@ -70,12 +73,32 @@ def distribution(key: str, spec: str) -> optuna.distributions.BaseDistribution:
 
 
 def open_study(name: str, storage: str, direction: str, sampler: Any = None, pruner: Any = None) -> optuna.study.Study:
-    """The study, created on first use (race-safe: Optuna's storage takes the first creator's)."""
+    """The study, created on first use. Launching processes that share a study may start at once
+    on a fresh database, where Optuna creates its tables with no lock: of two or three processes
+    starting together, all but one failed ("table studies already exists" from SQLite,
+    a duplicate pg_type key from PostgreSQL). The losers try again and find the tables made; for
+    the study itself Optuna's storage takes the first creator's."""
     if storage.startswith("sqlite:///"):
         Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return optuna.create_study(
-        study_name=name, storage=storage, direction=direction, sampler=sampler, pruner=pruner, load_if_exists=True
-    )
+
+    def create() -> optuna.study.Study:
+        return optuna.create_study(
+            study_name=name, storage=storage, direction=direction, sampler=sampler, pruner=pruner, load_if_exists=True
+        )
+
+    for attempt in range(CREATION_TRIES - 1):
+        try:
+            return create()
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            if not _lost_creation_race(exc):
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    return create()
+
+
+def _lost_creation_race(exc: Exception) -> bool:
+    """Another process created a table or row first, whatever the database calls that."""
+    return isinstance(exc, sqlalchemy.exc.IntegrityError) or "already exists" in str(exc)
 
 
 def abandoned(trial: optuna.trial.FrozenTrial, unowned_after: timedelta) -> bool:
