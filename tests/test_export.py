@@ -25,7 +25,7 @@ from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 
 from tinyvmaf.errors import TinyVmafError
-from tinyvmaf.export import export_models, model_from_run
+from tinyvmaf.export import export_models, fresh_seeds_of, model_from_run
 from tinyvmaf.ffmpeg import ffmpeg_exe
 from tinyvmaf.metrics import DOMAIN_PROBE, conformal_radius
 from tinyvmaf.teacher import FEATURE_NAMES
@@ -66,18 +66,26 @@ def test_export_runs_the_loso_of_its_recipe_when_the_store_has_none(swept, compo
     tmp, base = swept
     overrides = [o for o in base if not o.startswith(("fold.", "trainer.max_epochs"))]
     options = ["export", "~experiment", *overrides, "trainer.max_epochs=4", "register=false", "check_corpus=null",
-               f"exports.vmaf_tiny_v1.output={tmp_path}/a.onnx", "~exports.vmaf_tiny_v1_medium", "teacher_exports=[]"]  # fmt: skip
+               f"exports.vmaf_tiny_v1.output={tmp_path}/a.onnx", "~exports.vmaf_tiny_v1_medium", "teacher_exports=[]",
+               "fresh_seeds=[1]"]  # fmt: skip
     assert export_models(compose(*options)) == 0
-    assert (
-        "mlp_small: no finished LOSO of this recipe and corpus in the store: running one (2 folds"
-        in capsys.readouterr().out
-    )
+    out = capsys.readouterr().out
+    assert out.count("mlp_small: no finished LOSO of this recipe and corpus in the store: running one (2 folds") == 2
     meta = ort.InferenceSession(str(tmp_path / "a.onnx")).get_modelmeta().custom_metadata_map
     assert meta["loso_sweep_id"].startswith("export-mlp_small-") and meta["loso_folds"] == "2"
     client = MlflowClient(f"sqlite:///{tmp}/mlruns/mlflow.db")
     folds = client.search_runs([meta["loso_experiment_id"]], f"tags.mlflow.parentRunId = '{meta['loso_run_id']}'")
     assert sorted(r.data.params["fold"] for r in folds) == ["Bars", "Mandel"]
-    assert {r.data.params["epochs"] for r in folds} == {"4"}
+    assert {r.data.params["epochs"] for r in folds} == {"4"} and {r.data.params["seed"] for r in folds} == {"0"}
+    # the same recipe's LOSO with seed 1, which no search chose on: its own sweep, its own figure
+    fresh = client.search_runs(
+        [meta["loso_experiment_id"]], "params.seed = '1' and params.epochs = '4' and tags.kind = 'fold'"
+    )
+    assert sorted(r.data.params["fold"] for r in fresh) == ["Bars", "Mandel"] and meta["loso_fresh_seeds"] == "1"
+    fresh_rmse = np.mean([r.data.metrics["heldout_rmse"] for r in fresh])
+    assert float(meta["loso_fresh_seeds_rmse_mean"]) == pytest.approx(fresh_rmse, abs=1e-6)
+    assert fresh_rmse != pytest.approx(float(meta["loso_rmse_mean"]), abs=1e-6)
+    assert f"the same recipe with seeds 1: LOSO mean RMSE {fresh_rmse:.4f}" in out
     rmse = [r.data.metrics["heldout_rmse"] for r in folds]
     assert float(meta["loso_rmse_mean"]) == pytest.approx(np.mean(rmse), abs=1e-6)
     assert float(meta["loso_rmse_worst"]) == pytest.approx(max(rmse), abs=1e-6)
@@ -98,6 +106,13 @@ def test_export_runs_the_loso_of_its_recipe_when_the_store_has_none(swept, compo
     assert "warning: loso=false: the mlp_small file is not validated" in capsys.readouterr().out
     meta = ort.InferenceSession(str(tmp_path / "a.onnx")).get_modelmeta().custom_metadata_map
     assert meta["loso"] == "not run (loso=false): unvalidated" and not any(k.startswith("loso_") for k in meta)
+
+
+@pytest.mark.parametrize("seeds", ["[0,1]", "[1,1]", "3", "[x]", "[true]"])
+def test_fresh_seeds_are_distinct_integers_other_than_the_recipes_own(seeds, compose):
+    with pytest.raises(TinyVmafError, match=r"^fresh_seeds=.*: a list of distinct integer seeds, none of them seed=0"):
+        fresh_seeds_of(compose("export", f"fresh_seeds={seeds}"))
+    assert fresh_seeds_of(compose("export")) == [1, 2] and fresh_seeds_of(compose("export_v1")) == []
 
 
 def test_the_lusoris_layout_drops_into_that_toolchains_folder(swept, compose, tmp_path):

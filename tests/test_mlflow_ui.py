@@ -59,7 +59,7 @@ def store(tiny_corpus_master, tmp_path_factory, training_overrides, compose) -> 
     assert write_digest(compose("evaluate", *corpus, f"paths.reports_dir={tmp}/reports", "sweep_id=s-ui")) == 0
     exported = compose(
         "export", "~experiment", *[o for o in base if not o.startswith("fold.")], "teacher_exports=[]", "check_corpus=null",
-        f"exports.vmaf_tiny_v1.output={tmp}/a.onnx", f"exports.vmaf_tiny_v1_medium.output={tmp}/b.onnx",
+        "fresh_seeds=[]", f"exports.vmaf_tiny_v1.output={tmp}/a.onnx", f"exports.vmaf_tiny_v1_medium.output={tmp}/b.onnx",
     )  # fmt: skip
     assert export_models(exported) == 0
     with mlflow_ui(tmp / "mlruns") as ui:

@@ -44,6 +44,8 @@ from tinyvmaf.runs import (
     LOSO_CLIP_STD,
     LOSO_EXPERIMENT_ID,
     LOSO_FOLDS,
+    LOSO_FRESH_MEAN,
+    LOSO_FRESH_SEEDS,
     LOSO_MEAN,
     LOSO_STD,
     LOSO_WORST,
@@ -140,34 +142,68 @@ def finished_loso(
     return None
 
 
-def validated(loso: bool, job: Job, table: FrameTable) -> dict[str, str]:
+def validated(loso: bool, job: Job, table: FrameTable, fresh_seeds: list[int]) -> dict[str, str]:
     """The LOSO evidence of the recipe a shipped model is trained with: a finished LOSO of that
     exact recipe and corpus from the store, or one run here and now (stacked, every fold of the
-    corpus, under sweep ``export-<arch>-<recipe>``, which a rerun resumes); ``loso=false`` ships
-    the file unvalidated, and says so."""
+    corpus, under sweep ``export-<arch>-<recipe>``, which a rerun resumes), and the same for each
+    of ``fresh_seeds`` (``LOSO_FRESH_MEAN``); ``loso=false`` ships the file unvalidated, and says so."""
     arch = job.arch
     if not loso:
         print(f"warning: loso=false: the {arch} file is not validated (no LOSO of its recipe was looked for or run)")
         return {"loso": "not run (loso=false): unvalidated"}
-    client, experiment_id = job.tracking.experiment()
-    expected = {s: job.recipe(s).hash for s in table.sources}
-    data = table.manifest[:12]
-    found = finished_loso(client, experiment_id, arch, expected, data)
-    if found is None:
-        sweep = f"export-{arch}-{hashlib.sha256(''.join(expected.values()).encode()).hexdigest()[:12]}"
-        print(
-            f"{arch}: no finished LOSO of this recipe and corpus in the store: running one ({len(expected)} folds, sweep {sweep})"
-        )
-        train_every_fold(job.loso(sweep), None)
-        found = finished_loso(client, experiment_id, arch, expected, data)
-        if found is None:
-            raise TinyVmafError(f"{arch}: the LOSO of sweep {sweep} did not finish every fold")
-    figures = evidence_of(client, found, table)
+    client = job.tracking.experiment()[0]
+    figures = evidence_of(client, loso_of(job, table), table)
     print(
         f"{arch}: LOSO of this recipe (sweep {figures[Tag.LOSO_SWEEP_ID]}): mean RMSE {float(figures[LOSO_MEAN['rmse']]):.4f}, "
         f"worst {float(figures[LOSO_WORST['rmse']]):.4f}, mean PLCC {float(figures[LOSO_MEAN['plcc']]):.4f}"
     )
+    if fresh_seeds:
+        means = [
+            loso_figures([heldout(r) for r in loso_of(job.with_seed(s), table)])[LOSO_MEAN["rmse"]] for s in fresh_seeds
+        ]
+        figures |= {LOSO_FRESH_SEEDS: ",".join(map(str, fresh_seeds)), LOSO_FRESH_MEAN: f"{np.mean(means):.6f}"}
+        print(
+            f"{arch}: the same recipe with seeds {', '.join(map(str, fresh_seeds))}: LOSO mean RMSE "
+            f"{', '.join(f'{m:.4f}' for m in means)} (mean {np.mean(means):.4f}, the estimate no selection chose)"
+        )
     return figures
+
+
+def fresh_seeds_of(cfg: DictConfig) -> list[int]:
+    """``fresh_seeds``: distinct integers other than ``seed`` (whose LOSO is the recipe's own)."""
+    seeds = cfg.get("fresh_seeds")
+    if seeds is None:
+        return []
+    listed = list(seeds) if OmegaConf.is_list(seeds) else None
+    if (
+        listed is None
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in listed)
+        or len(set(listed)) != len(listed)
+        or cfg.seed in listed
+    ):
+        raise TinyVmafError(
+            f"fresh_seeds={seeds!r:.80}: a list of distinct integer seeds, none of them seed={cfg.seed} (e.g. [1, 2])"
+        )
+    return listed
+
+
+def loso_of(job: Job, table: FrameTable) -> list[Run]:
+    """The finished fold runs of a LOSO of the job's exact recipe and corpus, one per source: from
+    the store, or run here and now."""
+    client, experiment_id = job.tracking.experiment()
+    expected = {s: job.recipe(s).hash for s in table.sources}
+    data = table.manifest[:12]
+    found = finished_loso(client, experiment_id, job.arch, expected, data)
+    if found is None:
+        sweep = f"export-{job.arch}-{hashlib.sha256(''.join(expected.values()).encode()).hexdigest()[:12]}"
+        print(
+            f"{job.arch}: no finished LOSO of this recipe and corpus in the store: running one ({len(expected)} folds, sweep {sweep})"
+        )
+        train_every_fold(job.loso(sweep), None)
+        found = finished_loso(client, experiment_id, job.arch, expected, data)
+        if found is None:
+            raise TinyVmafError(f"{job.arch}: the LOSO of sweep {sweep} did not finish every fold")
+    return found
 
 
 def run_loso(client: MlflowClient, run: Run, table: FrameTable) -> dict[str, str]:
@@ -305,7 +341,7 @@ def register(
         run.log_params({k: metadata[k] for k in recipe if k in metadata})
         figures = {*LOSO_MEAN.values(), *LOSO_STD.values(), *LOSO_WORST.values(), *LOSO_CLIP_MEAN.values()}
         figures |= {*LOSO_CLIP_STD.values(), *INTERVAL.values(), *CHECK.values(), *CHECK_CLIP.values()}
-        figures |= set(CHECK_COVERAGE.values())
+        figures |= {*CHECK_COVERAGE.values(), LOSO_FRESH_MEAN}
         loso = {k: float(v) for k, v in metadata.items() if k in figures}
         if loso:  # the export run shows its evidence, and points at it
             run.log_metrics([{"step": 0, **loso}], step_key="step")
@@ -357,6 +393,11 @@ def describe(metadata: dict[str, str]) -> str:
             loso += (
                 f" Per clip (frames pooled by their mean, as libvmaf pools): RMSE mean "
                 f"{float(metadata[LOSO_CLIP_MEAN['rmse']]):.3f}, PLCC mean {float(metadata[LOSO_CLIP_MEAN['plcc']]):.4f}."
+            )
+        if LOSO_FRESH_MEAN in metadata:
+            loso += (
+                f" The same recipe trained again with seeds {metadata[LOSO_FRESH_SEEDS].replace(',', ', ')}, which no "
+                f"search chose on: LOSO RMSE mean {float(metadata[LOSO_FRESH_MEAN]):.3f}, the figure to expect on new content."
             )
         if INTERVAL[("clip", 95)] in metadata:
             loso += (
@@ -446,7 +487,7 @@ def export_models(cfg: DictConfig) -> int:
             check_options(recipe_cfg)
             job = Job(recipe_cfg, corpus, cache, tracking)
             table = cache.ready(corpus)
-            evidence = validated(cfg.loso, job, table)
+            evidence = validated(cfg.loso, job, table, fresh_seeds_of(cfg))
             model, table = train_on_all_sources(job)
             arch_cfg = OmegaConf.to_container(arch, resolve=True)
             teacher, epochs, recipe = cfg.teacher.model, str(recipe_cfg.trainer.max_epochs), cfg.experiment_name

@@ -22,7 +22,7 @@ from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.files import atomic_path, folder_lock, read_bounded, sha256_file
 from tinyvmaf.model import VmafNet
 from tinyvmaf.onnx_io import OnnxContract, check_graph, onnx_graph, open_session
-from tinyvmaf.runs import LOSO_FOLDS, LOSO_MEAN, LOSO_WORST, Tag
+from tinyvmaf.runs import LOSO_FOLDS, LOSO_FRESH_MEAN, LOSO_FRESH_SEEDS, LOSO_MEAN, LOSO_WORST, Tag
 from tinyvmaf.teacher import FEATURE_NAMES
 from tinyvmaf.teacher.function import student_inputs
 from tinyvmaf.teacher.log import LEGACY_NAMES
@@ -55,6 +55,8 @@ def registry_notes(metadata: dict[str, str]) -> str:
             f"{float(metadata[LOSO_MEAN['rmse']]):.3f}, worst {float(metadata[LOSO_WORST['rmse']]):.3f}; "
             f"PLCC mean {float(metadata[LOSO_MEAN['plcc']]):.4f}."
         )
+        if LOSO_FRESH_MEAN in metadata:
+            notes += f" With unsearched seeds {metadata[LOSO_FRESH_SEEDS]}: RMSE mean {float(metadata[LOSO_FRESH_MEAN]):.3f}."
     else:
         notes += " Unvalidated: no LOSO of its recipe."
     return notes[:512]

@@ -140,6 +140,11 @@ CHECK_CORPUS = "check_corpus"
 LOSO_WORST = {"rmse": "loso_rmse_worst", "plcc": "loso_plcc_worst"}
 LOSO_DOMAIN_MAX_ERROR = "loso_domain_max_error"  # the largest DOMAIN_MAX_ERROR of a LOSO's folds: a search's guard
 LOSO_FOLDS = "loso_folds"
+# A shipped model's recipe trained again, LOSO and all, with seeds its search never saw (export's
+# fresh_seeds): the mean over those seeds of each LOSO's mean RMSE. A searched recipe's own LOSO is
+# the lowest of the search's noisy estimates, on the very folds it reports; this one was not chosen on.
+LOSO_FRESH_SEEDS = "loso_fresh_seeds"
+LOSO_FRESH_MEAN = "loso_fresh_seeds_rmse_mean"
 LOSO_EXPERIMENT_ID = "loso_experiment_id"
 BEST_PREFIX = "best."  # a search's sweep run: its best trial's params as tags ``best.<key>``, and ``best.trial``
 # The sweep run's per-arch digest figures: ``<arch>/rmse_mean``...

@@ -156,6 +156,10 @@ class Job:
         cfg = OmegaConf.merge(fold_config(self._cfg, self.corpus, ALL_FOLDS), {"sweep_id": sweep})
         return Job(cfg, self.corpus, self.cache, self.tracking)
 
+    def with_seed(self, seed: int) -> Job:
+        """This recipe with another seed: its initial weights, batches and augmentation."""
+        return Job(OmegaConf.merge(self._cfg, {"seed": seed}), self.corpus, self.cache, self.tracking)
+
     def recipe(self, source: str | None = None) -> FoldRecipe:
         """The recipe of this job's fold, or of fold ``source`` of a whole-configuration job."""
         return FoldRecipe.of(self._cfg if source is None else fold_config(self._cfg, self.corpus, source))
