@@ -476,3 +476,15 @@ def test_shipped_models_stay_within_5_vmaf_of_the_teacher_over_the_valid_domain(
     teacher = function(x.astype(np.float32).astype(np.float64))
     worst = np.abs(predicted - teacher).max()
     assert worst <= 5.0 and float(metadata["domain_max_error"]) == pytest.approx(worst, abs=1e-3)
+
+
+@pytest.mark.parametrize("name", ["vmaf_tiny_v1", "vmaf_tiny_v1_medium"])
+def test_the_front_pages_headline_is_the_files_own_unselected_figure(name, repo):
+    """README's bold LOSO RMSE is the file's fresh-seed LOSO (no search chose on it), its check
+    corpus figure is the file's too, and the two agree within the 1.5x the check corpus allows."""
+    metadata = ort.InferenceSession(str(repo / "models" / f"{name}.onnx")).get_modelmeta().custom_metadata_map
+    row = next(line for line in (repo / "README.md").read_text().splitlines() if f"`models/{name}.onnx`" in line)
+    headline = float(re.search(r"\*\*([\d.]+)\*\*", row).group(1))
+    check = float(row.rstrip(" |").rsplit("|", 1)[1])
+    assert headline == round(float(metadata["loso_fresh_seeds_rmse_mean"]), 3)
+    assert check == round(float(metadata["check_rmse"]), 3) and max(headline, check) <= 1.5 * min(headline, check)
