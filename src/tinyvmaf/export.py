@@ -463,6 +463,7 @@ def export_models(cfg: DictConfig) -> int:
         raise TinyVmafError(f"layout={cfg.layout}: not one of {', '.join(LAYOUTS)}")
     if cfg.layout == LUSORIS and cfg.get("run_id"):
         raise TinyVmafError("layout=lusoris: writes the shipped models (exports), not a fold run's (run_id=)")
+    fresh_seeds = fresh_seeds_of(cfg)  # checked once, before any LOSO or training
     drop_in = DropInFolder(Path(cfg.lusoris_dir), cfg.overwrite, cfg.lusoris_id_prefix)
     if cfg.layout == LUSORIS:  # that folder holds other people's files: refuse before any training
         drop_in.check([name for name, _, _ in shipped(cfg)], cfg.teacher.model)
@@ -487,7 +488,7 @@ def export_models(cfg: DictConfig) -> int:
             check_options(recipe_cfg)
             job = Job(recipe_cfg, corpus, cache, tracking)
             table = cache.ready(corpus)
-            evidence = validated(cfg.loso, job, table, fresh_seeds_of(cfg))
+            evidence = validated(cfg.loso, job, table, fresh_seeds)
             model, table = train_on_all_sources(job)
             arch_cfg = OmegaConf.to_container(arch, resolve=True)
             teacher, epochs, recipe = cfg.teacher.model, str(recipe_cfg.trainer.max_epochs), cfg.experiment_name
