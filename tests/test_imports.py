@@ -32,7 +32,7 @@ def test_importing_tinyvmaf_changes_no_logging_or_warning_state():
 # The stages in the order data flows (docs/architecture.md); a module imports, at its top, only from
 # stages before its own, its own package, and the support modules any stage may use.
 STAGES = [
-    "corpus", "teacher", "features", "cache", "data", "model", "stacked", "onnx_io", "runs", "metrics",
+    "corpus", "teacher", "features", "cache", "data", "model", "fused", "stacked", "onnx_io", "runs", "metrics",
     "tracking", "sweep.ledger", "sweep.status", "search", "training", "digest", "lusoris", "export", "score",
     "sweep.callbacks", "sweep.launcher",
 ]  # fmt: skip

@@ -23,7 +23,7 @@ from tinyvmaf.export import export_models
 from tinyvmaf.features import Standardization, chroma_correction
 from tinyvmaf.onnx_io import OnnxVmaf
 from tinyvmaf.score import score_pair
-from tinyvmaf.stacked import StackedAdamW, StackedBatches, StackedLosoDataModule
+from tinyvmaf.stacked import StackedAdamW, StackedBatches, StackedLosoDataModule, side_by_side
 from tinyvmaf.teacher.ffmpeg_filter import FfmpegLibvmaf
 from tinyvmaf.teacher.function import load_teacher
 from tinyvmaf.training import train
@@ -102,9 +102,10 @@ def test_each_stacked_fold_holds_the_data_of_its_separate_run(uneven_cache):
         assert torch.equal(stacked.folds[k].test_x, alone.test_x)
         # its mini-batches, in its own order: the rows of weight 1 of its slice, epoch after epoch
         loader, mine = alone.train_dataloader(), stacked.train_dataloader()
+        x, _, _ = stacked.train_rows
         for _ in range(epochs):
             rows = torch.cat([x for x, _ in loader])
-            got = torch.cat([x[k][w[k] > 0] for x, _, w in mine])
+            got = torch.cat([x.view(-1, x.shape[-1])[i[k][w[k] > 0]] for i, w in mine])
             assert torch.equal(rows, got)
     steps = [f.minibatches_per_epoch for f in stacked.folds]
     assert len(set(steps)) > 1  # the folds' epochs differ in length: the padding is exercised
@@ -133,6 +134,8 @@ def test_changing_the_heldout_source_changes_no_other_fold_of_it(uneven_cache, m
         assert torch.equal(getattr(mine_before, name), getattr(mine_after, name)), name
     assert_same_standardization(before.standardizations[k], after.standardizations[k])
     assert not torch.equal(mine_before.test_x, mine_after.test_x)
+    (x_before, y_before, _), (x_after, y_after, _) = before.train_rows, after.train_rows
+    assert torch.equal(x_before[k], x_after[k]) and torch.equal(y_before[k], y_after[k])
     for a, b in zip(before.train_dataloader(), after.train_dataloader()):
         assert torch.equal(a[0][k], b[0][k]) and torch.equal(a[1][k], b[1][k])
     others = [i for i in range(len(sources)) if i != k]
@@ -181,15 +184,17 @@ def test_stacked_folds_on_the_gpu_match_the_cpu(uneven_overrides, compose):
 def test_stacked_batches_cut_each_fold_as_its_own_tensor_batches_and_weigh_the_padding_zero():
     xs = [torch.arange(5.0)[:, None].repeat(1, 6), 10 + torch.arange(8.0)[:, None].repeat(1, 6)]
     ys = [x[:, 0].clone() for x in xs]
-    stacked = StackedBatches(xs, ys, batch_size=3, shuffle=True, seed=3, minibatches_per_step=1)
+    x, y = side_by_side(xs).view(-1, 6), side_by_side(ys).view(-1)
+    stacked = StackedBatches([5, 8], 8, batch_size=3, shuffle=True, seed=3, minibatches_per_step=1)
     alone = [TensorBatches(x, y, batch_size=3, shuffle=True, seed=3) for x, y in zip(xs, ys)]
     items = list(stacked)
     assert len(stacked) == len(items) == 3  # the longer fold's 8 rows: 3 mini-batches of 3
     for k, fold in enumerate(alone):
-        real = [y[k][w[k] > 0] for _, y, w in items]
+        real = [y[i[k][w[k] > 0]] for i, w in items]
         assert [r.tolist() for r in real if len(r)] == [b[1].tolist() for b in fold]
-        assert all(torch.equal(x[k][w[k] > 0, 0], y[k][w[k] > 0]) for x, y, w in items)
-    shorter_padding = torch.cat([w[0] for _, _, w in items])
+        assert all(torch.equal(x[i[k][w[k] > 0], 0], y[i[k][w[k] > 0]]) for i, w in items)
+        assert all((i[k][w[k] == 0] == k * 8).all() for i, w in items)  # padding: the fold's first row
+    shorter_padding = torch.cat([w[0] for _, w in items])
     assert shorter_padding.sum() == 5 and len(shorter_padding) == 9  # 5 real rows, 4 of padding at weight 0
 
 

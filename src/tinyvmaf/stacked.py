@@ -11,6 +11,7 @@ its arithmetic: a stacked step of 9 folds takes ~0.45 ms against ~0.25 ms for on
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from collections.abc import Callable
 
@@ -23,33 +24,32 @@ from torchmetrics import MetricCollection
 from tinyvmaf.data import LosoDataModule
 from tinyvmaf.errors import TinyVmafError
 from tinyvmaf.features import Standardization, transform_features
-from tinyvmaf.model import TinyVmafModule, VmafNet, nonfinite_loss
+from tinyvmaf.fused import FusedRows, FusedSteps, fused_activation, kernel
+from tinyvmaf.model import CensoredMSELoss, TinyVmafModule, VmafNet, nonfinite_loss
 
 # --- the data: every fold's batches side by side ---
 
 
 class StackedBatches:
     """Every fold's mini-batches side by side, as ``TensorBatches`` would cut them for each fold
-    alone (same shuffling from the same seed, same last partial mini-batch): an item holds
-    ``minibatches_per_step`` mini-batches of each fold as ``(x [K, M*B, F], y [K, M*B], weight
-    [K, M*B])``. Folds with fewer rows are padded with copies of their first row, weight 0."""
+    alone (same shuffling from the same seed, same last partial mini-batch), as row numbers into
+    the folds' rows laid side by side (``rows[k]`` real rows of fold k from ``k * stride``): an
+    item holds ``minibatches_per_step`` mini-batches of each fold as ``(index [K, M*B], weight
+    [K, M*B])``. Past a fold's rows, its index repeats its first row with weight 0."""
 
     def __init__(
         self,
-        xs: list[torch.Tensor],
-        ys: list[torch.Tensor],
+        rows: list[int],
+        stride: int,
         batch_size: int,
         shuffle: bool,
         seed: int = 0,
         minibatches_per_step: int = 1,
     ) -> None:
-        self.rows = [len(x) for x in xs]
-        longest = max(self.rows)
-        self.x = torch.stack([torch.cat([x, x[:1].expand(longest - len(x), -1)]) for x in xs])
-        self.y = torch.stack([torch.cat([y, y[:1].expand(longest - len(y))]) for y in ys])
+        self.rows, self.stride = rows, stride
         self.batch_size, self.shuffle, self.minibatches_per_step = batch_size, shuffle, minibatches_per_step
-        self.generators = [torch.Generator().manual_seed(seed) for _ in xs]
-        self.span = -(-longest // batch_size) * batch_size  # rows per fold per epoch, padding included
+        self.generators = [torch.Generator().manual_seed(seed) for _ in rows]
+        self.span = -(-max(rows) // batch_size) * batch_size  # rows per fold per epoch, padding included
 
     def __len__(self) -> int:
         return -(-self.span // (self.batch_size * self.minibatches_per_step))
@@ -61,12 +61,29 @@ class StackedBatches:
         for k, (n, generator) in enumerate(zip(self.rows, self.generators)):
             index[k, :n] = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
             weight[k, :n] = 1.0
-        flat = (index + torch.arange(folds)[:, None] * self.x.shape[1]).view(-1)
-        x = self.x.view(-1, self.x.shape[-1]).index_select(0, flat).view(folds, self.span, -1)
-        y = self.y.view(-1).index_select(0, flat).view(folds, self.span)
+        index += torch.arange(folds)[:, None] * self.stride
         step = self.batch_size * self.minibatches_per_step
         for start in range(0, self.span, step):
-            yield x[:, start : start + step], y[:, start : start + step], weight[:, start : start + step]
+            yield index[:, start : start + step], weight[:, start : start + step]
+
+
+class HeldoutBatch:
+    """Every fold's held-out source in one item: x [K, N, F], y [K, N], weight [K, N] (0: padding)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> None:
+        self.item = (x, y, weight)
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self):
+        yield self.item
+
+
+def side_by_side(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """[K, N, ...]: each fold's rows, padded to the longest with copies of its first row."""
+    longest = max(len(t) for t in tensors)
+    return torch.stack([torch.cat([t, t[:1].expand(longest - len(t), *t.shape[1:])]) for t in tensors])
 
 
 class StackedLosoDataModule(L.LightningDataModule):
@@ -95,18 +112,48 @@ class StackedLosoDataModule(L.LightningDataModule):
     def minibatches_per_epoch(self) -> list[int]:
         return [f.minibatches_per_epoch for f in self.folds]
 
-    def train_dataloader(self) -> StackedBatches:
+    @property
+    def train_rows(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Every fold's training rows (real, then synthetic) side by side: x [K, N, F], y [K, N],
+        and each fold's number of rows."""
         xs = [torch.cat([f.train_x, f.synthetic_x]) for f in self.folds]
         ys = [torch.cat([f.train_y, f.synthetic_y]) for f in self.folds]
-        return StackedBatches(xs, ys, self.batch_size, True, self.seed, self.minibatches_per_step)
+        return side_by_side(xs), side_by_side(ys), [len(x) for x in xs]
 
-    def val_dataloader(self) -> StackedBatches:
-        """Every fold's held-out source in one item."""
+    def train_dataloader(self) -> StackedBatches:
+        rows = [len(f.train_x) + len(f.synthetic_x) for f in self.folds]
+        return StackedBatches(rows, max(rows), self.batch_size, True, self.seed, self.minibatches_per_step)
+
+    def val_dataloader(self) -> HeldoutBatch:
         xs, ys = [f.test_x for f in self.folds], [f.test_y for f in self.folds]
-        return StackedBatches(xs, ys, max(len(x) for x in xs), shuffle=False)
+        longest = max(len(x) for x in xs)
+        weight = torch.stack([(torch.arange(longest) < len(x)).float() for x in xs])
+        return HeldoutBatch(side_by_side(xs), side_by_side(ys), weight)
 
 
 # --- the network, its optimizer and its module ---
+
+
+def _layers(net: nn.Module) -> list[nn.Module]:
+    return list(net) if isinstance(net, nn.Sequential) else [net]
+
+
+def _adamw(optimizer: Callable[..., torch.optim.Optimizer]) -> dict | None:
+    """The param group of the optimizer ``optimizer`` makes, if it is an AdamW that stacks (no amsgrad, no maximize)."""
+    probe = optimizer([torch.zeros(1, requires_grad=True)])
+    group = probe.param_groups[0]
+    return group if type(probe) is torch.optim.AdamW and not group["amsgrad"] and not group["maximize"] else None
+
+
+def stacks(module: TinyVmafModule) -> bool:
+    """Whether ``module`` trains stacked: AdamW, a torch loss with ``reduction``, and only
+    ``nn.Linear`` layers with weights. A single fold then trains as a stack of one, through the
+    same (fused) step as every fold of a stacked LOSO."""
+    return (
+        _adamw(module.optimizer_factory) is not None
+        and isinstance(module.loss, nn.modules.loss._Loss)
+        and all(isinstance(m, nn.Linear) or not any(True for _ in m.parameters()) for m in _layers(module.model.net))
+    )
 
 
 class StackedNet(nn.Module):
@@ -115,7 +162,7 @@ class StackedNet(nn.Module):
 
     def __init__(self, net: nn.Module, folds: int) -> None:
         super().__init__()
-        layers = list(net) if isinstance(net, nn.Sequential) else [net]
+        layers = _layers(net)
         for layer in layers:
             if not isinstance(layer, nn.Linear) and any(True for _ in layer.parameters()):
                 raise TinyVmafError(f"arch.net: layer {type(layer).__name__} has weights: only nn.Linear layers stack")
@@ -193,9 +240,12 @@ class StackedVmafNet(nn.Module):
             self.target_mean[k] = s.target_mean
             self.target_std[k] = s.target_std
 
+    def standardize(self, features: torch.Tensor) -> torch.Tensor:
+        """[K, B, F] raw features -> what each fold's net takes."""
+        return (transform_features(features, self.motion, self.chroma) - self.feature_mean) / self.feature_std
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        z = (transform_features(features, self.motion, self.chroma) - self.feature_mean) / self.feature_std
-        return self.net(z).squeeze(-1) * self.target_std + self.target_mean
+        return self.net(self.standardize(features)).squeeze(-1) * self.target_std + self.target_mean
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         return self.forward(features).clamp(*self.score_range)
@@ -263,12 +313,11 @@ class StackedAdamW(torch.optim.Optimizer):
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None,
         total_steps: list[int],
     ) -> None:
-        probe = optimizer([torch.zeros(1, requires_grad=True)])
-        group = probe.param_groups[0]
-        if type(probe) is not torch.optim.AdamW or group["amsgrad"] or group["maximize"]:
+        group = _adamw(optimizer)
+        if group is None:
             raise TinyVmafError(
-                f"model.optimizer={type(probe).__name__}: stacked folds train with AdamW (no amsgrad, no maximize); "
-                "set stack_folds=false to train the folds one after the other"
+                f"model.optimizer={type(optimizer([torch.zeros(1)])).__name__}: stacked folds train with AdamW "
+                "(no amsgrad, no maximize); set stack_folds=false to train the folds one after the other"
             )
         super().__init__([param], {"eps": group["eps"]})
         tables = {t: _coefficients(_schedule(optimizer, scheduler, t), group["weight_decay"]) for t in set(total_steps)}
@@ -300,12 +349,33 @@ class StackedAdamW(torch.optim.Optimizer):
         steps += active
 
 
+def fused_rows(model: StackedVmafNet, x: torch.Tensor, y: torch.Tensor, loss: nn.Module, rows: list[int]) -> FusedRows:
+    """The folds' rows (x [K, N, F], y [K, N]) as the fused step reads them: standardized by each
+    fold's model, with the censored loss's bounds where the teacher sits on them."""
+    mean, std = model.target_mean, model.target_std
+    low, high = torch.full_like(y, -math.inf), torch.full_like(y, math.inf)
+    if isinstance(loss, CensoredMSELoss):
+        low = torch.where(y <= loss.low, (loss.low - mean) / std, low)
+        high = torch.where(y >= loss.high, (loss.high - mean) / std, high)
+    z = model.standardize(x)
+    return FusedRows(
+        z.reshape(-1, z.shape[-1]).contiguous(),
+        ((y - mean) / std).reshape(-1).contiguous(),
+        low.reshape(-1).contiguous(),
+        high.reshape(-1).contiguous(),
+        torch.tensor(rows, dtype=torch.long),
+    )
+
+
 class StackedTinyVmafModule(L.LightningModule):
     """Every fold of a LOSO at once: ``module``'s network, optimizer, schedule, loss and held-out
-    metrics, one copy per fold. Batches come from ``StackedLosoDataModule``: [K, B] rows with a
-    weight of 1 for real rows and 0 for the padding of folds with fewer rows."""
+    metrics, one copy per fold. Batches come from ``StackedLosoDataModule``: [K, B] row numbers
+    into its folds' rows, with a weight of 1 for real rows and 0 for the padding of folds with
+    fewer rows. On the CPU an MLP trains through the fused step (``tinyvmaf.fused``,
+    ``fused=True``, its folds spread over ``threads`` threads); anything else, or ``fused=False``,
+    through autograd."""
 
-    def __init__(self, module: TinyVmafModule, folds: int) -> None:
+    def __init__(self, module: TinyVmafModule, folds: int, fused: bool = True, threads: int = 1) -> None:
         super().__init__()
         self.model = StackedVmafNet(module.model, folds)
         self.optimizer_factory = module.optimizer_factory
@@ -318,28 +388,75 @@ class StackedTinyVmafModule(L.LightningModule):
         self.loss.reduction = "none"  # each fold's mean over its own rows, padding left out
         self.automatic_optimization = False
         self.heldout_metrics = nn.ModuleList([module.heldout_metrics.clone() for _ in range(folds)])
-        self.register_buffer("train_loss_sum", torch.zeros(folds), persistent=False)
-        self.register_buffer("train_batches", torch.zeros(folds), persistent=False)
+        self.fused, self.threads = fused, threads
+        self.steps: FusedSteps | None = None  # the fused step, when it serves this job (on_train_start)
+        self.register_buffer("train_loss_sum", torch.zeros(folds, dtype=torch.float64), persistent=False)
+        self.register_buffer("train_batches", torch.zeros(folds, dtype=torch.float64), persistent=False)
 
     @property
     def fold_metrics(self) -> list[MetricCollection]:
         return list(self.heldout_metrics)
 
     def setup(self, stage: str) -> None:
-        self.model.set_standardization(self.trainer.datamodule.standardizations)
+        datamodule = self.trainer.datamodule
+        self.model.set_standardization(datamodule.standardizations)
+        self.hold_rows(*datamodule.train_rows)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        optimizer = self.optimizers(use_pl_optimizer=False)
+    def hold_rows(self, x: torch.Tensor, y: torch.Tensor, rows: list[int]) -> None:
+        """The folds' training rows (x [K, N, F], y [K, N], rows[k] real), as buffers, so that
+        they move with the module to the Trainer's device (trainer=gpu)."""
+        self.register_buffer("train_x", x.reshape(-1, x.shape[-1]), persistent=False)
+        self.register_buffer("train_y", y.reshape(-1), persistent=False)
+        self.train_rows = rows
+
+    def on_train_start(self) -> None:
+        self.steps = self.fused_steps() if self.fused and self.device.type == "cpu" else None
+
+    def on_train_end(self) -> None:
+        if self.steps is not None:
+            self.steps.close()
+            self.steps = None
+
+    def fused_steps(self) -> FusedSteps | None:
+        """The fused step for this net, loss and the rows held, or None where it does not serve them."""
+        layers = list(self.model.net.layers)
+        activation = fused_activation(layers)
+        if activation is None or type(self.loss) not in (CensoredMSELoss, nn.MSELoss) or kernel() is None:
+            return None
+        folds = len(self.train_rows)
+        x, y = self.train_x.view(folds, -1, self.train_x.shape[-1]), self.train_y.view(folds, -1)
+        with torch.no_grad():
+            rows = fused_rows(self.model, x, y, self.loss, self.train_rows)
+        widths = [layers[0].in_features, *(layer.out_features for layer in layers[::2])]
+        return FusedSteps(widths, activation, rows, self.threads)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        datamodule = self.trainer.datamodule
+        first = batch_idx * datamodule.minibatches_per_step
+        self.train_chunk(self.optimizers(use_pl_optimizer=False), *batch, first, datamodule.batch_size)
+
+    def train_chunk(
+        self, optimizer: StackedAdamW, index: torch.Tensor, weight: torch.Tensor, first: int, size: int
+    ) -> None:
+        """One optimizer step per mini-batch of ``size`` rows in the chunk (mini-batches ``first``
+        .. of the epoch): fused where ``steps`` is set, else through autograd."""
+        if self.steps is not None:
+            status = self.steps.run(
+                self.model.net.weights.data, optimizer.state[self.model.net.weights], optimizer.table,
+                optimizer.param_groups[0]["eps"], index, first, size, self.train_loss_sum, self.train_batches,
+            )  # fmt: skip
+            if status:
+                raise nonfinite_loss(torch.tensor(math.nan), self.current_epoch)
+            return
         m = self.model
-        size = self.trainer.datamodule.batch_size
-        for x, y, weight in zip(*(t.split(size, dim=1) for t in batch)):
-            rows = weight.sum(1)
-            active = rows > 0
+        for rows, w in zip(index.split(size, dim=1), weight.split(size, dim=1)):
+            counts = w.sum(1)
+            active = counts > 0
             optimizer.zero_grad(set_to_none=True)
             # Each fold's mean over its real rows, divided by its target's variance as a separate run's
             # loss is; padding rows (copies of real ones: finite) weigh 0.
-            scale = weight / (rows.clamp(min=1) * m.target_std.squeeze(1).square())[:, None]
-            per_fold = (self.loss(m(x), y) * scale).sum(1)
+            scale = w / (counts.clamp(min=1) * m.target_std.squeeze(1).square())[:, None]
+            per_fold = (self.loss(m(self.train_x[rows]), self.train_y[rows]) * scale).sum(1)
             loss = per_fold.sum()
             if not torch.isfinite(loss):
                 raise nonfinite_loss(loss, self.current_epoch)

@@ -10,6 +10,7 @@ Trainer) and hands them down; nothing below it reads the configuration.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -54,7 +55,7 @@ from tinyvmaf.runs import (
     recipe_hash,
     run_params,
 )
-from tinyvmaf.stacked import StackedLosoDataModule, StackedTinyVmafModule
+from tinyvmaf.stacked import StackedLosoDataModule, StackedTinyVmafModule, stacks
 from tinyvmaf.teacher.function import load_teacher, student_inputs
 from tinyvmaf.tracking import (
     TrackedRun,
@@ -89,6 +90,8 @@ def check_options(cfg: DictConfig) -> None:
         _positive_int(cfg, key)
     _finite(cfg, "model.optimizer.lr", 0.0, low_included=False)
     _finite(cfg, "model.optimizer.weight_decay", 0.0, low_included=True)
+    if OmegaConf.select(cfg, "fold_threads") is not None:
+        _positive_int(cfg, "fold_threads")
     if OmegaConf.select(cfg, "search.domain_limit") is not None:
         _finite(cfg, "search.domain_limit", 0.0, low_included=False)
     instantiate_checked(cfg.data.augment)
@@ -125,6 +128,7 @@ class Job:
         self.heldout = str(cfg.fold.heldout) if cfg.get("fold") is not None else None
         self.arch, self.sweep, self.teacher = cfg.arch.name, sweep_id(cfg), cfg.teacher.model
         self.seed, self.max_epochs, self.stack_folds = cfg.seed, cfg.trainer.max_epochs, bool(cfg.stack_folds)
+        self.fold_threads = cfg.get("fold_threads") or len(os.sched_getaffinity(0))
         self.trial = search_trial(cfg)
         self.report_percent = list(cfg.search.report_percent) if self.trial else []
         self.max_params = (cfg.get("search") or {}).get("max_params")
@@ -371,7 +375,7 @@ def train_stacked(job: Job, parent_run_id: str, sources: list[str]) -> tuple[dic
         datamodule.prepare_data()
         datamodule.setup("fit")
         single = job.module()  # every fold starts from the init of its separate run
-        module = StackedTinyVmafModule(single, len(sources))
+        module = StackedTinyVmafModule(single, len(sources), threads=job.fold_threads)
         history = HeldoutHistory()
         report = ReportToTrial(job.trial, history, job.max_epochs, job.report_percent) if job.trial else None
         trainer = job.trainer(callbacks=[history, *([report] if report else [])])
@@ -462,17 +466,25 @@ def print_fold(arch: str, heldout: str, final: dict[str, float]) -> None:
 
 
 def train_fold(job: Job, recipe: FoldRecipe, parent_run_id: str | None) -> dict[str, float]:
-    """One LOSO fold, as its own MLflow run (a child of ``parent_run_id`` when given)."""
+    """One LOSO fold, as its own MLflow run (a child of ``parent_run_id`` when given). A module
+    that stacks trains as a stack of one fold, through the step every stacked LOSO takes (so a
+    fold trains the same alone or beside others); any other through its own autograd step."""
     with open_fold_run(job, recipe, parent_run_id) as run:
         history = HeldoutHistory()
         datamodule, module, trainer = job.fit_objects(recipe.heldout, callbacks=[history])
         log_fold_inputs(run, job, datamodule, module.n_params, module.activation)
-        trainer.fit(module, datamodule=datamodule)
+        if stacks(module):
+            stack = StackedTinyVmafModule(module, 1)
+            trainer.fit(stack, datamodule=StackedLosoDataModule([datamodule]))
+            model = stack.model.fold(0)
+        else:
+            trainer.fit(module, datamodule=datamodule)
+            model = module.model
         if not history.history:
             raise TinyVmafError(
                 f"{recipe.arch} fold={recipe.heldout}: training ended without a single held-out evaluation"
             )
-        log_fold_result(run, job, recipe, module.model, datamodule, history.history)
+        log_fold_result(run, job, recipe, model, datamodule, history.history)
     final = history.final()
     print_fold(recipe.arch, recipe.heldout, final)
     return final
