@@ -34,7 +34,7 @@ from tinyvmaf.cli import quiet_libraries  # noqa: E402
 from tinyvmaf.data import TensorBatches  # noqa: E402
 from tinyvmaf.features import Standardization  # noqa: E402
 from tinyvmaf.model import TinyVmafModule, mlp  # noqa: E402
-from tinyvmaf.stacked import StackedBatches, StackedTinyVmafModule  # noqa: E402
+from tinyvmaf.stacked import HeldoutBatch, StackedBatches, StackedTinyVmafModule, side_by_side  # noqa: E402
 from tinyvmaf.teacher.function import domain_points, load_teacher  # noqa: E402
 
 FOLDS, EPOCHS, BATCH, SEED = 9, 8, 256, 0
@@ -51,7 +51,7 @@ class Folds(L.LightningDataModule):
         y = teacher(x)
         self.sources = np.repeat(np.arange(FOLDS), frames_per_source)[: len(x)]
         self.x, self.y = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
-        self.stacked, self.batch_size = stacked, BATCH
+        self.stacked, self.batch_size, self.minibatches_per_step = stacked, BATCH, 16
         self.folds = list(range(FOLDS)) if stacked else [0]
         self.standardizations = [Standardization.fit(x[self.sources != k], y[self.sources != k]) for k in self.folds]
         self.standardization = self.standardizations[0]
@@ -62,16 +62,23 @@ class Folds(L.LightningDataModule):
         masks = [torch.as_tensor((self.sources == k) if held else (self.sources != k)) for k in self.folds]
         return [self.x[m] for m in masks], [self.y[m] for m in masks]
 
+    @property
+    def train_rows(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """The stacked module's rows, as ``StackedLosoDataModule.train_rows`` hands them."""
+        xs, ys = self._split(held=False)
+        return side_by_side(xs), side_by_side(ys), [len(x) for x in xs]
+
     def train_dataloader(self):
         xs, ys = self._split(held=False)
         if self.stacked:
-            return StackedBatches(xs, ys, BATCH, shuffle=True, seed=SEED, minibatches_per_step=16)
+            rows = [len(x) for x in xs]
+            return StackedBatches(rows, max(rows), BATCH, shuffle=True, seed=SEED, minibatches_per_step=16)
         return TensorBatches(xs[0], ys[0], BATCH, shuffle=True, seed=SEED, minibatches_per_step=16)
 
     def val_dataloader(self):
         xs, ys = self._split(held=True)
         if self.stacked:
-            return StackedBatches(xs, ys, max(len(x) for x in xs), shuffle=False)
+            return HeldoutBatch.of(xs, ys)
         return TensorBatches(xs[0], ys[0], len(xs[0]), shuffle=False)
 
 

@@ -90,16 +90,23 @@ def open_study(name: str, storage: str, direction: str, sampler: Any = None, pru
     for attempt in range(CREATION_TRIES - 1):
         try:
             return create()
-        except sqlalchemy.exc.SQLAlchemyError as exc:
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
             if not _lost_creation_race(exc):
                 raise
             time.sleep(0.1 * (attempt + 1))
     return create()
 
 
-def _lost_creation_race(exc: Exception) -> bool:
-    """Another process created a table or row first, whatever the database calls that."""
-    return isinstance(exc, sqlalchemy.exc.IntegrityError) or "already exists" in str(exc)
+def _lost_creation_race(exc: BaseException | None) -> bool:
+    """Another process created a table or row first, whatever the database calls that, or held
+    SQLite's lock while it did; Optuna wraps some of these in its StorageInternalError (the
+    database's error is its cause: two of three threads on one fresh SQLite file under load)."""
+    while exc is not None:
+        text = str(exc)
+        if isinstance(exc, sqlalchemy.exc.IntegrityError) or "already exists" in text or "database is locked" in text:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def abandoned(trial: optuna.trial.FrozenTrial, unowned_after: timedelta) -> bool:

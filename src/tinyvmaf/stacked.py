@@ -73,6 +73,13 @@ class HeldoutBatch:
     def __init__(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> None:
         self.item = (x, y, weight)
 
+    @classmethod
+    def of(cls, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> HeldoutBatch:
+        """Each fold's held-out rows, side by side."""
+        longest = max(len(x) for x in xs)
+        weight = torch.stack([(torch.arange(longest) < len(x)).float() for x in xs])
+        return cls(side_by_side(xs), side_by_side(ys), weight)
+
     def __len__(self) -> int:
         return 1
 
@@ -125,10 +132,7 @@ class StackedLosoDataModule(L.LightningDataModule):
         return StackedBatches(rows, max(rows), self.batch_size, True, self.seed, self.minibatches_per_step)
 
     def val_dataloader(self) -> HeldoutBatch:
-        xs, ys = [f.test_x for f in self.folds], [f.test_y for f in self.folds]
-        longest = max(len(x) for x in xs)
-        weight = torch.stack([(torch.arange(longest) < len(x)).float() for x in xs])
-        return HeldoutBatch(side_by_side(xs), side_by_side(ys), weight)
+        return HeldoutBatch.of([f.test_x for f in self.folds], [f.test_y for f in self.folds])
 
 
 # --- the network, its optimizer and its module ---
