@@ -110,41 +110,36 @@ def timed(seconds: dict[str, float]):
     """Patches the job's Trainer, fit, data set-up (the augmentation's teacher labels) and fused
     kernel to time their phases."""
     timeline = Timeline(seconds)
-    make_trainer, fit, run = training.Job.trainer, L.Trainer.fit, fused.FusedSteps.run
-    setup = data.LosoDataModule.setup
+    make_trainer = training.Job.trainer
 
     def trainer(job, **options):
         options["callbacks"] = [*options.get("callbacks", []), timeline]
         return make_trainer(job, **options)
 
-    def timed_fit(self, *args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return fit(self, *args, **kwargs)
-        finally:
-            seconds["fit"] += time.perf_counter() - start
+    def timing(function, phase: str):
+        def timed_function(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                seconds[phase] += time.perf_counter() - start
 
-    def timed_run(self, *args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return run(self, *args, **kwargs)
-        finally:
-            seconds["of which kernel"] += time.perf_counter() - start
+        return timed_function
 
-    def timed_setup(self, *args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return setup(self, *args, **kwargs)
-        finally:
-            seconds["data set-up"] += time.perf_counter() - start
-
-    training.Job.trainer, L.Trainer.fit, fused.FusedSteps.run = trainer, timed_fit, timed_run
-    data.LosoDataModule.setup = timed_setup
+    patches = [
+        (training.Job, "trainer", trainer),
+        (L.Trainer, "fit", timing(L.Trainer.fit, "fit")),
+        (fused.FusedSteps, "run", timing(fused.FusedSteps.run, "of which kernel")),
+        (data.LosoDataModule, "setup", timing(data.LosoDataModule.setup, "data set-up")),
+    ]
+    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    for owner, name, patched in patches:
+        setattr(owner, name, patched)
     try:
         yield timeline
     finally:
-        training.Job.trainer, L.Trainer.fit, fused.FusedSteps.run = make_trainer, fit, run
-        data.LosoDataModule.setup = setup
+        for owner, name, original in originals:
+            setattr(owner, name, original)
 
 
 def loso(recipe: str, arch: str, epochs: int | None, fused_step: bool, extra: list[str], store: str) -> dict:

@@ -108,11 +108,31 @@ def test_export_runs_the_loso_of_its_recipe_when_the_store_has_none(swept, compo
     assert meta["loso"] == "not run (loso=false): unvalidated" and not any(k.startswith("loso_") for k in meta)
 
 
-@pytest.mark.parametrize("seeds", ["[0,1]", "[1,1]", "3", "[x]", "[true]"])
+@pytest.mark.parametrize("seeds", ["[0,1]", "[1,1]", "3", "[x]", "[true]", "[-1]", "[4294967296]"])
 def test_fresh_seeds_are_distinct_integers_other_than_the_recipes_own(seeds, compose):
-    with pytest.raises(TinyVmafError, match=r"^fresh_seeds=.*: a list of distinct integer seeds, none of them seed=0"):
+    with pytest.raises(
+        TinyVmafError,
+        match=r"^fresh_seeds=.*: a list of distinct integer seeds from 0 to 2\*\*32 - 1, none of them seed=0",
+    ):
         fresh_seeds_of(compose("export", f"fresh_seeds={seeds}"))
     assert fresh_seeds_of(compose("export")) == [1, 2] and fresh_seeds_of(compose("export_v1")) == []
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ("overwrite=no", "overwrite='no': must be true or false"),  # "no" is true to Python
+        ("register=1", "register=1: must be true or false"),
+        ("loso=off", "loso='off': must be true or false"),
+        ("seed=-1", r"seed=-1: must be an integer from 0 to 2\*\*32 - 1"),
+    ],
+)
+def test_export_options_are_checked_before_any_work(option, message, compose, tmp_path):
+    options = [f"lusoris_dir={tmp_path}/drop-in", f"teacher_output_dir={tmp_path}", "teacher_exports=[]",
+               f"exports.vmaf_tiny_v1.output={tmp_path}/a.onnx", f"exports.vmaf_tiny_v1_medium.output={tmp_path}/b.onnx"]  # fmt: skip
+    with pytest.raises(TinyVmafError, match=f"^{message}$"):
+        export_models(compose("export", *options, option))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_lusoris_layout_drops_into_that_toolchains_folder(swept, compose, tmp_path):

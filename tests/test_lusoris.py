@@ -95,6 +95,11 @@ def test_ids_and_the_folder_itself_are_checked_before_anything(tmp_path):
     assert not (tmp_path / "new").exists()
 
 
+def test_overwrite_is_true_or_false_never_a_string_python_takes_as_true(tmp_path):
+    with pytest.raises(TinyVmafError, match=r"^overwrite='no': must be true or false$"):
+        DropInFolder(tmp_path, overwrite="no")
+
+
 def test_overwrite_replaces_their_entry_and_keeps_every_other_byte(tmp_path):
     other = {"id": "vmaf_tiny_v1", "kind": "fr", "onnx": "vmaf_tiny_v1.onnx", "sha256": "1" * 64}
     text = json.dumps({"schema_version": 1, "models": [other, THEIRS, other | {"id": "z"}]}, indent=3) + "\n"

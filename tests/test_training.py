@@ -230,6 +230,11 @@ def test_whole_configuration_jobs_one_fold_after_another_equal_the_per_fold_runs
         ("search.domain_limit=0", "search.domain_limit=0: must be a finite number > 0"),
         ("search.domain_limit=inf", "search.domain_limit=inf: must be a finite number > 0"),
         ("+teacher.chroma_correction=yes", "teacher.chroma_correction='yes': must be true or false"),
+        ("stack_folds=no", "stack_folds='no': must be true or false"),  # "no" is true to Python
+        ("tracking.log_models=0", "tracking.log_models=0: must be true or false"),
+        ("data.augment.enabled=off", "data.augment.enabled='off': must be true or false"),
+        ("seed=-1", r"seed=-1: must be an integer from 0 to 2\*\*32 - 1"),
+        ("seed=4294967296", r"seed=4294967296: must be an integer from 0 to 2\*\*32 - 1"),
         (
             "+teacher.chroma_correction=true",
             "teacher.chroma_correction=true: teacher vmaf_v0.6.1 has no chroma correction",
@@ -246,3 +251,14 @@ def test_training_options_are_checked_before_anything_is_logged(tiny_overrides, 
 def test_a_bad_option_is_one_line_from_the_command_line(tiny_overrides, run_entry):
     proc = run_entry("train.py", *tiny_overrides, "trainer.max_epochs=0")
     assert proc.returncode == 1 and proc.stderr.strip() == "error: trainer.max_epochs=0: must be an integer >= 1"
+
+
+def test_a_loso_of_a_one_source_corpus_is_one_line(make_clip, training_overrides, compose, tmp_path):
+    root = tmp_path / "solo"
+    make_clip(root / "ref" / "Solo.y4m", "testsrc2", frames=4)
+    make_clip(root / "dis" / "Solo__crf40.mp4", "testsrc2", frames=4, codec=["-c:v", "libx264", "-crf", "40"])
+    cfg = compose("train", *training_overrides(root, tmp_path), "fold.heldout=all")
+    with pytest.raises(
+        TinyVmafError, match=r"^fold.heldout=all: leave-one-source-out needs two sources or more; corpus "
+    ):
+        train(cfg)

@@ -48,6 +48,24 @@ def finite_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+SEEDS = 2**32  # numpy's and Lightning's seeds: 0 <= seed < 2**32
+
+
+def boolean_option(value: object, option: str) -> bool:
+    """``value`` if it is true or false: a string such as ``no`` is true to Python, and would do
+    the opposite of what was asked."""
+    if not isinstance(value, bool):
+        raise TinyVmafError(f"{option}={value!r:.40}: must be true or false")
+    return value
+
+
+def seed_option(value: object, option: str) -> int:
+    """``value`` if it is a seed every library here takes (an integer from 0 to 2**32 - 1)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < SEEDS:
+        raise TinyVmafError(f"{option}={value!r:.40}: must be an integer from 0 to 2**32 - 1")
+    return value
+
+
 def instantiate_checked(node: Any, **kwargs: Any) -> Any:
     """Hydra's ``instantiate``, with a user error raised inside it surfacing as itself, not wrapped."""
     try:

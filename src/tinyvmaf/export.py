@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tinyvmaf.cache import FrameTable, TeacherCache
 from tinyvmaf.corpus import Corpus
-from tinyvmaf.errors import TinyVmafError, instantiate_checked
+from tinyvmaf.errors import SEEDS, TinyVmafError, boolean_option, instantiate_checked, seed_option
 from tinyvmaf.lusoris import DropInFolder
 from tinyvmaf.metrics import clip_metrics, domain_max_error, loso_radii, pooled_per_clip, score_metrics
 from tinyvmaf.model import VmafNet, count_params
@@ -177,12 +177,13 @@ def fresh_seeds_of(cfg: DictConfig) -> list[int]:
     listed = list(seeds) if OmegaConf.is_list(seeds) else None
     if (
         listed is None
-        or not all(isinstance(s, int) and not isinstance(s, bool) for s in listed)
+        or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < SEEDS for s in listed)
         or len(set(listed)) != len(listed)
         or cfg.seed in listed
     ):
         raise TinyVmafError(
-            f"fresh_seeds={seeds!r:.80}: a list of distinct integer seeds, none of them seed={cfg.seed} (e.g. [1, 2])"
+            f"fresh_seeds={seeds!r:.80}: a list of distinct integer seeds from 0 to 2**32 - 1, none of them "
+            f"seed={cfg.seed} (e.g. [1, 2])"
         )
     return listed
 
@@ -463,6 +464,9 @@ def export_models(cfg: DictConfig) -> int:
         raise TinyVmafError(f"layout={cfg.layout}: not one of {', '.join(LAYOUTS)}")
     if cfg.layout == LUSORIS and cfg.get("run_id"):
         raise TinyVmafError("layout=lusoris: writes the shipped models (exports), not a fold run's (run_id=)")
+    seed_option(cfg.seed, "seed")
+    for key in ("overwrite", "loso", "register", "stack_folds"):
+        boolean_option(cfg.get(key), key)
     fresh_seeds = fresh_seeds_of(cfg)  # checked once, before any LOSO or training
     drop_in = DropInFolder(Path(cfg.lusoris_dir), cfg.overwrite, cfg.lusoris_id_prefix)
     if cfg.layout == LUSORIS:  # that folder holds other people's files: refuse before any training

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.errors import TinyVmafError, boolean_option
 from tinyvmaf.teacher.function import load_teacher, student_inputs
 
 
@@ -44,9 +44,7 @@ ChromaCorrection = tuple[float, int, int]
 def chroma_correction(teacher: str, enabled: bool) -> ChromaCorrection | None:
     """The teacher's own chroma correction (the v1.0.16 models: c = 120) in its stand-ins' input
     order, when ``enabled`` (``teacher.chroma_correction``)."""
-    if not isinstance(enabled, bool):
-        raise TinyVmafError(f"teacher.chroma_correction={enabled!r:.40}: must be true or false")
-    if not enabled:
+    if not boolean_option(enabled, "teacher.chroma_correction"):
         return None
     function = load_teacher(teacher)
     if function.chroma_correction is None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.errors import TinyVmafError, boolean_option
 from tinyvmaf.files import atomic_path, folder_lock, read_bounded, sha256_file
 from tinyvmaf.model import VmafNet
 from tinyvmaf.onnx_io import OnnxContract, check_graph, onnx_graph, open_session
@@ -69,7 +69,8 @@ class DropInFolder:
     unless ``overwrite``. Every other registry entry is kept byte for byte."""
 
     def __init__(self, folder: Path, overwrite: bool = False, id_prefix: str = "tinyvmaf_") -> None:
-        self.folder, self.overwrite, self.id_prefix = Path(folder), overwrite, id_prefix
+        self.folder, self.id_prefix = Path(folder), id_prefix
+        self.overwrite = boolean_option(overwrite, "overwrite")
 
     @property
     def registry(self) -> Path:

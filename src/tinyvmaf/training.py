@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from tinyvmaf.cache import TeacherCache
 from tinyvmaf.corpus import Corpus
 from tinyvmaf.data import LosoDataModule
-from tinyvmaf.errors import TinyVmafError, finite_number, instantiate_checked
+from tinyvmaf.errors import TinyVmafError, boolean_option, finite_number, instantiate_checked, seed_option
 from tinyvmaf.features import chroma_correction
 from tinyvmaf.metrics import HeldoutHistory, clip_metrics, domain_max_error
 from tinyvmaf.model import TinyVmafModule, VmafNet, count_params
@@ -84,6 +84,10 @@ def _finite(cfg: DictConfig, key: str, low: float, low_included: bool) -> None:
         raise TinyVmafError(f"{key}={value!r}: must be a finite number {'>=' if low_included else '>'} {low:g}")
 
 
+# Options read as true or false: a string (stack_folds=no) would be true to Python.
+BOOLEAN_OPTIONS = ("stack_folds", "tracking.log_models", "data.build_cache", "data.augment.enabled")
+
+
 def check_options(cfg: DictConfig) -> None:
     """The training options a typo can break, checked before anything is logged: one line naming the option."""
     for key in ("trainer.max_epochs", "data.batch_size", "data.minibatches_per_step", "torch_threads"):
@@ -92,6 +96,10 @@ def check_options(cfg: DictConfig) -> None:
     _finite(cfg, "model.optimizer.weight_decay", 0.0, low_included=True)
     if OmegaConf.select(cfg, "fold_threads") is not None:
         _positive_int(cfg, "fold_threads")
+    seed_option(cfg.seed, "seed")
+    for key in BOOLEAN_OPTIONS:
+        if OmegaConf.select(cfg, key) is not None:
+            boolean_option(OmegaConf.select(cfg, key), key)
     if OmegaConf.select(cfg, "search.domain_limit") is not None:
         _finite(cfg, "search.domain_limit", 0.0, low_included=False)
     instantiate_checked(cfg.data.augment)
@@ -283,6 +291,11 @@ def train_every_fold(job: Job, parent_run_id: str | None) -> float | None:
     trial = job.trial
     table = job.cache.ready(job.corpus)
     sources = table.sources
+    if len(sources) < 2:
+        raise TinyVmafError(
+            f"fold.heldout={ALL_FOLDS}: leave-one-source-out needs two sources or more; corpus {job.corpus.name!r} "
+            f"has {len(sources)} ({', '.join(sources)})"
+        )
     tags = {Tag.SWEEP_ID: job.sweep, Tag.KIND: Kind.LOSO, **({Tag.PARENT: parent_run_id} if parent_run_id else {})}
     name = f"trial-{trial.number}" if trial else f"{job.arch}-{ALL_FOLDS}"
     with tracked_run(client, experiment_id, name, tags) as parent:
