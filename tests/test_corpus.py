@@ -213,6 +213,22 @@ def test_v1_corpus_greyscale_sources_have_no_chroma_at_all(tmp_path, compose):
             assert luma.std() > 5  # a photo (the moon: std 12), not a flat frame
 
 
+@pytest.mark.parametrize("scale", [0, -1, "half", float("nan")])
+def test_an_hrc_scale_that_is_no_size_is_one_line(scale, tmp_path):
+    """ffmpeg reads a side of 0 or -1 as "keep the size": such an HRC would encode at full size."""
+    with pytest.raises(TinyVmafError, match=r"^corpus.hrcs: tiny: scale=.* must be a number > 0$"):
+        DefaultCorpus(tmp_path, {"Life": {"lavfi": "life", "frames": 2}}, [{"name": "tiny", "scale": scale, "crf": 30}])
+
+
+def test_an_hrc_scale_that_rounds_a_side_to_zero_is_one_line(tmp_path):
+    corpus = DefaultCorpus(
+        tmp_path, {"Bars": {"lavfi": "testsrc2=size=64x48", "frames": 2}}, [{"name": "speck", "scale": 0.01, "crf": 30}]
+    )
+    with pytest.raises(TinyVmafError, match=r"^corpus.hrcs: speck: scale=0.01 makes Bars's 64x48 frames 0x0$"):
+        corpus.generate()
+    assert not list((tmp_path / "dis").glob("*.mp4"))
+
+
 def test_corpus_frames_below_two_is_one_line(tmp_path):
     with pytest.raises(TinyVmafError, match=r"^corpus.frames=1: must be an integer >= 2"):
         DefaultCorpus(tmp_path, {"Life": {"lavfi": "life", "frames": 5}}, [], frames=1)

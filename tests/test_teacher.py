@@ -420,5 +420,7 @@ def test_measurements_are_checked_and_named():
         TinyVmafError, match=r"cache.display=\[1921, 1080\]: must be \[width, height\], even integers > 0"
     ):
         Measurement((1921, 1080))
+    with pytest.raises(TinyVmafError, match="cache.bit_depth=10.0: must be 8, 10 or null"):  # not a second cache
+        Measurement(None, 10.0)
     with pytest.raises(TinyVmafError, match="cache.bit_depth=12: must be 8, 10 or null"):
         Measurement(None, 12)

@@ -22,7 +22,7 @@ from rich.progress import Progress
 from tinyvmaf import ffmpeg
 from tinyvmaf.corpus import ClipPair
 from tinyvmaf.corpus.directory import SEPARATOR, DirectoryCorpus
-from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.errors import TinyVmafError, finite_number
 from tinyvmaf.files import atomic_path, inside, read_bounded, safe_name
 
 FPS = 25
@@ -85,11 +85,25 @@ class Hrc:
             raise TinyVmafError(f"corpus.hrcs: {self.name}: codec {self.codec!r:.40} is not one of {', '.join(CODECS)}")
         if self.x264_params and self.codec != "libx264":
             raise TinyVmafError(f"corpus.hrcs: {self.name}: x264_params apply to libx264 only, not {self.codec}")
+        if not finite_number(self.scale) or self.scale <= 0:  # ffmpeg reads a side of 0 or -1 as "keep"
+            raise TinyVmafError(f"corpus.hrcs: {self.name}: scale={self.scale!r:.20} must be a number > 0")
+
+    def scaled(self, width: int, height: int) -> tuple[int, int]:
+        """The encoded size of a ``width`` x ``height`` reference, as ``encoder_args`` scales it."""
+        return int(width * self.scale / 2) * 2, int(height * self.scale / 2) * 2
 
     def encoder_args(self) -> list[str]:
         scale = f"scale=trunc(iw*{self.scale}/2)*2:trunc(ih*{self.scale}/2)*2:flags=bicubic"
         params = ["-x264-params", self.x264_params] if self.x264_params else []
         return ["-vf", f"{self.filter},{scale}", *CODECS[self.codec](self.crf), *params, "-threads", "1"]
+
+
+def _y4m_size(path: Path) -> tuple[int, int]:
+    """A y4m file's frame size, from its header (``YUV4MPEG2 W64 H48 ...``)."""
+    with open(path, "rb") as f:
+        header = f.readline(256).split()
+    fields = {t[:1]: t[1:] for t in header[1:]}
+    return int(fields[b"W"]), int(fields[b"H"])
 
 
 def packaged_file(package: str, file: str) -> Path:
@@ -206,6 +220,12 @@ class DefaultCorpus:
 
     def _write_distorted(self, source: str, hrc: Hrc) -> None:
         path = self.distorted_path(source, hrc)
+        size = _y4m_size(self.reference_path(source))
+        if 0 in hrc.scaled(*size):  # a side of 0 is "keep" to ffmpeg: the clip would come out full size
+            raise TinyVmafError(
+                f"corpus.hrcs: {hrc.name}: scale={hrc.scale} makes {source}'s {size[0]}x{size[1]} frames "
+                f"{'x'.join(map(str, hrc.scaled(*size)))}"
+            )
         with atomic_path(path) as tmp:
             ffmpeg.run(
                 [*ffmpeg.input_args(self.reference_path(source), None), *hrc.encoder_args(),

@@ -82,7 +82,7 @@ class Measurement:
             if len(display) != 2 or not all(type(v) is int and v > 0 and v % 2 == 0 for v in display):
                 raise TinyVmafError(f"cache.display={list(display)!r:.40}: must be [width, height], even integers > 0")
             object.__setattr__(self, "display", display)
-        if self.bit_depth not in (None, 8, 10):
+        if self.bit_depth is not None and (type(self.bit_depth) is not int or self.bit_depth not in (8, 10)):
             raise TinyVmafError(f"cache.bit_depth={self.bit_depth!r:.20}: must be 8, 10 or null")
 
     @property
