@@ -125,6 +125,7 @@ def test_fresh_seeds_are_distinct_integers_other_than_the_recipes_own(seeds, com
         ("register=1", "register=1: must be true or false"),
         ("loso=off", "loso='off': must be true or false"),
         ("seed=-1", r"seed=-1: must be an integer from 0 to 2\*\*32 - 1"),
+        ("check_corpus.name=default", "check_corpus.name=default: the training corpus's name; .*"),
     ],
 )
 def test_export_options_are_checked_before_any_work(option, message, compose, tmp_path):

@@ -473,6 +473,11 @@ def export_models(cfg: DictConfig) -> int:
         drop_in.check([name for name, _, _ in shipped(cfg)], cfg.teacher.model)
     corpus = instantiate_checked(cfg.corpus)
     check_corpus = instantiate_checked(cfg.check_corpus) if cfg.get("check_corpus") else None
+    if check_corpus is not None and check_corpus.name == corpus.name:  # refused now, not after the LOSOs
+        raise TinyVmafError(
+            f"check_corpus.name={check_corpus.name}: the training corpus's name; the check corpus is content no "
+            "training saw, under a name of its own"
+        )
     cache: TeacherCache = instantiate_checked(cfg.cache)
     tracking: Tracking = instantiate_checked(cfg.tracking)
     jobs = [(None, Path(cfg.output), None)] if cfg.get("run_id") else shipped(cfg)
