@@ -126,6 +126,7 @@ def test_fresh_seeds_are_distinct_integers_other_than_the_recipes_own(seeds, com
         ("loso=off", "loso='off': must be true or false"),
         ("seed=-1", r"seed=-1: must be an integer from 0 to 2\*\*32 - 1"),
         ("check_corpus.name=default", "check_corpus.name=default: the training corpus's name; .*"),
+        ("run_id=0123abc", r"run_id=0123abc: give output=<file>.onnx, where the fold run's model is written"),
     ],
 )
 def test_export_options_are_checked_before_any_work(option, message, compose, tmp_path):

@@ -464,6 +464,8 @@ def export_models(cfg: DictConfig) -> int:
         raise TinyVmafError(f"layout={cfg.layout}: not one of {', '.join(LAYOUTS)}")
     if cfg.layout == LUSORIS and cfg.get("run_id"):
         raise TinyVmafError("layout=lusoris: writes the shipped models (exports), not a fold run's (run_id=)")
+    if cfg.get("run_id") and not cfg.get("output"):
+        raise TinyVmafError(f"run_id={cfg.run_id}: give output=<file>.onnx, where the fold run's model is written")
     seed_option(cfg.seed, "seed")
     for key in ("overwrite", "loso", "register", "stack_folds"):
         boolean_option(cfg.get(key), key)
