@@ -21,6 +21,7 @@ from tinyvmaf.corpus.dataset_file import DatasetFileCorpus, read_dataset_file
 from tinyvmaf.corpus.default import DefaultCorpus
 from tinyvmaf.corpus.directory import DirectoryCorpus
 from tinyvmaf.errors import TinyVmafError
+from tinyvmaf.ffmpeg import RawFormat
 from tinyvmaf.files import config_key
 
 
@@ -227,6 +228,18 @@ def test_an_hrc_scale_that_rounds_a_side_to_zero_is_one_line(tmp_path):
     with pytest.raises(TinyVmafError, match=r"^corpus.hrcs: speck: scale=0.01 makes Bars's 64x48 frames 0x0$"):
         corpus.generate()
     assert not list((tmp_path / "dis").glob("*.mp4"))
+
+
+@pytest.mark.parametrize("size", ["19x19", "64x48", "33x17"])
+@pytest.mark.parametrize("name", ["clip.yuv", "clip_10.yuv"])  # 8 and 10 bits
+def test_a_raw_frame_is_as_many_bytes_as_ffmpeg_writes(size, name, tmp_path, make_clip):
+    """4:2:0 chroma planes round odd sides up: a 19x19 frame is 561 bytes, not 19 * 19 * 1.5."""
+    width, height = map(int, size.split("x"))
+    path = make_clip(
+        tmp_path / name, "testsrc2", frames=3, vf=f"scale={width}:{height}"
+    )  # testsrc2 makes even sizes only
+    pix_fmt = "yuv420p10le" if name.endswith("_10.yuv") else "yuv420p"
+    assert path.stat().st_size == 3 * RawFormat(width, height, pix_fmt).frame_bytes
 
 
 def test_corpus_frames_below_two_is_one_line(tmp_path):

@@ -21,8 +21,8 @@ import imageio_ffmpeg
 
 from tinyvmaf.errors import TinyVmafError
 
-# Bytes per pixel of the raw YUV formats libvmaf takes (4:2:0, 8 or 10 bits).
-RAW_BYTES_PER_PIXEL = {"yuv420p": 1.5, "yuv420p10le": 3.0}
+# Bytes per sample of the raw YUV formats libvmaf takes (4:2:0, 8 or 10 bits).
+RAW_SAMPLE_BYTES = {"yuv420p": 1, "yuv420p10le": 2}
 
 
 @cache
@@ -41,9 +41,11 @@ class RawFormat:
 
     @property
     def frame_bytes(self) -> int:
-        if self.pix_fmt not in RAW_BYTES_PER_PIXEL:
-            raise TinyVmafError(f"pix_fmt {self.pix_fmt!r} is not supported; use one of {sorted(RAW_BYTES_PER_PIXEL)}")
-        return int(self.width * self.height * RAW_BYTES_PER_PIXEL[self.pix_fmt])
+        if self.pix_fmt not in RAW_SAMPLE_BYTES:
+            raise TinyVmafError(f"pix_fmt {self.pix_fmt!r} is not supported; use one of {sorted(RAW_SAMPLE_BYTES)}")
+        # 4:2:0: each chroma plane has half the width and height, rounded up (a 19x19 frame: 10x10)
+        chroma = ((self.width + 1) // 2) * ((self.height + 1) // 2)
+        return (self.width * self.height + 2 * chroma) * RAW_SAMPLE_BYTES[self.pix_fmt]
 
 
 @dataclass(frozen=True)

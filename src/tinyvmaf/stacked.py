@@ -3,9 +3,10 @@
 The weights of every fold sit side by side in one ``[K, P]`` parameter and each layer is one
 batched matrix product; ``StackedAdamW`` updates each fold's row as ``torch.optim.AdamW`` and its
 schedule would update a separate run's weights, and ``StackedLosoDataModule`` hands each fold
-exactly the data its own ``LosoDataModule`` holds. At these sizes each op costs its dispatch, not
-its arithmetic: a stacked step of 9 folds takes ~0.45 ms against ~0.25 ms for one fold's step
-(docs/benchmarks.md), so 9 folds train in ~1/5 of the time of 9 separate runs.
+exactly the data its own ``LosoDataModule`` holds. On the CPU an MLP's steps run in the fused
+kernel (``tinyvmaf.fused``), each fold on its own; elsewhere through autograd, where at these
+sizes each op costs its dispatch, not its arithmetic, so stacking the folds pays there too
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from typing import Any
 
 from tinyvmaf.corpus import ClipPair, Video
 from tinyvmaf.errors import TinyVmafError
-from tinyvmaf.ffmpeg import RAW_BYTES_PER_PIXEL, RawFormat
+from tinyvmaf.ffmpeg import RAW_SAMPLE_BYTES, RawFormat
 
 MAX_FILE_BYTES = 16 * 2**20  # NFLX_dataset_public.py is 14 KB
 MAX_DEPTH = 32  # nesting of lists, dicts and + chains
@@ -188,9 +188,9 @@ class DatasetFileCorpus:
 
     def _yuv_fmt(self, within: dict | None = None, entry: str = "", default: Any = ...) -> str:
         fmt = self._field("yuv_fmt", str, default, within, entry)
-        if fmt not in RAW_BYTES_PER_PIXEL:
+        if fmt not in RAW_SAMPLE_BYTES:
             raise TinyVmafError(
-                f"{self._where('yuv_fmt', entry)}: {entry}yuv_fmt {fmt!r} is not supported; use one of {', '.join(sorted(RAW_BYTES_PER_PIXEL))}"
+                f"{self._where('yuv_fmt', entry)}: {entry}yuv_fmt {fmt!r} is not supported; use one of {', '.join(sorted(RAW_SAMPLE_BYTES))}"
             )
         return fmt
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tinyvmaf.corpus import ClipPair, Video
 from tinyvmaf.errors import TinyVmafError, finite_number
-from tinyvmaf.ffmpeg import RAW_BYTES_PER_PIXEL, RawFormat
+from tinyvmaf.ffmpeg import RAW_SAMPLE_BYTES, RawFormat
 
 SEPARATOR = "__"
 YUV_KEYS = ("width", "height", "pix_fmt", "fps")
@@ -28,8 +28,8 @@ def raw_format(yuv: dict, option: str = "corpus.yuv") -> RawFormat:
     if not finite_number(fps) or fps <= 0:
         raise TinyVmafError(f"{option}.fps={fps!r}: must be a finite number > 0")
     pix_fmt = yuv.get("pix_fmt", "yuv420p")
-    if pix_fmt not in RAW_BYTES_PER_PIXEL:
-        raise TinyVmafError(f"{option}.pix_fmt={pix_fmt!r}: use one of {', '.join(sorted(RAW_BYTES_PER_PIXEL))}")
+    if pix_fmt not in RAW_SAMPLE_BYTES:
+        raise TinyVmafError(f"{option}.pix_fmt={pix_fmt!r}: use one of {', '.join(sorted(RAW_SAMPLE_BYTES))}")
     return RawFormat(yuv["width"], yuv["height"], pix_fmt, float(fps))
 
 
