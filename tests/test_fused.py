@@ -125,4 +125,6 @@ def test_only_the_mlp_family_is_fused():
     assert fused_activation(list(mlp([], "SiLU"))) == 0
     assert fused_activation(list(mlp([8], "GELU"))) is None
     assert fused_activation([nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2)]) is None  # two outputs
+    assert fused_activation([nn.Linear(6, 1), nn.Sigmoid()]) is None  # ends on an activation
+    assert fused_activation([]) is None
     assert fused_activation([nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1)]) is None

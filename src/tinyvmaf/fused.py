@@ -57,10 +57,10 @@ def kernel() -> ctypes.CDLL | None:
 def fused_activation(layers: list[nn.Module]) -> int | None:
     """The kernel's code for a net's layers (Linear, act, Linear, ..., Linear -> 1), or None if
     the kernel cannot train them."""
-    if not layers or not all(isinstance(m, nn.Linear) for m in layers[::2]) or layers[-1].out_features != 1:
-        return None
+    if len(layers) % 2 == 0 or not all(isinstance(m, nn.Linear) for m in layers[::2]) or layers[-1].out_features != 1:
+        return None  # an even count ends on an activation, which the kernel does not apply
     between = {type(m) for m in layers[1::2]}
-    if len(layers) % 2 == 0 or len(between) > 1:
+    if len(between) > 1:
         return None
     if not between:
         return 0
