@@ -174,7 +174,7 @@ def main() -> None:
     parser.add_argument("--autograd", action="store_true", help="train without the fused step")
     args, extra = parser.parse_known_args()
     quiet_libraries()
-    cores = len(os.sched_getaffinity(0))
+    cores = fused.usable_cores()
     rate = matmul_rate(cores)
     start_up = start_up_seconds()
     console = Console(width=240)  # the whole table, also into a file

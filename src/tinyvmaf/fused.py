@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import importlib.util
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,12 @@ _ARGTYPES = [
     _P, _I64, _P, ctypes.c_float,  # coef, table_steps, steps, eps
     _P, _P,  # loss_sum, batches
 ]  # fmt: skip
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a SLURM job's cpus_per_task), where the
+    system says (Linux); else every core."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @functools.cache

@@ -143,11 +143,15 @@ def _layers(net: nn.Module) -> list[nn.Module]:
     return list(net) if isinstance(net, nn.Sequential) else [net]
 
 
-def _adamw(optimizer: Callable[..., torch.optim.Optimizer]) -> dict | None:
-    """The param group of the optimizer ``optimizer`` makes, if it is an AdamW that stacks (no amsgrad, no maximize)."""
-    probe = optimizer([torch.zeros(1, requires_grad=True)])
+def _probe(optimizer: Callable[..., torch.optim.Optimizer]) -> torch.optim.Optimizer:
+    """The optimizer ``optimizer`` makes, on a throwaway parameter: its type and settings."""
+    return optimizer([torch.zeros(1, requires_grad=True)])
+
+
+def _stacks(probe: torch.optim.Optimizer) -> bool:
+    """Whether StackedAdamW reproduces it: AdamW, no amsgrad, no maximize."""
     group = probe.param_groups[0]
-    return group if type(probe) is torch.optim.AdamW and not group["amsgrad"] and not group["maximize"] else None
+    return type(probe) is torch.optim.AdamW and not group["amsgrad"] and not group["maximize"]
 
 
 def stacks(module: TinyVmafModule) -> bool:
@@ -155,7 +159,7 @@ def stacks(module: TinyVmafModule) -> bool:
     ``nn.Linear`` layers with weights. A single fold then trains as a stack of one, through the
     same (fused) step as every fold of a stacked LOSO."""
     return (
-        _adamw(module.optimizer_factory) is not None
+        _stacks(_probe(module.optimizer_factory))
         and isinstance(module.loss, nn.modules.loss._Loss)
         and all(isinstance(m, nn.Linear) or not any(True for _ in m.parameters()) for m in _layers(module.model.net))
     )
@@ -318,12 +322,13 @@ class StackedAdamW(torch.optim.Optimizer):
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None,
         total_steps: list[int],
     ) -> None:
-        group = _adamw(optimizer)
-        if group is None:
+        probe = _probe(optimizer)
+        if not _stacks(probe):
             raise TinyVmafError(
-                f"model.optimizer={type(optimizer([torch.zeros(1)])).__name__}: stacked folds train with AdamW "
-                "(no amsgrad, no maximize); set stack_folds=false to train the folds one after the other"
+                f"model.optimizer={type(probe).__name__}: stacked folds train with AdamW (no amsgrad, no maximize); "
+                "set stack_folds=false to train the folds one after the other"
             )
+        group = probe.param_groups[0]
         super().__init__([param], {"eps": group["eps"]})
         tables = {t: _coefficients(_schedule(optimizer, scheduler, t), group["weight_decay"]) for t in set(total_steps)}
         longest = max(total_steps)

@@ -10,7 +10,6 @@ Trainer) and hands them down; nothing below it reads the configuration.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -30,6 +29,7 @@ from tinyvmaf.corpus import Corpus
 from tinyvmaf.data import LosoDataModule
 from tinyvmaf.errors import TinyVmafError, boolean_option, finite_number, instantiate_checked, seed_option
 from tinyvmaf.features import chroma_correction
+from tinyvmaf.fused import usable_cores
 from tinyvmaf.metrics import HeldoutHistory, clip_metrics, domain_max_error
 from tinyvmaf.model import TinyVmafModule, VmafNet, count_params
 from tinyvmaf.onnx_io import check_graph, onnx_graph
@@ -98,8 +98,8 @@ def check_options(cfg: DictConfig) -> None:
         _positive_int(cfg, "fold_threads")
     seed_option(cfg.seed, "seed")
     for key in BOOLEAN_OPTIONS:
-        if OmegaConf.select(cfg, key) is not None:
-            boolean_option(OmegaConf.select(cfg, key), key)
+        if (value := OmegaConf.select(cfg, key)) is not None:
+            boolean_option(value, key)
     if OmegaConf.select(cfg, "search.domain_limit") is not None:
         _finite(cfg, "search.domain_limit", 0.0, low_included=False)
     instantiate_checked(cfg.data.augment)
@@ -136,7 +136,7 @@ class Job:
         self.heldout = str(cfg.fold.heldout) if cfg.get("fold") is not None else None
         self.arch, self.sweep, self.teacher = cfg.arch.name, sweep_id(cfg), cfg.teacher.model
         self.seed, self.max_epochs, self.stack_folds = cfg.seed, cfg.trainer.max_epochs, bool(cfg.stack_folds)
-        self.fold_threads = cfg.get("fold_threads") or len(os.sched_getaffinity(0))
+        self.fold_threads = cfg.get("fold_threads") or usable_cores()
         self.trial = search_trial(cfg)
         self.report_percent = list(cfg.search.report_percent) if self.trial else []
         self.max_params = (cfg.get("search") or {}).get("max_params")
